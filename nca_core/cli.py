@@ -1,0 +1,175 @@
+"""The ``m3dnca`` command line (also ``python -m nca_core``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from . import __version__
+from .errors import NCAError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _steps(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError("steps are comma-separated integers, e.g. 10,10") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("steps must not be negative")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _fire_rate(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError("must be in [0, 1)")
+    return value
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .batch import SegmentOptions, segment_inputs, write_summary
+    from .registry import load
+
+    bundle = load(args.model)
+    options = SegmentOptions(
+        runs=args.runs, seed=args.seed, device=args.device, fire_rate=args.fire_rate,
+        steps=args.steps, save_probability=args.save_probability, preview=args.preview,
+        overwrite=args.overwrite,
+    )
+    outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options,
+                              progress_for=_progress_bar(args.runs))
+    if len(outcomes) > 1:
+        write_summary(outcomes, args.output)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        print(f"{len(failed)} of {len(outcomes)} cases failed", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _progress_bar(total: int) -> Optional[Callable[[str], Callable[[int, int], None]]]:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    def for_case(case: str) -> Callable[[int, int], None]:
+        bar = tqdm(total=total, desc=case, unit="run", leave=False)
+
+        def update(done: int, runs: int) -> None:
+            bar.update(done - bar.n)
+            if done >= runs:
+                bar.close()
+
+        return update
+
+    return for_case
+
+
+def cmd_new_model(args: argparse.Namespace) -> int:
+    from .config import preset
+    from .model import M3DNCA
+    from .modelfile import ModelBundle, save_model
+
+    model = M3DNCA(preset(args.preset))
+    provenance = {"description": f"untrained {args.preset} preset", "preset": args.preset,
+                  "software": f"nca_core {__version__}"}
+    save_model(ModelBundle.from_model(model, provenance=provenance), args.output)
+    print(f"{args.output}: untrained '{args.preset}' model, {model.parameter_count()} parameters")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .registry import load, resolve
+
+    path = resolve(args.model)
+    bundle = load(args.model)
+    info: Dict = {
+        "file": str(path),
+        "parameters": bundle.build().parameter_count(),
+        "config": bundle.config.to_dict(),
+        "preprocessing": bundle.preprocessing.to_dict(),
+        "calibration": bundle.calibration.to_dict() if bundle.calibration else None,
+        "provenance": bundle.provenance,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{path}\n  parameters: {info['parameters']:,}")
+    config = bundle.config
+    print(f"  levels: {config.levels}, downscale {config.downscale}, kernels {config.kernel_sizes}, "
+          f"steps {config.steps}, channels {config.channels}, hidden {config.hidden}, "
+          f"fire rate {config.fire_rate}")
+    print(f"  labels: {', '.join(config.labels)}")
+    calibration = bundle.calibration
+    if calibration:
+        print(f"  calibration: Dice = {calibration.slope:.3f} * NQM + {calibration.intercept:.3f} "
+              f"({calibration.cases} cases), target Dice {calibration.target_dice}, "
+              f"NQM threshold {calibration.nqm_threshold:.4f}, margin {calibration.margin:.3f}")
+    else:
+        print("  calibration: none (quality light shows 'unknown')")
+    for key, value in bundle.provenance.items():
+        if not isinstance(value, (dict, list)):
+            print(f"  {key}: {value}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3dnca", description="M3D-NCA segmentation with NCA quality metric.")
+    parser.add_argument("--version", action="version", version=f"m3dnca {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser("segment", help="segment volumes (files, DICOM folders, folders of volumes)")
+    segment.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    segment.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    segment.add_argument("--model", default="hippocampus", help="shipped model name or model file")
+    segment.add_argument("--runs", type=_positive, default=10, help="pseudo-ensemble size (default 10)")
+    segment.add_argument("--seed", type=int, default=0)
+    segment.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    segment.add_argument("--fire-rate", type=_fire_rate, default=None, help="default: the model's")
+    segment.add_argument("--steps", type=_steps, default=None, help="steps per level, e.g. 10,10")
+    segment.add_argument("--save-probability", action="store_true")
+    segment.add_argument("--preview", action="store_true", help="write a PNG of the middle slice")
+    segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    segment.set_defaults(run=cmd_segment)
+
+    new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
+    new_model.add_argument("--preset", required=True)
+    new_model.add_argument("-o", "--output", type=Path, required=True)
+    new_model.set_defaults(run=cmd_new_model)
+
+    info = commands.add_parser("info", help="describe a model file or shipped model")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_info)
+
+    from .training.commands import add_training_commands
+
+    add_training_commands(commands)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except NCAError as error:
+        print(f"m3dnca: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("m3dnca: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Multi-level M3D-NCA: coarse level on the downscaled image, finer levels after upsampling."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import NCAConfig
+from .firing import stream_key
+from .rule import NCARule
+
+
+@dataclass
+class LevelPlan:
+    """How one forward pass runs: steps per level, firing, randomness."""
+
+    steps: Sequence[int]
+    fire_rate: float
+    seed: int = 0
+    runs: Optional[Sequence[int]] = None  # one run id per batch element
+    per_sample_stats: bool = True
+    patch_sizes: Optional[Sequence[Optional[Sequence[int]]]] = None  # training only
+    rng: Optional[random.Random] = None  # patch positions
+    on_step: Optional[Callable[[], None]] = None  # called after every step (progress, cancel)
+
+
+class M3DNCA(nn.Module):
+    """A stack of NCA rules, coarsest first."""
+
+    def __init__(self, config: NCAConfig):
+        super().__init__()
+        self.config = config.validate()
+        self.levels = nn.ModuleList(
+            NCARule(config.channels, config.hidden, k, config.input_channels)
+            for k in config.kernel_sizes
+        )
+
+    @property
+    def multiple(self) -> int:
+        """Spatial sizes must be divisible by this (total downscaling)."""
+        return self.config.downscale ** (self.config.levels - 1)
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def output_slice(self) -> slice:
+        start = self.config.input_channels
+        return slice(start, start + self.config.output_channels)
+
+    def _image_at(self, image: torch.Tensor, level: int) -> torch.Tensor:
+        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        return F.max_pool3d(image, factor) if factor > 1 else image
+
+    def _keys(self, plan: LevelPlan, batch: int, level: int, device) -> List[Optional[torch.Tensor]]:
+        if plan.fire_rate <= 0:
+            return [None] * plan.steps[level]
+        runs = list(plan.runs) if plan.runs is not None else list(range(batch))
+        return [
+            torch.tensor([stream_key(plan.seed, r, level, s) for r in runs], device=device)
+            for s in range(plan.steps[level])
+        ]
+
+    def forward(self, image: torch.Tensor, plan: LevelPlan) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Run all levels on ``image`` (B, Cin, X, Y, Z), sizes divisible by ``multiple``.
+
+        Returns the final state (B, C, ...) and, per batch element, the full-resolution
+        origin (B, 3) of the region it covers: zeros unless ``plan.patch_sizes`` asks
+        for random patches.
+        """
+        cfg = self.config
+        batch = image.shape[0]
+        coarse = self._image_at(image, 0)
+        state = torch.zeros(
+            (batch, cfg.channels) + tuple(coarse.shape[2:]), dtype=image.dtype, device=image.device
+        )
+        state[:, : cfg.input_channels] = coarse
+        origins = torch.zeros((batch, 3), dtype=torch.long)
+        for level, rule in enumerate(self.levels):
+            if level > 0:
+                state = F.interpolate(state, scale_factor=cfg.downscale, mode="nearest")
+                origins = origins * cfg.downscale
+                state, origins = self._crop_patches(state, origins, level, plan)
+                level_image = self._image_at(image, level)
+                state = torch.cat(
+                    [self._gather(level_image, origins, state.shape[2:]), state[:, cfg.input_channels :]],
+                    dim=1,
+                )
+            keys = self._keys(plan, batch, level, image.device)
+            for step in range(plan.steps[level]):
+                state = rule.step(state, keys[step], plan.fire_rate, plan.per_sample_stats)
+                if plan.on_step is not None:
+                    plan.on_step()
+        return state, origins
+
+    def _crop_patches(self, state, origins, level, plan: LevelPlan):
+        if not plan.patch_sizes or plan.patch_sizes[level] is None:
+            return state, origins
+        rng = plan.rng or random.Random(plan.seed)
+        patch = [min(p, s) for p, s in zip(plan.patch_sizes[level], state.shape[2:])]
+        crops, new_origins = [], []
+        for b in range(state.shape[0]):
+            offset = [rng.randint(0, s - p) for s, p in zip(state.shape[2:], patch)]
+            crops.append(state[b, :, offset[0] : offset[0] + patch[0],
+                               offset[1] : offset[1] + patch[1], offset[2] : offset[2] + patch[2]])
+            new_origins.append([o + d for o, d in zip(origins[b].tolist(), offset)])
+        return torch.stack(crops), torch.tensor(new_origins, dtype=torch.long)
+
+    @staticmethod
+    def _gather(volume: torch.Tensor, origins: torch.Tensor, size) -> torch.Tensor:
+        """Per batch element, the box at ``origins`` of ``size`` from ``volume``."""
+        if int(origins.abs().sum()) == 0 and tuple(volume.shape[2:]) == tuple(size):
+            return volume
+        return torch.stack([
+            volume[b, :, o[0] : o[0] + size[0], o[1] : o[1] + size[1], o[2] : o[2] + size[2]]
+            for b, o in enumerate(origins.tolist())
+        ])

@@ -1,0 +1,57 @@
+"""Intensity normalisation and padding, stored in the model file and shared by
+training and inference."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import InputImageError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Percentile clip and rescale to [0, 1] (TorchIO's ``RescaleIntensity`` maths).
+
+    ``pad_to`` reproduces the reference code's fixed-size zero padding (imported
+    models): normalise, zero-pad to ``pad_to``, normalise again. Without it the
+    normalised volume is zero-padded only up to a multiple of the model's downscaling.
+    """
+
+    percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
+    pad_to: Optional[List[int]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
+        return cls(**data)
+
+
+def rescale_percentiles(array: np.ndarray, percentiles: List[float]) -> np.ndarray:
+    """Clip to the given percentiles and map that range linearly onto [0, 1]."""
+    low, high = np.percentile(array, percentiles)
+    if not high > low:
+        raise InputImageError("the image has (almost) constant intensity; nothing to segment")
+    clipped = np.clip(array.astype(np.float32), low, high)
+    return ((clipped - low) / (high - low)).astype(np.float32)
+
+
+def pad_end(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """Zero-pad at the end of each axis up to ``shape``."""
+    widths = [(0, max(0, s - a)) for a, s in zip(array.shape, shape)]
+    return np.pad(array, widths) if any(w[1] for w in widths) else array
+
+
+def prepare(array: np.ndarray, spec: Preprocessing, multiple: int) -> np.ndarray:
+    """Normalised, padded volume (X, Y, Z) ready for the model; crop back with
+    ``array[:X, :Y, :Z]``."""
+    normalised = rescale_percentiles(array, spec.percentiles)
+    if spec.pad_to is not None:
+        target = tuple(max(p, s) for p, s in zip(spec.pad_to, array.shape))
+        normalised = rescale_percentiles(pad_end(normalised, target), spec.percentiles)
+    rounded = tuple(-(-s // multiple) * multiple for s in normalised.shape)
+    return pad_end(normalised, rounded)

@@ -1,0 +1,77 @@
+"""NQM calibration (linear Dice ~ NQM) and the traffic light."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+DEFAULT_TARGET_DICE = 0.8
+
+EXPLANATIONS = {
+    "green": "quality likely above the calibrated threshold",
+    "yellow": "quality near the calibrated threshold: check the segmentation",
+    "red": "quality likely below the calibrated threshold: review carefully",
+    "unknown": "this model has no NQM calibration: judge the segmentation yourself",
+}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Predicted Dice = slope * NQM + intercept, fitted on calibration cases.
+
+    ``margin`` is the half-width, in Dice, of the yellow band around ``target_dice``.
+    """
+
+    slope: float
+    intercept: float
+    target_dice: float = DEFAULT_TARGET_DICE
+    margin: float = 0.05
+    cases: int = 0
+    r_squared: Optional[float] = None
+    description: str = ""
+
+    @property
+    def nqm_threshold(self) -> float:
+        """The NQM at which the predicted Dice equals the target."""
+        return (self.target_dice - self.intercept) / self.slope
+
+    def predicted_dice(self, nqm: float) -> float:
+        if math.isinf(nqm):
+            return 0.0
+        return min(1.0, max(0.0, self.slope * nqm + self.intercept))
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["nqm_threshold"] = self.nqm_threshold
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "Calibration":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass(frozen=True)
+class Quality:
+    light: str  # green | yellow | red | unknown
+    predicted_dice: Optional[float]
+    explanation: str
+
+
+def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
+    """The traffic light for one NQM value.
+
+    green: predicted Dice >= target + margin; red: < target - margin; yellow between.
+    An empty segmentation (infinite NQM) is red.
+    """
+    if calibration is None:
+        return Quality("unknown", None, EXPLANATIONS["unknown"])
+    predicted = calibration.predicted_dice(nqm)
+    if predicted >= calibration.target_dice + calibration.margin:
+        light = "green"
+    elif predicted < calibration.target_dice - calibration.margin or math.isinf(nqm):
+        light = "red"
+    else:
+        light = "yellow"
+    return Quality(light, predicted, EXPLANATIONS[light])

@@ -1,0 +1,1 @@
+"""Training, evaluation and NQM calibration of M3D-NCA models."""

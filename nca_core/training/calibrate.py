@@ -1,0 +1,77 @@
+"""NQM calibration: a linear Dice ~ NQM fit and the yellow margin, as in the paper."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..quality import DEFAULT_TARGET_DICE, Calibration
+from .evaluate import CaseEvaluation
+
+FLAG_SHARE = 0.95  # the margin is chosen so that this share of calibration failures is flagged
+
+
+def fit_calibration(
+    nqms: Sequence[float],
+    dices: Sequence[float],
+    target_dice: float = DEFAULT_TARGET_DICE,
+    description: str = "",
+) -> Calibration:
+    """Least-squares line Dice = slope * NQM + intercept and the yellow margin.
+
+    The margin is the smallest Dice band above the target that makes the light flag
+    ``FLAG_SHARE`` of the calibration cases whose Dice is below the target (at least
+    the fit's residual standard error / 2, so that the band is never empty).
+    """
+    nqm = np.asarray(nqms, dtype=np.float64)
+    dice = np.asarray(dices, dtype=np.float64)
+    finite = np.isfinite(nqm)
+    nqm, dice = nqm[finite], dice[finite]
+    if nqm.size < 3 or np.ptp(nqm) == 0:
+        raise ValueError("calibration needs at least 3 cases with different NQM")
+    slope, intercept = np.polyfit(nqm, dice, 1)
+    predicted = np.clip(slope * nqm + intercept, 0, 1)
+    residual = dice - predicted
+    r_squared = 1 - float((residual**2).sum() / ((dice - dice.mean()) ** 2).sum()) if np.ptp(dice) else None
+    margin = float(np.sqrt((residual**2).mean())) / 2
+    failures = predicted[dice < target_dice]
+    if failures.size:
+        needed = float(np.quantile(failures, FLAG_SHARE, method="higher")) - target_dice
+        margin = max(margin, needed + 1e-6)
+    return Calibration(
+        slope=float(slope), intercept=float(intercept), target_dice=target_dice,
+        margin=round(margin, 6), cases=int(nqm.size),
+        r_squared=None if r_squared is None else round(r_squared, 4), description=description,
+    )
+
+
+def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, path: Path) -> None:
+    """Dice vs NQM scatter (by artifact) with the fitted line and the light's bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..atomic import atomic_path
+
+    figure, axis = plt.subplots(figsize=(6, 4.5))
+    finite = [r for r in rows if math.isfinite(r.nqm)]
+    for artifact in sorted({r.artifact for r in finite}):
+        group = [r for r in finite if r.artifact == artifact]
+        axis.scatter([r.nqm for r in group], [r.dice for r in group], s=14, label=artifact)
+    xs = np.linspace(0, max(r.nqm for r in finite) * 1.05, 50)
+    axis.plot(xs, np.clip(calibration.slope * xs + calibration.intercept, 0, 1), "k-",
+              label=f"Dice = {calibration.slope:.2f}·NQM + {calibration.intercept:.2f}")
+    axis.axhspan(calibration.target_dice - calibration.margin, calibration.target_dice + calibration.margin,
+                 color="#f9a825", alpha=0.2, label="yellow band")
+    axis.axhline(calibration.target_dice, color="#c62828", lw=0.8, ls="--")
+    axis.set_xlabel("NQM")
+    axis.set_ylabel("Dice")
+    axis.set_ylim(0, 1.02)
+    axis.legend(fontsize=8, loc="lower left")
+    axis.set_title(f"NQM calibration ({calibration.cases} cases)")
+    with atomic_path(Path(path), ".png") as temporary:
+        figure.savefig(temporary, dpi=100, bbox_inches="tight")
+    plt.close(figure)

@@ -1,0 +1,141 @@
+"""``m3dnca train``, ``evaluate`` and ``calibrate``."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import List
+
+from ..errors import NCAError
+from ..modelfile import save_model
+from ..quality import DEFAULT_TARGET_DICE
+from .data import Case, find_pairs, load_cases
+
+EXIT_OK = 0
+
+
+def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
+    cases = load_cases(find_pairs(args.data), merge_labels)
+    if args.split:
+        try:
+            names = set(json.loads(Path(args.split).read_text())[args.subset])
+        except (OSError, ValueError, KeyError) as error:
+            raise NCAError(f"{args.split}: cannot read subset {args.subset!r} ({error})") from None
+        cases = [c for c in cases if c.name in names]
+    if args.limit:
+        cases = cases[: args.limit]
+    if not cases:
+        raise NCAError(f"{args.data}: no cases selected")
+    return cases
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .settings import TrainSettings
+    from .trainer import BEST_MODEL, Trainer
+
+    run_dir = Path(args.output)
+    saved = run_dir / "settings.json"
+    if args.resume and saved.is_file():
+        settings = TrainSettings.from_file(saved)
+    elif args.config:
+        settings = TrainSettings.from_file(args.config)
+    else:
+        settings = TrainSettings.for_preset(args.preset)
+    overrides = {k: v for k, v in (("iterations", args.iterations), ("time_limit_minutes", args.time_limit),
+                                   ("augment", args.augment or None)) if v is not None}
+    settings = replace(settings, **overrides)
+    result = Trainer(args.data, run_dir, settings, device=args.device).fit(resume=args.resume)
+    print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; best validation Dice "
+          f"{result.best_dice:.4f} at iteration {result.best_iteration}; model: {run_dir / BEST_MODEL}")
+    return EXIT_OK
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..devices import pick_device
+    from ..registry import load
+    from .evaluate import evaluate_cases, summarise, write_evaluation
+
+    bundle = load(args.model)
+    cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
+    artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
+    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
+                          artifacts=artifacts)
+    target = bundle.calibration.target_dice if bundle.calibration else DEFAULT_TARGET_DICE
+    summary = summarise(rows, target)
+    write_evaluation(rows, summary, args.output)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..devices import pick_device
+    from ..registry import load
+    from .calibrate import fit_calibration, plot_calibration
+    from .evaluate import evaluate_cases, summarise, write_evaluation
+
+    bundle = load(args.model)
+    cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
+    artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
+    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
+                          artifacts=artifacts)
+    description = (f"{len(cases)} cases of {Path(args.data).name}"
+                   f"{' (' + args.subset + ' split)' if args.split else ''}, artifacts: {', '.join(artifacts)}, "
+                   f"{args.runs} runs")
+    calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
+    bundle.calibration = calibration
+    out = Path(args.output)
+    save_model(bundle, out)
+    rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
+    summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict())
+    report_dir = out.parent / (out.name + ".calibration")
+    write_evaluation(rows, summary, report_dir)
+    plot_calibration(rows, calibration, report_dir / "dice_vs_nqm.png")
+    print(json.dumps(summary, indent=2))
+    print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
+    return EXIT_OK
+
+
+def _judge(nqm: float, calibration) -> dict:
+    from ..quality import assess
+
+    quality = assess(nqm, calibration)
+    return {"quality": quality.light, "predicted_dice": quality.predicted_dice}
+
+
+def _add_case_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="MSD-style folder")
+    parser.add_argument("--model", required=True, help="shipped model name or model file")
+    parser.add_argument("--split", type=Path, help="a run's split.json to pick cases from")
+    parser.add_argument("--subset", default="validation", choices=["train", "validation"])
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N cases")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("-o", "--output", type=Path, required=True)
+
+
+def add_training_commands(commands) -> None:
+    train = commands.add_parser("train", help="train a model on an MSD-style dataset")
+    train.add_argument("--data", type=Path, required=True)
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="hippocampus")
+    source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run)")
+    train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
+    train.add_argument("--iterations", type=int)
+    train.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop (resumably) after this much training")
+    train.add_argument("--augment", action="store_true", help="TorchIO intensity augmentation")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="Dice, NQM and light per case; CSV + JSON")
+    _add_case_selection(evaluate)
+    evaluate.add_argument("--artifacts", action="store_true", help="also noise, spike and ghosting versions")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit Dice ~ NQM and store it in a model file")
+    _add_case_selection(calibrate)
+    calibrate.add_argument("--target-dice", type=float, default=DEFAULT_TARGET_DICE)
+    calibrate.add_argument("--no-artifacts", action="store_true", help="clean images only")
+    calibrate.set_defaults(run=cmd_calibrate)

@@ -1,0 +1,83 @@
+"""Labelled datasets: the Medical Segmentation Decathlon layout or image/label folders."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import NCAError
+from ..imaging import Volume, case_name, is_volume_file, read_volume
+
+FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
+
+
+@dataclass
+class Case:
+    """One labelled volume, arrays in (X, Y, Z) order."""
+
+    name: str
+    image: np.ndarray  # float32 raw intensities
+    label: np.ndarray  # uint8, 0 = background
+    volume: Volume  # geometry of the image
+
+
+def find_pairs(root: Path) -> List[Tuple[Path, Path]]:
+    """(image, label) paths from dataset.json (MSD) or from matching folder names."""
+    root = Path(root)
+    manifest = root / "dataset.json"
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text()).get("training", [])
+        pairs = [(root / e["image"], root / e["label"]) for e in entries]
+        pairs = [(i, l) for i, l in pairs if i.is_file() and l.is_file()]
+        if pairs:
+            return pairs
+    for images, labels in FOLDER_PAIRS:
+        if (root / images).is_dir() and (root / labels).is_dir():
+            label_files = {case_name(p): p for p in (root / labels).iterdir() if is_volume_file(p)}
+            pairs = [
+                (p, label_files[case_name(p)])
+                for p in sorted((root / images).iterdir())
+                if is_volume_file(p) and case_name(p) in label_files
+            ]
+            if pairs:
+                return pairs
+    raise NCAError(
+        f"{root}: no labelled cases found (expected dataset.json, imagesTr/+labelsTr/ "
+        "or images/+labels/ with matching file names)"
+    )
+
+
+def load_case(image_path: Path, label_path: Path, merge_labels: bool) -> Case:
+    volume = read_volume(image_path)
+    label = read_volume(label_path).array
+    if label.shape != volume.array.shape:
+        raise NCAError(f"{label_path}: label shape {label.shape} != image shape {volume.array.shape}")
+    label = np.rint(label).astype(np.uint8)
+    if merge_labels:
+        label = (label > 0).astype(np.uint8)
+    return Case(name=volume.name, image=volume.array, label=label, volume=volume)
+
+
+def load_cases(pairs: Sequence[Tuple[Path, Path]], merge_labels: bool) -> List[Case]:
+    return [load_case(i, l, merge_labels) for i, l in pairs]
+
+
+def split_names(names: Sequence[str], validation_fraction: float, seed: int) -> Dict[str, List[str]]:
+    """A reproducible train/validation split of case names."""
+    shuffled = sorted(names)
+    random.Random(seed).shuffle(shuffled)
+    count = max(1, round(len(shuffled) * validation_fraction)) if validation_fraction > 0 else 0
+    return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}
+
+
+def load_split(path: Path) -> Optional[Dict[str, List[str]]]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def one_hot(label: np.ndarray, classes: int) -> np.ndarray:
+    """(K, X, Y, Z) float32 targets for classes 1..K."""
+    return np.stack([(label == k + 1) for k in range(classes)]).astype(np.float32)

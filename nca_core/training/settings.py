@@ -1,0 +1,68 @@
+"""Training settings, saved beside every run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..config import NCAConfig, preset
+from ..errors import NCAError
+
+
+@dataclass
+class TrainSettings:
+    """How a model is trained. ``patch_sizes`` has one entry per level: None trains
+    that level on the whole (downscaled) volume, [x, y, z] on a random patch."""
+
+    model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
+    iterations: int = 4000
+    batch_duplication: int = 2
+    learning_rate: float = 16e-4
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.5])
+    lr_gamma: float = 0.9995
+    patch_sizes: List[Optional[List[int]]] = field(default_factory=lambda: [None, [24, 24, 24]])
+    merge_labels: bool = True
+    validation_fraction: float = 0.2
+    seed: int = 0
+    validate_every: int = 200
+    validation_runs: int = 2
+    checkpoint_every: int = 50
+    augment: bool = False
+    time_limit_minutes: Optional[float] = None
+
+    @property
+    def config(self) -> NCAConfig:
+        return NCAConfig.from_dict(self.model)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainSettings":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise NCAError(f"unknown training settings: {sorted(unknown)}")
+        settings = cls(**data)
+        if len(settings.patch_sizes) != settings.config.levels:
+            raise NCAError("patch_sizes needs one entry per level")
+        return settings
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainSettings":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as error:
+            raise NCAError(f"{path}: cannot read training settings ({error})") from None
+
+    @classmethod
+    def for_preset(cls, name: str, **overrides: Any) -> "TrainSettings":
+        config = preset(name)
+        patches: List[Optional[List[int]]] = [None] + [[24, 24, 24]] * (config.levels - 1)
+        if name == "prostate":
+            patches = [None] + [[64, 64, 16]] * (config.levels - 1)
+        if name.endswith("2class"):
+            overrides.setdefault("merge_labels", False)
+        return cls.from_dict({"model": config.to_dict(), "patch_sizes": patches, **overrides})

@@ -1,0 +1,257 @@
+"""The training loop: progress bar, TensorBoard, checkpoints, resume, best model."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import __version__
+from ..ensemble import run_ensemble
+from ..atomic import write_json
+from ..devices import pick_device
+from ..errors import NCAError
+from ..metrics import mean_foreground_dice
+from ..model import LevelPlan, M3DNCA
+from ..modelfile import ModelBundle, save_model
+from ..preprocessing import Preprocessing, pad_end, prepare
+from .augment import augmenter
+from .data import Case, find_pairs, load_cases, one_hot, split_names
+from .loss import dice_bce_loss
+from .settings import TrainSettings
+
+CHECKPOINT = "checkpoint.pt"
+BEST_MODEL = "best.m3dnca"
+LAST_MODEL = "last.m3dnca"
+
+
+@dataclass
+class TrainingResult:
+    run_dir: Path
+    iterations: int
+    best_dice: float
+    best_iteration: int
+    seconds: float
+
+
+class Trainer:
+    """Trains one model into ``run_dir``; resumable from its checkpoint."""
+
+    def __init__(self, data_dir: Path, run_dir: Path, settings: TrainSettings, device: str = "auto"):
+        self.data_dir = Path(data_dir)
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.device = pick_device(device)
+        self.config = settings.config
+        self.preprocessing = Preprocessing()
+        self.model = M3DNCA(self.config).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            [{"params": level.parameters()} for level in self.model.levels],
+            lr=settings.learning_rate,
+            betas=tuple(settings.betas),
+        )
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, settings.lr_gamma)
+        self.iteration = 0
+        self.best_dice = -1.0
+        self.best_iteration = 0
+        self.elapsed = 0.0
+        self.history: List[Dict[str, float]] = []
+
+    # ---- data -------------------------------------------------------------------
+    def load_data(self) -> None:
+        pairs = find_pairs(self.data_dir)
+        cases = load_cases(pairs, self.settings.merge_labels)
+        split_path = self.run_dir / "split.json"
+        if split_path.is_file():
+            split = json.loads(split_path.read_text())
+        else:
+            split = split_names([c.name for c in cases], self.settings.validation_fraction, self.settings.seed)
+            split["data"] = str(self.data_dir.resolve())
+            write_json(split_path, split)
+        by_name = {c.name: c for c in cases}
+        missing = [n for n in split["train"] + split["validation"] if n not in by_name]
+        if missing:
+            raise NCAError(f"{split_path}: cases not found in {self.data_dir}: {missing[:5]}")
+        self.split = split
+        self.train_cases = [by_name[n] for n in split["train"]]
+        self.validation_cases = [by_name[n] for n in split["validation"]]
+        self._prepared = {c.name: self._prepare(c) for c in self.train_cases}
+        self._augment = augmenter() if self.settings.augment else None
+
+    def _prepare(self, case: Case):
+        image = prepare(case.image, self.preprocessing, self.model.multiple)
+        target = pad_end(one_hot(case.label, self.config.output_channels), (self.config.output_channels,) + image.shape)
+        return torch.from_numpy(image), torch.from_numpy(target)
+
+    # ---- checkpoints ------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "iteration": self.iteration,
+            "best_dice": self.best_dice,
+            "best_iteration": self.best_iteration,
+            "elapsed": self.elapsed,
+            "history": self.history,
+        }
+        temporary = self.run_dir / (CHECKPOINT + ".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, self.run_dir / CHECKPOINT)
+
+    def load_checkpoint(self) -> None:
+        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        self.best_dice = float(state["best_dice"])
+        self.best_iteration = int(state["best_iteration"])
+        self.elapsed = float(state["elapsed"])
+        self.history = list(state["history"])
+
+    # ---- one iteration ----------------------------------------------------------
+    def _case_for(self, iteration: int) -> Case:
+        count = len(self.train_cases)
+        epoch, index = divmod(iteration, count)
+        order = list(range(count))
+        random.Random(self.settings.seed * 1_000_003 + epoch).shuffle(order)
+        return self.train_cases[order[index]]
+
+    def train_step(self) -> float:
+        """One optimiser step on one case (duplicated); deterministic in the iteration."""
+        rng = random.Random(self.settings.seed * 7_919 + self.iteration)
+        case = self._case_for(self.iteration)
+        image, target = self._prepared[case.name]
+        if self._augment is not None:
+            image, target = self._augment(image, target, rng)
+        copies = self.settings.batch_duplication
+        batch = image[None, None].to(self.device).expand(copies, -1, -1, -1, -1)
+        plan = LevelPlan(
+            steps=self.config.steps,
+            fire_rate=self.config.fire_rate,
+            seed=rng.getrandbits(31),
+            per_sample_stats=True,
+            patch_sizes=self.settings.patch_sizes,
+            rng=rng,
+        )
+        self.model.train()
+        state, origins = self.model(batch, plan)
+        logits = state[:, self.model.output_slice()]
+        truth = M3DNCA._gather(target[None].to(self.device).expand(copies, -1, -1, -1, -1), origins, logits.shape[2:])
+        loss = dice_bce_loss(logits, truth)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        return float(loss.detach())
+
+    # ---- validation -------------------------------------------------------------
+    def validate(self, runs: int) -> Dict[str, float]:
+        dices = []
+        for case in self.validation_cases:
+            result = run_ensemble(self.model, case.image, self.preprocessing, runs=runs, seed=0, device=self.device)
+            dices.append(mean_foreground_dice(result.labels, case.label, self.config.output_channels))
+        return {"dice_mean": float(np.mean(dices)), "dice_std": float(np.std(dices)), "cases": len(dices)}
+
+    def bundle(self, validation: Dict[str, float]) -> ModelBundle:
+        provenance = {
+            "description": f"M3D-NCA trained on {self.data_dir.name}",
+            "data": str(self.data_dir.resolve()),
+            "training_cases": len(self.train_cases),
+            "validation_cases": self.split["validation"],
+            "settings": self.settings.to_dict(),
+            "iterations": self.iteration,
+            "training_seconds": round(self.elapsed, 1),
+            "hardware": _hardware(self.device),
+            "validation": validation,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "software": f"nca_core {__version__}, torch {torch.__version__}",
+        }
+        return ModelBundle.from_model(self.model, preprocessing=self.preprocessing, provenance=provenance)
+
+    # ---- the loop ---------------------------------------------------------------
+    def fit(self, resume: bool = False, log: bool = True) -> TrainingResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / CHECKPOINT).exists():
+            if not resume:
+                raise NCAError(f"{self.run_dir}: holds a training run already; pass --resume to continue it")
+            self.load_checkpoint()
+        write_json(self.run_dir / "settings.json", self.settings.to_dict())
+        self.load_data()
+        writer = _tensorboard(self.run_dir) if log else None
+        limit = self.settings.time_limit_minutes
+        total = self.settings.iterations
+        bar = tqdm(total=total, initial=self.iteration, desc="training", unit="it", disable=not log)
+        try:
+            while self.iteration < total:
+                if limit is not None and self.elapsed >= limit * 60:
+                    break
+                started = time.perf_counter()
+                loss = self.train_step()
+                self.elapsed += time.perf_counter() - started
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", best=f"{max(self.best_dice, 0):.3f}")
+                if writer:
+                    writer.add_scalar("loss", loss, self.iteration)
+                    writer.add_scalar("learning_rate", self.scheduler.get_last_lr()[0], self.iteration)
+                if self.iteration % self.settings.validate_every == 0 or self.iteration == total:
+                    self._validation_round(writer)
+                if self.iteration % self.settings.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            self.save_checkpoint()
+            if writer:
+                writer.close()
+        return TrainingResult(self.run_dir, self.iteration, self.best_dice, self.best_iteration, self.elapsed)
+
+    def _validation_round(self, writer) -> None:
+        if not self.validation_cases:
+            save_model(self.bundle({}), self.run_dir / BEST_MODEL)
+            return
+        started = time.perf_counter()
+        validation = self.validate(self.settings.validation_runs)
+        self.elapsed += time.perf_counter() - started
+        self.history.append({"iteration": self.iteration, "seconds": round(self.elapsed, 1), **validation})
+        write_json(self.run_dir / "history.json", self.history)
+        save_model(self.bundle(validation), self.run_dir / LAST_MODEL)
+        if validation["dice_mean"] > self.best_dice:
+            self.best_dice = validation["dice_mean"]
+            self.best_iteration = self.iteration
+            save_model(self.bundle(validation), self.run_dir / BEST_MODEL)
+        if writer:
+            writer.add_scalar("validation/dice", validation["dice_mean"], self.iteration)
+            writer.add_image("validation/example", self._example_slice(), self.iteration, dataformats="HW")
+        tqdm.write(f"iteration {self.iteration}: validation Dice {validation['dice_mean']:.4f} "
+                   f"± {validation['dice_std']:.4f} ({self.elapsed / 60:.1f} min)")
+
+    def _example_slice(self) -> np.ndarray:
+        case = self.validation_cases[0]
+        result = run_ensemble(self.model, case.image, self.preprocessing, runs=1, device=self.device)
+        middle = case.image.shape[2] // 2
+        image = case.image[:, :, middle]
+        image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
+        return np.concatenate([image, case.label[:, :, middle] > 0, result.labels[:, :, middle] > 0], axis=1).astype(np.float32)
+
+
+def _tensorboard(run_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _hardware(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
