@@ -6,7 +6,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, List, Tuple
+
+
+def _temporary_beside(path: Path, suffix: str) -> str:
+    """A new empty file beside ``path`` with the permissions a plain ``open`` would give."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    return temporary
 
 
 @contextlib.contextmanager
@@ -15,15 +25,39 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[str]:
 
     On any error the temporary file is removed and ``path`` is left as it was.
     """
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
+    temporary = _temporary_beside(Path(path), suffix)
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[Callable[[Path, str], str]]:
+    """Stage several files: ``stage(path, suffix)`` gives a temporary name beside ``path``.
+
+    When the block succeeds every temporary replaces its target, in staging order (stage
+    the file that marks a complete set last); on any error all temporaries are removed
+    and no target is touched.
+    """
+    staged: List[Tuple[str, Path]] = []
+
+    def stage(path: Path, suffix: str = "") -> str:
+        path = Path(path)
+        temporary = _temporary_beside(path, suffix)
+        staged.append((temporary, path))
+        return temporary
+
+    try:
+        yield stage
+        for temporary, path in staged:
+            os.replace(temporary, path)
+    finally:
+        for temporary, _ in staged:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def write_bytes(path: Path, data: bytes) -> None:

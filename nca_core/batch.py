@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import csv
 import io
-import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
 
 from .atomic import write_text
 from .errors import NCAError
-from .imaging import case_name, list_inputs, read_volume
+from .imaging import case_name, is_dicom_folder, list_inputs, read_volume
 from .modelfile import ModelBundle
-from .pipeline import output_paths, segment_array, write_outputs
+from .pipeline import check_options, output_paths, segment_array, write_outputs
 
 SUMMARY = "summary.csv"
 
@@ -39,14 +39,47 @@ class SegmentOptions:
     save_probability: bool = False
     preview: bool = False
     overwrite: bool = False
+    channel: Optional[int] = None  # of a 4D or vector image
 
 
-def check_outputs_are_not_inputs(inputs: List[Path], outdir: Path) -> None:
+def describe(outcome: CaseOutcome) -> str:
+    """One line per case; a failed case's line is its error message (it names the file)."""
+    if outcome.status == "ok":
+        nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
+        return f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
+    if outcome.status == "failed":
+        return f"error: {outcome.message}"
+    return f"{outcome.case}: skipped: {outcome.message}"
+
+
+def is_batch(inputs: Sequence[Path]) -> bool:
+    """Several inputs, or a folder of volumes: such runs get a ``summary.csv``."""
+    paths = [Path(p) for p in inputs]
+    return len(paths) > 1 or any(p.is_dir() and not is_dicom_folder(p) for p in paths)
+
+
+def check_outputs_are_not_inputs(inputs: Sequence[Path], given: Sequence[Path], outdir: Path) -> None:
+    """Refuse an output file that is an input, or an output folder that is an input folder."""
     resolved = {p.resolve() for p in inputs}
+    for folder in given:
+        if folder.is_dir() and folder.resolve() == outdir.resolve():
+            raise NCAError(f"{outdir}: output folder is an input folder; choose another output folder")
     for path in inputs:
         for output in output_paths(outdir, case_name(path)).values():
             if output.resolve() in resolved:
                 raise NCAError(f"{output}: output would overwrite an input; choose another output folder")
+
+
+def prepare_output_folder(outdir: Path) -> None:
+    """Create ``outdir`` and prove that files can be created in it."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outdir):
+            pass
+    except FileExistsError:
+        raise NCAError(f"{outdir}: output path exists and is not a folder") from None
+    except OSError as error:
+        raise NCAError(f"{outdir}: output folder is not writable ({error.strerror})") from None
 
 
 def segment_inputs(
@@ -56,32 +89,34 @@ def segment_inputs(
     model_name: str,
     options: SegmentOptions,
     progress_for: Optional[Callable[[str], Callable[[int, int], None]]] = None,
-    report: Callable[[str], None] = print,
+    report: Callable[[CaseOutcome], None] = lambda outcome: print(describe(outcome)),
 ) -> List[CaseOutcome]:
-    """Segment every input; returns one outcome per case (see ``write_summary``)."""
-    paths = list_inputs([Path(p) for p in inputs])
+    """Segment every input; returns one outcome per case (see ``write_summary``).
+
+    Problems common to all cases (options, output folder) raise NCAError; a case that
+    fails is reported and skipped, and leaves no output files.
+    """
+    check_options(bundle, options.runs, options.steps)
+    given = [Path(p) for p in inputs]
+    paths = list_inputs(given)
     outdir = Path(outdir)
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise NCAError(f"{outdir}: cannot create output folder ({error.strerror})") from None
-    if not os.access(outdir, os.W_OK):
-        raise NCAError(f"{outdir}: output folder is not writable")
-    check_outputs_are_not_inputs(paths, outdir)
+    check_outputs_are_not_inputs(paths, given, outdir)
+    prepare_output_folder(outdir)
     outcomes = []
     for path in paths:
         outcome = _segment_one(path, outdir, bundle, model_name, options, progress_for)
-        report(_describe(outcome))
+        report(outcome)
         outcomes.append(outcome)
     return outcomes
 
 
-def _segment_one(path, outdir, bundle, model_name, options: SegmentOptions, progress_for) -> CaseOutcome:
+def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentOptions, progress_for) -> CaseOutcome:
     name = case_name(path)
-    if output_paths(outdir, name)["report"].exists() and not options.overwrite:
-        return CaseOutcome(name, str(path), "skipped", "outputs exist; pass --overwrite to redo")
+    existing = [p.name for p in output_paths(outdir, name).values() if p.exists()]
+    if existing and not options.overwrite:
+        return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
     try:
-        volume = read_volume(path)
+        volume = read_volume(path, options.channel)
         result = segment_array(
             volume.array, bundle, model_name, runs=options.runs, seed=options.seed,
             device=options.device, fire_rate=options.fire_rate, steps=options.steps,
@@ -89,19 +124,21 @@ def _segment_one(path, outdir, bundle, model_name, options: SegmentOptions, prog
         )
         write_outputs(volume, result, outdir, options.save_probability, options.preview)
     except NCAError as error:
-        return CaseOutcome(name, str(path), "failed", str(error))
-    except MemoryError:
-        return CaseOutcome(name, str(path), "failed", f"{path}: not enough memory for this volume")
+        return CaseOutcome(name, str(path), "failed", _naming(str(error), path, outdir))
+    except Exception as error:  # noqa: BLE001 - one broken case must not stop a batch
+        message = f"unexpected {type(error).__name__}: {error} (please report this)"
+        return CaseOutcome(name, str(path), "failed", _naming(message, path, outdir))
     report = result.report()
     return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
                        report["predicted_dice"], report["seconds"])
 
 
-def _describe(outcome: CaseOutcome) -> str:
-    if outcome.status == "ok":
-        nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
-        return f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
-    return f"{outcome.case}: {outcome.status}: {outcome.message}"
+def _naming(message: str, path: Path, outdir: Path) -> str:
+    """The message, prefixed with the input file unless it already names a file."""
+    message = " ".join(message.split())
+    if message.startswith((str(path), str(outdir))):
+        return message
+    return f"{path}: {message}"
 
 
 def write_summary(outcomes: Sequence[CaseOutcome], outdir: Path) -> Path:

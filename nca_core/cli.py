@@ -30,6 +30,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _channel(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
 def _fire_rate(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -38,23 +45,34 @@ def _fire_rate(text: str) -> float:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .batch import SegmentOptions, segment_inputs, write_summary
+    """Segment every input; exit 0 when every case succeeded (or was skipped), 1 otherwise."""
+    from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
     from .registry import load
 
     bundle = load(args.model)
     options = SegmentOptions(
         runs=args.runs, seed=args.seed, device=args.device, fire_rate=args.fire_rate,
         steps=args.steps, save_probability=args.save_probability, preview=args.preview,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, channel=args.channel,
     )
     outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options,
-                              progress_for=_progress_bar(args.runs))
-    if len(outcomes) > 1:
-        write_summary(outcomes, args.output)
+                              progress_for=_progress_bar(args.runs), report=_print_outcome)
     failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        print(f"{len(failed)} of {len(outcomes)} cases failed", file=sys.stderr)
+    if is_batch(args.inputs):
+        summary = write_summary(outcomes, args.output)
+        if failed:
+            print(f"m3dnca: {len(failed)} of {len(outcomes)} cases failed; see {summary}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_outcome(outcome) -> None:
+    """Failed cases go to stderr as one error line each; the rest to stdout."""
+    from .batch import describe
+
+    if outcome.status == "failed":
+        print(f"m3dnca: {describe(outcome)}", file=sys.stderr)
+    else:
+        print(describe(outcome))
 
 
 def _progress_bar(total: int) -> Optional[Callable[[str], Callable[[int, int], None]]]:
@@ -140,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--save-probability", action="store_true")
     segment.add_argument("--preview", action="store_true", help="write a PNG of the middle slice")
     segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    segment.add_argument("--channel", type=_channel, default=None, metavar="N",
+                         help="channel (0-based) of a 4D or vector image to segment")
     segment.set_defaults(run=cmd_segment)
 
     new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
@@ -165,6 +185,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.run(args)
     except NCAError as error:
         print(f"m3dnca: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"m3dnca: error: {where}{error.strerror or error}", file=sys.stderr)
+        return EXIT_FAILED
+    except MemoryError:
+        print("m3dnca: error: out of memory", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("m3dnca: interrupted", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Segment one volume with a model: the single entry point behind the CLI and Slicer."""
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -9,13 +10,14 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
+from .atomic import atomic_group
+from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
 from .errors import NCAError
-from .imaging import Volume, to_image, write_atomic
+from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
+from .limits import check_fits, check_memory, inference_bytes, size_text
 from .modelfile import ModelBundle
 from .quality import Quality, assess
-from .atomic import write_json
-from .devices import pick_device
 
 
 @dataclass
@@ -60,17 +62,27 @@ def segment_array(
     progress: Optional[ProgressCallback] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
 ) -> SegmentationResult:
-    """Run the pseudo-ensemble on a raw (X, Y, Z) volume and judge its quality."""
-    if runs < 1:
-        raise NCAError("--runs must be at least 1")
-    if steps is not None and len(steps) != bundle.config.levels:
-        raise NCAError(f"steps needs {bundle.config.levels} values, one per level")
+    """Run the pseudo-ensemble on a raw (X, Y, Z) volume and judge its quality.
+
+    Raises NCAError subclasses (without a file name) for inputs the model cannot take.
+    """
+    check_options(bundle, runs, steps)
+    array = intensity_array(array, "")
+    check_not_constant(array, "")
+    check_fits(array.shape, bundle.config, bundle.preprocessing)
     started = time.perf_counter()
     device = pick_device(device)
-    ensemble = run_ensemble(
-        bundle.build(), array, bundle.preprocessing, runs=runs, seed=seed, fire_rate=fire_rate,
-        steps=steps, device=device, progress=progress, should_cancel=should_cancel,
-    )
+    check_memory(array.shape, bundle.config, bundle.preprocessing, device)
+    try:
+        ensemble = run_ensemble(
+            bundle.build(), array, bundle.preprocessing, runs=runs, seed=seed, fire_rate=fire_rate,
+            steps=steps, device=device, progress=progress, should_cancel=should_cancel,
+        )
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        need = size_text(inference_bytes(array.shape, bundle.config, bundle.preprocessing))
+        raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
     return SegmentationResult(
         ensemble=ensemble,
         quality=assess(ensemble.nqm, bundle.calibration),
@@ -78,6 +90,19 @@ def segment_array(
         device=device,
         seconds=time.perf_counter() - started,
     )
+
+
+def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]]) -> None:
+    """Refuse option values the model cannot run with."""
+    if runs < 1:
+        raise NCAError("--runs must be at least 1")
+    if steps is not None and len(steps) != bundle.config.levels:
+        raise NCAError(f"--steps needs {bundle.config.levels} values, one per level")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
 def output_paths(outdir: Path, case: str) -> Dict[str, Path]:
@@ -95,24 +120,29 @@ def write_outputs(
     save_probability: bool = False,
     preview: bool = False,
 ) -> Dict[str, Path]:
-    """Write the case's files; each one atomically. Returns the paths written."""
+    """Write the case's files: all to temporary names first, renamed only when every
+    one was written (the report last), so a failure leaves none of them behind."""
     paths = output_paths(outdir, volume.name)
-    written = {}
     ensemble = result.ensemble
-    write_atomic(to_image(ensemble.labels, volume.reference), paths["segmentation"])
-    written["segmentation"] = paths["segmentation"]
-    write_atomic(to_image(ensemble.variance_map, volume.reference), paths["variance"])
-    written["variance"] = paths["variance"]
+    images = {"segmentation": ensemble.labels, "variance": ensemble.variance_map}
     if save_probability:
-        write_atomic(to_image(ensemble.foreground_probability, volume.reference), paths["probability"])
-        written["probability"] = paths["probability"]
-    if preview:
-        from .preview import save_preview
+        images["probability"] = ensemble.foreground_probability
+    written = {key: paths[key] for key in list(images) + (["preview"] if preview else []) + ["report"]}
+    target = paths["report"]
+    try:
+        with atomic_group() as stage:
+            for key, array in images.items():
+                target = paths[key]
+                write_image(to_image(array, volume.reference), stage(target, volume_suffix(target)))
+            if preview:
+                from .preview import save_preview
 
-        save_preview(volume, result, paths["preview"])
-        written["preview"] = paths["preview"]
-    report = dict(result.report(), case=volume.name, input=volume.source,
-                  outputs={k: str(v) for k, v in written.items()})
-    write_json(paths["report"], report)
-    written["report"] = paths["report"]
+                target = paths["preview"]
+                save_preview(volume, result, Path(stage(target, ".png")))
+            target = paths["report"]
+            report = dict(result.report(), case=volume.name, input=volume.source,
+                          outputs={k: str(v) for k, v in written.items() if k != "report"})
+            Path(stage(target)).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    except (RuntimeError, OSError) as error:
+        raise NCAError(f"{target}: cannot write output ({output_reason(error)})") from None
     return written

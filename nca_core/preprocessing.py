@@ -32,10 +32,16 @@ class Preprocessing:
 
 
 def rescale_percentiles(array: np.ndarray, percentiles: List[float]) -> np.ndarray:
-    """Clip to the given percentiles and map that range linearly onto [0, 1]."""
+    """Clip to the given percentiles and map that range linearly onto [0, 1].
+
+    When the percentiles coincide (a mostly uniform image with a few other voxels)
+    the full minimum-maximum range is used instead; a constant image is refused.
+    """
     low, high = np.percentile(array, percentiles)
     if not high > low:
-        raise InputImageError("the image has (almost) constant intensity; nothing to segment")
+        low, high = float(array.min()), float(array.max())
+    if not high > low:
+        raise InputImageError("the image has constant intensity; nothing to segment")
     clipped = np.clip(array.astype(np.float32), low, high)
     return ((clipped - low) / (high - low)).astype(np.float32)
 
@@ -44,6 +50,13 @@ def pad_end(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
     """Zero-pad at the end of each axis up to ``shape``."""
     widths = [(0, max(0, s - a)) for a, s in zip(array.shape, shape)]
     return np.pad(array, widths) if any(w[1] for w in widths) else array
+
+
+def prepared_shape(shape: Tuple[int, ...], spec: Preprocessing, multiple: int) -> Tuple[int, ...]:
+    """The shape ``prepare`` gives a volume of ``shape`` (padding only, no data)."""
+    if spec.pad_to is not None:
+        shape = tuple(max(p, s) for p, s in zip(spec.pad_to, shape))
+    return tuple(-(-int(s) // multiple) * multiple for s in shape)
 
 
 def prepare(array: np.ndarray, spec: Preprocessing, multiple: int) -> np.ndarray:
