@@ -1,0 +1,76 @@
+"""Small builders shared by the engine and robustness tests (not a test module)."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from nca_core.cli import main
+from nca_core.config import NCAConfig, preset
+from nca_core.model import M3DNCA
+from nca_core.modelfile import ModelBundle, save_model
+
+
+def random_model(config: NCAConfig, seed: int = 0, scale: float = 0.05) -> M3DNCA:
+    """A model whose fc1 is not zero, so that steps change the state."""
+    torch.manual_seed(seed)
+    model = M3DNCA(config)
+    with torch.no_grad():
+        for rule in model.levels:
+            rule.fc1.weight.normal_(0.0, scale)
+    return model.eval()
+
+
+def model_file(path: Path, preset_name: str = "hippocampus", trained_like: bool = False) -> Path:
+    """Write an (untrained, or random-weight) model file and return its path."""
+    config = preset(preset_name)
+    model = random_model(config) if trained_like else M3DNCA(config)
+    save_model(ModelBundle.from_model(model, provenance={"description": "test"}), path)
+    return Path(path)
+
+
+def write_volume(
+    path: Path,
+    array_xyz: np.ndarray,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    origin: Sequence[float] = (0.0, 0.0, 0.0),
+    direction: Optional[Sequence[float]] = None,
+) -> Path:
+    """Write an (X, Y, Z) array with the given geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array_xyz).transpose(2, 1, 0)))
+    image.SetSpacing(tuple(spacing))
+    image.SetOrigin(tuple(origin))
+    if direction is not None:
+        image.SetDirection(tuple(direction))
+    sitk.WriteImage(image, str(path))
+    return Path(path)
+
+
+def smooth_volume(shape: Sequence[int] = (16, 14, 12), seed: int = 0) -> np.ndarray:
+    """A small non-constant float32 volume (X, Y, Z)."""
+    rng = np.random.default_rng(seed)
+    return (rng.random(tuple(shape)) * 100).astype(np.float32)
+
+
+def hashes(folder: Path) -> Dict[str, str]:
+    """SHA-256 of every file below ``folder`` (relative names)."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(Path(folder).rglob("*")) if p.is_file()
+    }
+
+
+def run_cli(capsys, *args: str):
+    """Run ``m3dnca`` in-process: (exit code, stdout, stderr lines)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+
+
+def fast(model: Path) -> list:
+    """Options that keep a segmentation cheap: one run, one step per level."""
+    return ["--model", str(model), "--runs", "1", "--steps", "1,1"]

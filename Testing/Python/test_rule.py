@@ -1,0 +1,118 @@
+"""The M3D-NCA rule: parameter counts, pinned image channels, zero-init, firing."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nca_core.config import preset
+from nca_core.firing import fire_mask, stream_key
+from nca_core.model import LevelPlan, M3DNCA
+from nca_core.rule import NCARule
+
+from nca_helpers import random_model
+
+
+def expected_parameters(channels: int, hidden: int, kernels) -> int:
+    """Per level: depthwise conv (c k^3 + c), fc0 (2c h + h), BatchNorm (2h), fc1 (h c)."""
+    return sum(channels * k**3 + channels + 2 * channels * hidden + hidden + 2 * hidden + hidden * channels
+               for k in kernels)
+
+
+@pytest.mark.parametrize("name", ["prostate", "hippocampus"])
+def test_parameter_count_is_12480(name):
+    config = preset(name)
+    model = M3DNCA(config)
+    assert model.parameter_count() == 12_480
+    assert model.parameter_count() == expected_parameters(config.channels, config.hidden, config.kernel_sizes)
+
+
+def test_prostate_preset_is_the_papers():
+    config = preset("prostate")
+    assert (config.levels, config.downscale, config.kernel_sizes, config.channels, config.hidden, config.steps) == (
+        2, 4, [7, 3], 16, 64, [20, 40])
+
+
+def test_fc1_starts_at_zero_and_an_untrained_model_leaves_the_state_unchanged():
+    model = M3DNCA(preset("hippocampus"))
+    assert all(int(torch.count_nonzero(rule.fc1.weight)) == 0 for rule in model.levels)
+    image = torch.rand(1, 1, 8, 10, 12)
+    state, _ = model(image, LevelPlan(steps=[3, 3], fire_rate=0.5))
+    assert torch.equal(state[:, :1], image)
+    assert torch.count_nonzero(state[:, 1:]) == 0
+
+
+def test_image_channels_stay_pinned_over_steps():
+    model = random_model(preset("hippocampus"))
+    rule = model.levels[1]
+    image = torch.rand(2, 1, 6, 6, 6)
+    state = torch.cat([image, torch.rand(2, 15, 6, 6, 6)], dim=1)
+    keys = torch.tensor([stream_key(0, r, 1, 0) for r in range(2)])
+    for _ in range(5):
+        new = rule.step(state, keys, 0.5, per_sample=True)
+        assert torch.equal(new[:, :1], image)
+        assert not torch.equal(new[:, 1:], state[:, 1:])
+        state = new
+
+
+def test_non_firing_cells_keep_their_state():
+    model = random_model(preset("hippocampus"))
+    rule = model.levels[1]
+    state = torch.rand(1, 16, 6, 5, 4)
+    keys = torch.tensor([stream_key(3, 0, 1, 0)])
+    new = rule.step(state, keys, 0.5, per_sample=True)
+    mask = fire_mask(keys, torch.arange(6 * 5 * 4), 0.5).reshape(1, 1, 6, 5, 4).bool()
+    changed = (new != state).any(dim=1, keepdim=True)
+    assert 0 < int(mask.sum()) < mask.numel()
+    assert not bool((changed & ~mask).any())
+    assert bool(changed[mask].all())
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_folded_batchnorm_equals_the_literal_rule(per_sample):
+    model = random_model(preset("prostate"), scale=0.3)
+    rule = model.levels[0]
+    state = torch.rand(3, 16, 9, 8, 7, dtype=torch.float64)
+    rule = rule.double()
+    assert torch.allclose(rule.delta(state, per_sample), rule.delta_reference(state, per_sample), atol=1e-10)
+
+
+@pytest.mark.parametrize("fire_rate", [0.25, 0.5, 0.75])
+def test_share_of_firing_cells_is_one_minus_fire_rate(fire_rate):
+    cells = 200_000
+    keys = torch.tensor([stream_key(1, run, 0, 0) for run in range(4)])
+    share = fire_mask(keys, torch.arange(cells), fire_rate).mean(dim=(1, 2))
+    # binomial std at 200k cells is about 0.001
+    assert torch.allclose(share, torch.full_like(share, 1 - fire_rate), atol=0.006)
+
+
+def test_firing_is_independent_of_batching_and_chunking():
+    cells = torch.arange(5000)
+    keys = torch.tensor([stream_key(7, run, 1, 2) for run in range(3)])
+    together = fire_mask(keys, cells, 0.5)
+    alone = torch.cat([fire_mask(keys[i : i + 1], cells, 0.5) for i in range(3)])
+    chunks = torch.cat([fire_mask(keys, cells[:1234], 0.5), fire_mask(keys, cells[1234:], 0.5)], dim=2)
+    assert torch.equal(together, alone)
+    assert torch.equal(together, chunks)
+    assert not torch.equal(together[0], together[1])
+
+
+def test_runs_give_the_same_result_batched_or_one_by_one():
+    model = random_model(preset("hippocampus"))
+    image = torch.rand(1, 1, 8, 8, 10)
+    plan = LevelPlan(steps=[2, 2], fire_rate=0.5, seed=5, runs=[0, 1, 2])
+    with torch.no_grad():
+        together, _ = model(image.expand(3, -1, -1, -1, -1), plan)
+        alone = []
+        for run in range(3):
+            state, _ = model(image, LevelPlan(steps=[2, 2], fire_rate=0.5, seed=5, runs=[run]))
+            alone.append(state)
+    assert torch.allclose(together, torch.cat(alone), atol=1e-5)
+    assert not torch.allclose(together[0], together[1])
+
+
+def test_state_layout_image_then_outputs_then_hidden():
+    config = preset("hippocampus-2class")
+    model = M3DNCA(config)
+    assert model.output_slice() == slice(1, 3)
+    rule = NCARule(config.channels, config.hidden, 3, config.input_channels)
+    assert rule.fc1.weight.shape == (config.channels, config.hidden)
