@@ -1,0 +1,152 @@
+"""How results are shown: variance overlay settings, traffic-light text and colours,
+segment colours and terminology. Pure functions; the module applies them to MRML nodes."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# Slicer colour table node for the variance overlay (listed in vtkMRMLColorLogic.h).
+VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
+DEFAULT_OVERLAY_OPACITY = 0.6
+# Voxels whose std is below this fraction of the map's maximum are see-through...
+RELATIVE_THRESHOLD = 0.05
+# ...and never below this absolute std (probabilities are in [0, 1]; std at most 0.5 per class).
+ABSOLUTE_THRESHOLD = 0.01
+
+
+@dataclass(frozen=True)
+class OverlaySettings:
+    """Display of the variance map: window [minimum, maximum] and the see-through threshold."""
+
+    window_min: float
+    window_max: float
+    threshold: float
+    empty: bool  # True when no voxel reaches the threshold (nothing to show)
+
+
+def overlay_settings(variance: np.ndarray) -> OverlaySettings:
+    """Window and threshold for a variance (std) map; voxels below ``threshold`` are transparent."""
+    finite = np.asarray(variance, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    peak = float(finite.max()) if finite.size else 0.0
+    threshold = max(ABSOLUTE_THRESHOLD, RELATIVE_THRESHOLD * peak)
+    empty = peak < threshold
+    window_max = peak if not empty else threshold * 2
+    return OverlaySettings(window_min=0.0, window_max=window_max, threshold=threshold, empty=empty)
+
+
+def clamp_opacity(value: float) -> float:
+    if value is None or math.isnan(value):
+        return DEFAULT_OVERLAY_OPACITY
+    return min(1.0, max(0.0, float(value)))
+
+
+# --- traffic light ----------------------------------------------------------------------
+
+LIGHT_COLORS = {
+    "green": "#2ca02c",
+    "yellow": "#f2c200",
+    "red": "#d62728",
+    "unknown": "#8c8c8c",
+}
+
+LIGHT_TITLES = {
+    "green": "Good",
+    "yellow": "Check",
+    "red": "Review carefully",
+    "unknown": "Not calibrated",
+}
+
+
+def light_color(light: str) -> str:
+    return LIGHT_COLORS.get(light, LIGHT_COLORS["unknown"])
+
+
+def light_title(light: str) -> str:
+    return LIGHT_TITLES.get(light, LIGHT_TITLES["unknown"])
+
+
+def light_stylesheet(light: Optional[str], diameter: int = 72) -> str:
+    """Qt style sheet that draws the light as a filled circle (grey outline when idle)."""
+    radius = diameter // 2
+    if light is None:
+        return (f"QLabel {{ background-color: transparent; border: 3px solid #8c8c8c; "
+                f"border-radius: {radius}px; min-width: {diameter}px; max-width: {diameter}px; "
+                f"min-height: {diameter}px; max-height: {diameter}px; }}")
+    return (f"QLabel {{ background-color: {light_color(light)}; border: 3px solid #404040; "
+            f"border-radius: {radius}px; min-width: {diameter}px; max-width: {diameter}px; "
+            f"min-height: {diameter}px; max-height: {diameter}px; }}")
+
+
+def format_nqm(nqm: Optional[float]) -> str:
+    if nqm is None or (isinstance(nqm, float) and math.isinf(nqm)):
+        return "NQM: n/a (empty segmentation)"
+    return f"NQM: {nqm:.4f}"
+
+
+def format_predicted_dice(dice: Optional[float]) -> str:
+    if dice is None:
+        return "Predicted Dice: n/a (model not calibrated)"
+    return f"Predicted Dice: {dice:.2f}"
+
+
+def light_summary(light: str, nqm: Optional[float], dice: Optional[float], explanation: str) -> str:
+    """One plain-text line for logs and the console: light, NQM, predicted Dice, explanation."""
+    return f"{light_title(light)} ({light}); {format_nqm(nqm)}; {format_predicted_dice(dice)}; {explanation}"
+
+
+def progress_text(done: int, total: int) -> str:
+    return f"Runs done: {done} / {total}"
+
+
+# --- segments ----------------------------------------------------------------------------
+
+# Distinct colours (RGB 0..1) for segments, in label order.
+SEGMENT_COLORS: List[Tuple[float, float, float]] = [
+    (0.86, 0.74, 0.25),
+    (0.30, 0.69, 0.93),
+    (0.89, 0.42, 0.76),
+    (0.35, 0.80, 0.44),
+    (0.95, 0.55, 0.25),
+    (0.62, 0.47, 0.90),
+]
+
+_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+# SNOMED CT codes from Slicer's SegmentationCategoryTypeModifier-DICOM-Master.json (5.8):
+# "Hippocampus" SCT 5366008 in category "Anatomical Structure" SCT 123037004.
+_KNOWN_TYPES = {
+    "hippocampus": ("SCT", "123037004", "Anatomical Structure", "SCT", "5366008", "Hippocampus"),
+    "prostate": ("SCT", "123037004", "Anatomical Structure", "SCT", "41216001", "Prostate"),
+}
+
+
+def segment_color(index: int) -> Tuple[float, float, float]:
+    return SEGMENT_COLORS[index % len(SEGMENT_COLORS)]
+
+
+def segment_name(label: str) -> str:
+    """A readable segment name from a model label ("anterior hippocampus" -> "Anterior hippocampus")."""
+    label = (label or "").strip()
+    return label[:1].upper() + label[1:] if label else "Segment"
+
+
+def terminology_entry(label: str) -> Optional[str]:
+    """Slicer TerminologyEntry tag value (7 parts joined by '~') when the label names a known
+    structure, else None (the segment keeps only its name and colour)."""
+    lowered = (label or "").lower()
+    for key, codes in _KNOWN_TYPES.items():
+        if key in lowered:
+            cat = "^".join(codes[0:3])
+            typ = "^".join(codes[3:6])
+            return "~".join([_TERMINOLOGY_CONTEXT, cat, typ, "^^", _ANATOMIC_CONTEXT, "^^", "^^"])
+    return None
+
+
+def segment_specs(labels: Sequence[str]):
+    """(label value, name, colour, terminology or None) for every model label; value k = class k."""
+    return [(index + 1, segment_name(label), segment_color(index), terminology_entry(label))
+            for index, label in enumerate(labels)]

@@ -1,0 +1,168 @@
+"""Segmentation in a separate Python process, so Slicer stays responsive.
+
+The module writes the input voxels to a temporary folder, starts ``worker.py`` with Slicer's
+Python (``PythonSlicer``) and polls the folder from a QTimer: ``progress.json`` (runs done),
+then ``result.npz`` + ``result.json`` or ``error.json``. Cancelling kills the process at once;
+nothing reaches the scene until the result is complete. Pure Python: tested without Slicer.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .options import RunOptions
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
+
+RUNNING, FINISHED, FAILED, CANCELLED = "running", "finished", "failed", "cancelled"
+
+
+@dataclass
+class JobStatus:
+    state: str
+    done: int = 0
+    total: int = 0
+    message: str = ""
+
+
+@dataclass
+class JobResult:
+    """Engine outputs in (X, Y, Z) order plus the report (``SegmentationResult.report()``)."""
+
+    labels: np.ndarray
+    variance: np.ndarray
+    report: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nqm(self) -> float:
+        value = self.report.get("nqm")
+        return math.inf if value is None else float(value)
+
+    @property
+    def label_names(self) -> List[str]:
+        return list(self.report.get("labels") or ["foreground"])
+
+
+def read_json(path: str) -> Optional[Dict[str, Any]]:
+    """The file's JSON, or None while it is missing or half-written."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle)
+    os.replace(temporary, path)
+
+
+class BackgroundJob:
+    """One segmentation running in a child process. Call ``start``, then ``poll`` until the
+    state is not ``running``; ``result`` once finished; ``cleanup`` always."""
+
+    def __init__(self, array_xyz: np.ndarray, options: RunOptions, engine_dir: str,
+                 python: Optional[str] = None, workdir: Optional[str] = None):
+        self.options = options
+        self.engine_dir = engine_dir
+        self.python = python or sys.executable
+        self.workdir = workdir or tempfile.mkdtemp(prefix="m3dnca-job-")
+        self._array = array_xyz
+        self.process: Optional[subprocess.Popen] = None
+        self._log = None
+        self.state = RUNNING
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.workdir, name)
+
+    def command(self) -> List[str]:
+        return [self.python, WORKER, self.workdir]
+
+    def start(self) -> None:
+        np.save(self.path("input.npy"), np.asarray(self._array, dtype=np.float32))
+        self._array = None
+        spec = dict(self.options.to_dict(), engine_dir=self.engine_dir)
+        write_json_atomic(self.path("job.json"), spec)
+        self._log = open(self.path("worker.log"), "w", encoding="utf-8")
+        kwargs: Dict[str, Any] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = 0x08000000  # CREATE_NO_WINDOW
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, cwd=self.workdir, **kwargs)
+
+    def poll(self) -> JobStatus:
+        total = self.options.runs
+        progress = read_json(self.path("progress.json")) or {}
+        done = int(progress.get("done", 0))
+        if self.state == CANCELLED:
+            return JobStatus(CANCELLED, done, total, "cancelled")
+        if self.process is None:
+            return JobStatus(FAILED, 0, total, "the segmentation process was not started")
+        code = self.process.poll()
+        if code is None:
+            return JobStatus(RUNNING, done, total)
+        self._close_log()
+        if code == 0 and os.path.exists(self.path("result.json")):
+            self.state = FINISHED
+            return JobStatus(FINISHED, total, total)
+        self.state = FAILED
+        return JobStatus(FAILED, done, total, self.failure_message(code))
+
+    def failure_message(self, code: int) -> str:
+        error = read_json(self.path("error.json"))
+        if error and error.get("message"):
+            return str(error["message"])
+        tail = self.log_tail()
+        return f"the segmentation process stopped (exit code {code})" + (f": {tail}" if tail else "")
+
+    def log_tail(self, lines: int = 1) -> str:
+        try:
+            with open(self.path("worker.log"), encoding="utf-8", errors="replace") as handle:
+                text = [line.strip() for line in handle if line.strip()]
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:])
+
+    def wait(self, timeout: Optional[float] = None) -> JobStatus:
+        """Block until the process ends (console use and tests)."""
+        if self.process is not None:
+            self.process.wait(timeout)
+        return self.poll()
+
+    def cancel(self) -> None:
+        """Stop at once: kill the process; its partial files are removed by ``cleanup``."""
+        self.state = CANCELLED
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close_log()
+
+    def result(self) -> JobResult:
+        if self.state != FINISHED:
+            raise RuntimeError("the segmentation has not finished")
+        report = read_json(self.path("result.json")) or {}
+        with np.load(self.path("result.npz")) as data:
+            return JobResult(labels=data["labels"].copy(), variance=data["variance"].copy(), report=report)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self._close_log()
+        shutil.rmtree(self.workdir, ignore_errors=True)

@@ -1,0 +1,226 @@
+"""Panel options -> engine arguments, the model catalogue (without torch) and dependencies."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import struct
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+# --- devices -----------------------------------------------------------------------------
+
+DEVICE_CHOICES = ("auto", "CPU", "GPU")
+_ENGINE_DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda", "cuda": "cuda"}
+
+
+def engine_device(choice: str) -> str:
+    """Panel device (auto/CPU/GPU, or the engine's own names) -> nca_core device name."""
+    try:
+        return _ENGINE_DEVICES[(choice or "auto").strip().lower()]
+    except KeyError:
+        raise ValueError(f"unknown device {choice!r}; choose auto, CPU or GPU") from None
+
+
+# --- advanced options ----------------------------------------------------------------------
+
+def parse_steps(text: Optional[str], levels: Optional[int] = None) -> Optional[List[int]]:
+    """"" -> None (the model's steps); "10, 20" -> [10, 20]. Checks the count when levels is given."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [p for p in str(text).replace(";", ",").replace(" ", ",").split(",") if p]
+    try:
+        steps = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"steps per level must be whole numbers separated by commas, got {text!r}") from None
+    if any(s < 1 for s in steps):
+        raise ValueError("steps per level must be at least 1")
+    if levels is not None and len(steps) != levels:
+        raise ValueError(f"this model has {levels} levels: give {levels} step counts (e.g. "
+                         f"{','.join(['10'] * levels)}) or leave empty for the model's own")
+    return steps
+
+
+def fire_rate_option(value: Optional[float]) -> Optional[float]:
+    """The panel's fire rate: 0 (shown as "model default") -> None; else a rate in (0, 1)."""
+    if value is None or value <= 0:
+        return None
+    if value >= 1:
+        raise ValueError("fire rate must be below 1")
+    return float(value)
+
+
+@dataclass
+class RunOptions:
+    """Everything one segmentation needs besides the volume."""
+
+    model: str = "hippocampus"  # shipped model name or path to a .m3dnca file
+    runs: int = 10
+    seed: int = 0
+    device: str = "auto"  # engine name: auto | cpu | cuda
+    fire_rate: Optional[float] = None
+    steps: Optional[List[int]] = None
+
+    def validate(self) -> "RunOptions":
+        if int(self.runs) < 1:
+            raise ValueError("runs must be at least 1")
+        self.runs = int(self.runs)
+        self.seed = int(self.seed)
+        self.device = engine_device(self.device)
+        self.fire_rate = fire_rate_option(self.fire_rate)
+        return self
+
+    def to_dict(self) -> Dict:
+        return {"model": self.model, "runs": self.runs, "seed": self.seed, "device": self.device,
+                "fire_rate": self.fire_rate, "steps": self.steps}
+
+
+# --- where the engine is -------------------------------------------------------------------
+
+def engine_root(module_dir: str) -> Optional[str]:
+    """The folder holding ``nca_core``: the module folder itself once installed (the extension
+    copies nca_core beside the module) or its parent in a source checkout."""
+    module_dir = os.path.abspath(module_dir)
+    for candidate in (module_dir, os.path.dirname(module_dir)):
+        if os.path.isfile(os.path.join(candidate, "nca_core", "__init__.py")):
+            return candidate
+    return None
+
+
+def ensure_engine_importable(module_dir: str) -> Optional[str]:
+    """Put the engine's folder on sys.path (no-op when already importable); returns it."""
+    root = engine_root(module_dir)
+    if root and root not in sys.path:
+        sys.path.insert(0, root)
+    return root
+
+
+# --- model catalogue without torch -----------------------------------------------------------
+
+MODEL_SUFFIX = ".m3dnca"
+MODEL_DIR_VARIABLE = "M3DNCA_MODEL_DIR"
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: str
+    description: str = ""
+    labels: List[str] = field(default_factory=list)
+    levels: int = 0
+    steps: List[int] = field(default_factory=list)
+    fire_rate: Optional[float] = None
+    calibrated: bool = False
+
+    def summary(self) -> str:
+        parts = [self.description or "(no description)"]
+        if self.labels:
+            parts.append("labels: " + ", ".join(self.labels))
+        if self.steps:
+            parts.append(f"steps per level: {','.join(str(s) for s in self.steps)}")
+        parts.append("NQM calibrated" if self.calibrated else "no NQM calibration (light stays grey)")
+        return "; ".join(parts)
+
+
+def read_model_info(path: str, name: Optional[str] = None) -> ModelInfo:
+    """Config, description and calibration status from a model file's safetensors header,
+    without loading weights or torch. Raises ValueError for a file that is not a model."""
+    path = str(path)
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not an M3D-NCA model file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length > 100 * 1024 * 1024:
+            raise ValueError(f"{path}: not an M3D-NCA model file (header too large)")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw)
+        metadata = header["__metadata__"]
+        if metadata.get("format") != "m3dnca":
+            raise KeyError("format")
+        config = json.loads(metadata.get("config") or "{}")
+        provenance = json.loads(metadata.get("provenance") or "{}") or {}
+        calibration = json.loads(metadata.get("calibration") or "null")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{path}: not an M3D-NCA model file (no m3dnca metadata)") from None
+    if name is None:
+        base = os.path.basename(path)
+        name = base[: -len(MODEL_SUFFIX)] if base.endswith(MODEL_SUFFIX) else base
+    return ModelInfo(
+        name=name,
+        path=path,
+        description=str(provenance.get("description", "")),
+        labels=list(config.get("labels", ["foreground"])),
+        levels=len(config.get("kernel_sizes", [])),
+        steps=list(config.get("steps", [])),
+        fire_rate=config.get("fire_rate"),
+        calibrated=bool(calibration),
+    )
+
+
+def model_dirs(engine_dir: Optional[str]) -> List[str]:
+    """Same search order as nca_core.registry.model_dirs (used only when torch is missing)."""
+    dirs = []
+    if os.environ.get(MODEL_DIR_VARIABLE):
+        dirs.append(os.environ[MODEL_DIR_VARIABLE])
+    if engine_dir:
+        dirs.append(os.path.join(engine_dir, "Resources", "Models"))
+        dirs.append(os.path.join(engine_dir, "nca_core", "shipped_models"))
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def shipped_model_files(engine_dir: Optional[str]) -> Dict[str, str]:
+    """Name -> path of every shipped model. Uses nca_core.registry when it imports (torch
+    installed); otherwise the same folders are scanned directly."""
+    try:
+        from nca_core import registry  # imports torch through nca_core.modelfile
+    except ImportError:
+        found: Dict[str, str] = {}
+        for folder in reversed(model_dirs(engine_dir)):
+            for entry in sorted(os.listdir(folder)):
+                if entry.endswith(MODEL_SUFFIX):
+                    found[entry[: -len(MODEL_SUFFIX)]] = os.path.join(folder, entry)
+        return found
+    return {name: str(path) for name, path in registry.shipped_models().items()}
+
+
+def model_catalog(engine_dir: Optional[str]) -> List[ModelInfo]:
+    """Every shipped model with its description; unreadable files are listed with the problem."""
+    infos = []
+    for name, path in sorted(shipped_model_files(engine_dir).items()):
+        try:
+            infos.append(read_model_info(path, name))
+        except (OSError, ValueError) as error:
+            infos.append(ModelInfo(name=name, path=path, description=f"unreadable: {error}"))
+    return infos
+
+
+# --- dependencies ------------------------------------------------------------------------
+
+# torch comes from Slicer's PyTorch extension (PyTorchUtils); the rest through pip.
+TORCH_REQUIREMENT = ">=2.0"
+PIP_REQUIREMENTS = {
+    # import name: pip requirement
+    "safetensors": "safetensors>=0.4,<1",
+}
+# SimpleITK and numpy ship with Slicer; matplotlib/tqdm are only used by the command line.
+
+
+def missing_pip_packages(find_spec=importlib.util.find_spec) -> List[str]:
+    """pip requirements whose module cannot be found."""
+    return [req for module, req in PIP_REQUIREMENTS.items() if find_spec(module) is None]
+
+
+def install_message(torch_missing: bool, pip_missing: Sequence[str]) -> str:
+    """The single confirmation text listing everything that will be installed."""
+    lines = ["M3DNCASegment needs these Python packages, which are not installed yet:", ""]
+    if torch_missing:
+        lines.append(f"  - PyTorch (torch{TORCH_REQUIREMENT}), through the PyTorch extension; "
+                     "a GPU build is chosen when an NVIDIA GPU is present")
+    for requirement in pip_missing:
+        lines.append(f"  - {requirement}")
+    lines += ["", "Download and install now? This can take several minutes and needs internet access."]
+    return "\n".join(lines)
