@@ -1,0 +1,144 @@
+"""Model files: round trip, checksum and tamper rejection, versions, shapes."""
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save as save_tensors
+
+from nca_core.config import NCAConfig, preset
+from nca_core.errors import ModelFileError
+from nca_core.modelfile import FORMAT_VERSION, ModelBundle, digest, load_model, save_model
+from nca_core.preprocessing import Preprocessing
+from nca_core.quality import Calibration
+
+from nca_helpers import random_model
+
+
+def bundle(name: str = "hippocampus") -> ModelBundle:
+    return ModelBundle.from_model(
+        random_model(preset(name)),
+        preprocessing=Preprocessing(percentiles=[1.0, 99.0]),
+        calibration=Calibration(slope=-2.0, intercept=0.95, cases=12, r_squared=0.5),
+        provenance={"data": "unit test", "metrics": {"dice": 0.5}},
+    )
+
+
+def header_and_data(path: Path):
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+def rewrite(path: Path, metadata_changes: dict, weights=None, rehash: bool = True) -> None:
+    """Re-save a model file with changed metadata (and a matching checksum if ``rehash``)."""
+    original = load_model(path)
+    header, _ = header_and_data(path)
+    metadata = dict(header["__metadata__"], **metadata_changes)
+    weights = weights if weights is not None else original.weights
+    if rehash:
+        metadata.pop("sha256")
+        metadata["sha256"] = digest(metadata, weights)
+    path.write_bytes(save_tensors(weights, metadata=metadata))
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    saved = bundle()
+    save_model(saved, tmp_path / "m.m3dnca")
+    loaded = load_model(tmp_path / "m.m3dnca")
+    assert loaded.config == saved.config
+    assert loaded.preprocessing == saved.preprocessing
+    assert loaded.calibration == saved.calibration
+    assert loaded.provenance == saved.provenance
+    assert set(loaded.weights) == set(saved.weights)
+    assert all(torch.equal(loaded.weights[k], saved.weights[k]) for k in saved.weights)
+    image = torch.rand(1, 1, 8, 8, 8)
+    from nca_core.model import LevelPlan
+    plan = LevelPlan(steps=[2, 2], fire_rate=0.0)
+    with torch.no_grad():
+        assert torch.equal(loaded.build()(image, plan)[0], saved.build()(image, plan)[0])
+
+
+def test_flipped_weight_byte_fails_the_checksum(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_model(path)
+
+
+def test_edited_metadata_fails_the_checksum(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    calibration = json.dumps({"slope": -1.0, "intercept": 1.0})
+    rewrite(path, {"calibration": calibration}, rehash=False)
+    with pytest.raises(ModelFileError, match="checksum mismatch"):
+        load_model(path)
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    rewrite(path, {"format_version": str(FORMAT_VERSION + 1)})
+    with pytest.raises(ModelFileError, match="newer than this M3DNCASegment"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle("hippocampus"), path)
+    other = ModelBundle.from_model(random_model(NCAConfig(hidden=32, kernel_sizes=[5, 3]))).weights
+    rewrite(path, {}, weights=other)
+    with pytest.raises(ModelFileError, match="weights do not match the config"):
+        load_model(path)
+
+
+def test_invalid_config_is_refused(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    config = dict(preset("hippocampus").to_dict(), fire_rate=1.5)
+    rewrite(path, {"config": json.dumps(config)})
+    with pytest.raises(ModelFileError, match="fire_rate"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "too short"),
+    (b"hello world, not a model", "truncated or not safetensors"),
+    (struct.pack("<Q", 2) + b"{}", "no m3dnca metadata"),
+    (struct.pack("<Q", 4) + b"\xff\xfe{}", "unreadable header"),
+])
+def test_not_a_model_file(tmp_path, content, words):
+    path = tmp_path / "bad.m3dnca"
+    path.write_bytes(content)
+    with pytest.raises(ModelFileError, match=words) as raised:
+        load_model(path)
+    assert str(raised.value).startswith(str(path))
+
+
+def test_truncated_model_file(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="corrupt model file"):
+        load_model(path)
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(ModelFileError, match="model file not found"):
+        load_model(tmp_path / "nothing.m3dnca")
+
+
+def test_file_is_plain_safetensors_json_and_tensors(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    saved = bundle()
+    save_model(saved, path)
+    header, _ = header_and_data(path)
+    assert header["__metadata__"]["format"] == "m3dnca"
+    assert set(header) - {"__metadata__"} == set(saved.weights)
+    assert {entry["dtype"] for k, entry in header.items() if k != "__metadata__"} == {"F32"}
