@@ -159,7 +159,9 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        # "activated" fires on user choices only (also when "Load model file..." is chosen again);
+        # programmatic selection goes through selectModel().
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
         self.ui.progressBar.hide()
         self.showLight(None)
@@ -250,11 +252,10 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             index = 0
         if index >= 0:
             combo.currentIndex = index
-            self.updateModelDescription()
+            self._previousModelIndex = index
+        self.updateModelDescription()
 
-    def onModelChanged(self, index: int) -> None:
-        if self._updatingModels:
-            return
+    def onModelActivated(self, index: int) -> None:
         combo = self.ui.modelComboBox
         if combo.itemText(index) == LOAD_MODEL_ITEM:
             path = qt.QFileDialog.getOpenFileName(
@@ -268,10 +269,8 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(str(error), windowTitle=_("Cannot load model"))
                 combo.currentIndex = self._previousModelIndex
                 return
-            self._updatingModels = True
             combo.insertItem(combo.count - 1, os.path.basename(path), path)
             combo.currentIndex = combo.count - 2
-            self._updatingModels = False
         self._previousModelIndex = combo.currentIndex
         if self._parameterNode:
             self._parameterNode.model = self.currentModel()
@@ -683,7 +682,8 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
         var.GetIJKToRASMatrix(b)
         self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(a), slicer.util.arrayFromVTKMatrix(b)))
         self.assertTrue(np.all(slicer.util.arrayFromVolume(var) >= 0))
-        self.assertTrue(seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole()) is volume)
+        reference = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
+        self.assertEqual(reference.GetID(), volume.GetID())
 
     def _job(self, volume, runs):
         logic = M3DNCASegmentLogic()

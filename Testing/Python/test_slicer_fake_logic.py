@@ -1,0 +1,328 @@
+"""Control flow of M3DNCASegmentLogic with FakeSlicer, a minimal stand-in for Slicer's API.
+
+FakeSlicer only records calls; it proves nothing about Slicer itself. The names it offers are
+checked against the real Slicer source elsewhere (test_slicer_module.py: slicer.util names
+from Slicer 5.8's util.py, .ui widget names, parameter-node connectors). What this file checks
+is the module's own logic: engine arrays in and out in the right order, segments per label,
+overlay settings, no dialog when interactive=False, and nothing left in the scene on failure
+or cancel.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+MODULE_DIR = REPOSITORY / "M3DNCASegment"
+
+pytest.importorskip("torch")
+
+
+class FakeNode:
+    def __init__(self, scene, className, name=""):
+        self.scene, self.className, self.name = scene, className, name
+        self.transformID = None
+        self.calls = []
+
+    def GetName(self):
+        return self.name
+
+    def GetClassName(self):
+        return self.className
+
+    def SetAndObserveTransformNodeID(self, nodeID):
+        self.transformID = nodeID
+
+    def GetTransformNodeID(self):
+        return self.transformID
+
+    def __getattr__(self, name):  # any other setter: record it
+        if name[:1].isupper():
+            return lambda *args: self.calls.append((name, args))
+        raise AttributeError(name)
+
+
+class FakeImageData:
+    def __init__(self, kji_shape):
+        self.shape = kji_shape
+
+    def GetDimensions(self):
+        return tuple(reversed(self.shape))
+
+
+class FakeVolume(FakeNode):
+    def __init__(self, scene, array_kji, matrix, name="volume"):
+        super().__init__(scene, "vtkMRMLScalarVolumeNode", name)
+        self.array = np.asarray(array_kji)
+        self.matrix = np.asarray(matrix, dtype=float)
+        self.display = FakeNode(scene, "vtkMRMLScalarVolumeDisplayNode")
+
+    def GetImageData(self):
+        return FakeImageData(self.array.shape)
+
+    def GetIJKToRASMatrix(self, matrix):
+        matrix.values = self.matrix.copy()
+
+    def GetScalarVolumeDisplayNode(self):
+        return self.display
+
+
+class FakeSegment:
+    def __init__(self, name, color):
+        self.name, self.color, self.tags = name, color, {}
+
+    def SetTag(self, key, value):
+        self.tags[key] = value
+
+    @staticmethod
+    def GetTerminologyEntryTagName():
+        return "TerminologyEntry"
+
+
+class FakeSegmentation:
+    def __init__(self):
+        self.segments = {}
+
+    def AddEmptySegment(self, segmentId, name, color):
+        segmentId = segmentId or f"Segment_{len(self.segments) + 1}"
+        self.segments[segmentId] = FakeSegment(name, color)
+        return segmentId
+
+    def GetSegment(self, segmentId):
+        return self.segments[segmentId]
+
+    def GetNumberOfSegments(self):
+        return len(self.segments)
+
+
+class FakeSegmentationNode(FakeNode):
+    def __init__(self, scene, name):
+        super().__init__(scene, "vtkMRMLSegmentationNode", name)
+        self.segmentation = FakeSegmentation()
+        self.masks = {}
+        self.reference = None
+
+    def GetSegmentation(self):
+        return self.segmentation
+
+    def SetReferenceImageGeometryParameterFromVolumeNode(self, volume):
+        self.reference = volume
+
+
+class FakeScene:
+    def __init__(self):
+        self.nodes = []
+
+    def AddNewNodeByClass(self, className, name=""):
+        node = FakeSegmentationNode(self, name) if className == "vtkMRMLSegmentationNode" else FakeNode(self, className, name)
+        self.nodes.append(node)
+        return node
+
+    def AddNode(self, node):
+        self.nodes.append(node)
+        return node
+
+    def RemoveNode(self, node):
+        self.nodes.remove(node)
+
+    def IsNodePresent(self, node):
+        return int(node in self.nodes)
+
+    def GenerateUniqueName(self, base):
+        return base
+
+
+class FakeSlicer:
+    """Builds fake ``slicer``, ``qt`` and ``vtk`` modules recording what the logic does."""
+
+    def __init__(self):
+        self.scene = FakeScene()
+        self.layers = []
+        self.dialogs = []
+        self.failVarianceVolume = False
+        fake = self
+
+        util = types.ModuleType("slicer.util")
+
+        class VTKObservationMixin:
+            def __init__(self):
+                pass
+
+        def dialog(*args, **kwargs):
+            fake.dialogs.append(args)
+            raise AssertionError("a dialog was opened")
+
+        def updateSegmentBinaryLabelmapFromArray(narray, segmentationNode, segmentId, referenceVolumeNode=None):
+            assert narray.shape == referenceVolumeNode.array.shape
+            segmentationNode.masks[segmentId] = narray.copy()
+
+        def addVolumeFromArray(narray, ijkToRAS=None, name=None, nodeClassName=None):
+            if fake.failVarianceVolume:
+                raise RuntimeError("simulated failure")
+            node = FakeVolume(fake.scene, narray, ijkToRAS.values, name)
+            fake.scene.AddNode(node)
+            return node
+
+        util.VTKObservationMixin = VTKObservationMixin
+        util.arrayFromVolume = lambda node: node.array
+        util.updateSegmentBinaryLabelmapFromArray = updateSegmentBinaryLabelmapFromArray
+        util.addVolumeFromArray = addVolumeFromArray
+        util.setSliceViewerLayers = lambda **kwargs: fake.layers.append(kwargs)
+        util.confirmOkCancelDisplay = dialog
+        util.errorDisplay = dialog
+        util.pip_install = dialog
+
+        slicer = types.ModuleType("slicer")
+        slicer.__path__ = []  # a package, so "slicer.util" imports
+        slicer.util = util
+        slicer.mrmlScene = self.scene
+        slicer.vtkMRMLScalarVolumeNode = FakeVolume
+        slicer.vtkMRMLSegmentationNode = FakeSegmentationNode
+        legend = FakeNode(self.scene, "vtkMRMLColorLegendDisplayNode")
+
+        def addLegend(node):
+            self.scene.AddNode(legend)
+            return legend
+
+        colorsLogic = types.SimpleNamespace(AddDefaultColorLegendDisplayNode=addLegend)
+        slicer.modules = types.SimpleNamespace(colors=types.SimpleNamespace(logic=lambda: colorsLogic))
+
+        i18n = types.ModuleType("slicer.i18n")
+        i18n.tr = lambda text: text
+        i18n.translate = lambda context, text: text
+
+        scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+        for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
+                     "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+            setattr(scripted, name, type(name, (), {"__init__": lambda self, *args: None}))
+
+        wrapper = types.ModuleType("slicer.parameterNodeWrapper")
+        wrapper.parameterNodeWrapper = lambda cls: cls
+        wrapper.Choice = lambda choices: ("Choice", choices)
+        wrapper.WithinRange = lambda low, high: ("WithinRange", low, high)
+
+        vtk = types.ModuleType("vtk")
+
+        class vtkMatrix4x4:
+            values = np.eye(4)
+
+        vtk.vtkMatrix4x4 = vtkMatrix4x4
+        vtk.vtkCommand = types.SimpleNamespace(ModifiedEvent="ModifiedEvent")
+
+        self.modules = {"slicer": slicer, "slicer.util": util, "slicer.i18n": i18n,
+                        "slicer.ScriptedLoadableModule": scripted, "slicer.parameterNodeWrapper": wrapper,
+                        "qt": types.ModuleType("qt"), "vtk": vtk}
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    fake = FakeSlicer()
+    for name, module in fake.modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.syspath_prepend(str(MODULE_DIR))
+    spec = importlib.util.spec_from_file_location("M3DNCASegment_under_FakeSlicer", MODULE_DIR / "M3DNCASegment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fake.module = module
+    return fake
+
+
+@pytest.fixture(scope="module")
+def two_class_model(tmp_path_factory):
+    from nca_core.config import NCAConfig
+    from nca_core.model import M3DNCA
+    from nca_core.modelfile import ModelBundle, save_model
+
+    config = NCAConfig(channels=8, hidden=16, kernel_sizes=[3, 3], steps=[2, 2], downscale=2,
+                       output_channels=2, labels=["anterior hippocampus", "posterior hippocampus"])
+    path = tmp_path_factory.mktemp("models") / "two.m3dnca"
+    save_model(ModelBundle.from_model(M3DNCA(config), provenance={"description": "two classes"}), path)
+    return path
+
+
+def _input(fake):
+    array = np.random.default_rng(2).normal(0, 1, (9, 11, 13)).astype(np.float32)  # K, J, I
+    matrix = np.array([[-1.0, 0, 0, 5], [0, -2.0, 0, 6], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    volume = FakeVolume(fake.scene, array, matrix, "input")
+    fake.scene.AddNode(volume)
+    volume.SetAndObserveTransformNodeID("vtkMRMLLinearTransformNode1")
+    return volume
+
+
+def test_process_builds_segments_and_overlay_in_slicer_order(fake, two_class_model):
+    volume = _input(fake)
+    progress = []
+    result = fake.module.M3DNCASegmentLogic().process(
+        volume, model=str(two_class_model), runs=2, device="CPU", interactive=False,
+        progress=lambda done, total: progress.append((done, total)))
+    assert progress[-1] == (2, 2) and not fake.dialogs
+    seg, var = result.segmentationNode, result.varianceNode
+    assert seg.reference is volume and seg.GetTransformNodeID() == volume.GetTransformNodeID()
+    names = [s.name for s in seg.segmentation.segments.values()]
+    assert names == ["Anterior hippocampus", "Posterior hippocampus"]
+    assert all("5366008" in s.tags["TerminologyEntry"] for s in seg.segmentation.segments.values())
+    assert var.array.shape == volume.array.shape  # K, J, I like the input
+    assert np.allclose(var.matrix, volume.matrix) and var.GetTransformNodeID() == volume.GetTransformNodeID()
+    calls = dict(var.display.calls)
+    assert calls["SetAndObserveColorNodeID"] == ("vtkMRMLColorTableNodeFileInferno.txt",)
+    assert calls["SetApplyThreshold"] == (1,)
+    assert fake.layers[-1]["background"] is volume and fake.layers[-1]["foreground"] is var
+    assert result.light == "unknown" and result.predictedDice is None
+    assert result.runs == 2 and (math.isinf(result.nqm) or result.nqm >= 0)
+
+
+def test_process_matches_the_engine_on_the_transposed_array(fake, two_class_model):
+    from nca_core import registry
+    from nca_core.pipeline import segment_array
+
+    volume = _input(fake)
+    result = fake.module.M3DNCASegmentLogic().process(volume, model=str(two_class_model), runs=2, seed=3,
+                                                     device="cpu", showResult=False)
+    direct = segment_array(volume.array.transpose(2, 1, 0).astype(np.float32), registry.load(str(two_class_model)),
+                           "two", runs=2, seed=3, device="cpu")
+    assert np.allclose(result.varianceNode.array, direct.ensemble.variance_map.transpose(2, 1, 0))
+    assert not fake.layers  # showResult=False leaves the views alone
+
+
+def test_failure_while_creating_outputs_leaves_the_scene_as_it_was(fake, two_class_model):
+    volume = _input(fake)
+    before = list(fake.scene.nodes)
+    fake.failVarianceVolume = True
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        fake.module.M3DNCASegmentLogic().process(volume, model=str(two_class_model), runs=1, device="cpu")
+    assert fake.scene.nodes == before
+
+
+def test_cancel_raises_and_adds_nothing(fake, two_class_model):
+    from nca_core.ensemble import Cancelled
+
+    volume = _input(fake)
+    before = list(fake.scene.nodes)
+    with pytest.raises(Cancelled):
+        fake.module.M3DNCASegmentLogic().process(volume, model=str(two_class_model), runs=3, device="cpu",
+                                                 shouldCancel=lambda: True)
+    assert fake.scene.nodes == before
+
+
+def test_missing_dependencies_raise_without_a_dialog_when_not_interactive(fake, two_class_model, monkeypatch):
+    logic = fake.module.M3DNCASegmentLogic()
+    monkeypatch.setattr(type(logic), "missingDependencies", staticmethod(lambda: (True, ["safetensors>=0.4,<1"])))
+    with pytest.raises(RuntimeError, match="PyTorch"):
+        logic.process(_input(fake), model=str(two_class_model), interactive=False)
+    assert not fake.dialogs
+
+
+def test_bad_steps_are_rejected_before_running(fake, two_class_model):
+    with pytest.raises(ValueError, match="2 levels"):
+        fake.module.M3DNCASegmentLogic().process(_input(fake), model=str(two_class_model), steps="5")
+
+
+def test_unknown_model_is_a_clear_error(fake):
+    with pytest.raises(ValueError, match="unknown model"):
+        fake.module.M3DNCASegmentLogic().process(_input(fake), model="no-such-model")
