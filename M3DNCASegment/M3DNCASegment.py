@@ -336,6 +336,8 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         status = job.poll()
         self.ui.progressBar.setValue(status.done)
         self.ui.progressBar.setFormat(display.progress_text(status.done, status.total))
+        if status.state == "running" and os.path.exists(job.path("progress.json")):
+            self.ui.statusLabel.text = _("Segmenting\u2026")
         if status.state == FINISHED:
             self.ui.statusLabel.text = _("Creating outputs\u2026")
             try:
@@ -561,6 +563,7 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
                     slicer.mrmlScene.RemoveNode(node)
             raise
         if showResult:
+            segmentationNode.CreateClosedSurfaceRepresentation()  # show the segments in 3D too
             self.showVarianceOverlay(inputVolume, varianceNode, overlayOpacity)
         return M3DNCASegmentResult(segmentationNode, varianceNode, outputs.report, totalSeconds)
 
