@@ -82,8 +82,9 @@ def _read_image(path: Path) -> sitk.Image:
 
 
 @contextlib.contextmanager
-def _captured_stderr() -> Iterator[Callable[[], str]]:
-    """Collect what C++ readers print on file descriptor 2 (MetaIO does); replay it after."""
+def _captured_stderr(replay: bool = True) -> Iterator[Callable[[], str]]:
+    """Collect what C++ readers print on file descriptor 2 (MetaIO, ITK warnings);
+    replay it afterwards when ``replay`` and the block succeeded."""
     sys.stderr.flush()
     with tempfile.TemporaryFile(mode="w+b") as sink:
         saved = os.dup(2)
@@ -94,7 +95,7 @@ def _captured_stderr() -> Iterator[Callable[[], str]]:
             os.dup2(saved, 2)
             os.close(saved)
             text = _text_of(sink)
-        if text and sys.exc_info()[0] is None:
+        if text and replay:
             sys.stderr.write(text)
 
 
@@ -110,10 +111,17 @@ def _read_dicom(path: Path) -> sitk.Image:
         raise InputImageError(f"{path}: folder holds no readable DICOM series")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
-    try:
-        return reader.Execute()
-    except RuntimeError as error:
-        raise InputImageError(f"{path}: DICOM series cannot be read ({_itk_reason(error)})") from None
+    with _captured_stderr(replay=False) as captured:
+        try:
+            image = reader.Execute()
+        except RuntimeError as error:
+            raise InputImageError(f"{path}: DICOM series cannot be read ({_itk_reason(error, captured())})") from None
+        if "missing slices" in captured():
+            raise InputImageError(
+                f"{path}: DICOM series has missing or unreadable slices (uneven slice spacing); "
+                "check that every slice file is complete"
+            )
+    return image
 
 
 def _itk_reason(error: Exception, printed: str = "") -> str:

@@ -1,0 +1,322 @@
+"""Bad input, faults and data safety through the command line (issue 7).
+
+Every bad input: exit code 1, exactly one error line naming the file, no output files
+of that case; inputs are never modified; outputs appear only complete.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import nca_core.batch
+import nca_core.pipeline
+from nca_core.cli import main
+
+from nca_helpers import fast, hashes, model_file, run_cli, smooth_volume, write_volume
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return model_file(tmp_path_factory.mktemp("model") / "untrained.m3dnca")
+
+
+@pytest.fixture
+def inputs(tmp_path) -> Path:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_volume(folder / "good.nii.gz", smooth_volume())
+    return folder
+
+
+def case_files(outdir: Path, case: str):
+    """Every file (hidden temporaries included) of ``case`` in ``outdir``."""
+    return sorted(p.name for p in outdir.glob(f"*{case}*")) if outdir.exists() else []
+
+
+def bad_inputs(folder: Path):
+    """(file, words of its error) for every kind of bad input built here."""
+    good = write_volume(folder / "source.nii.gz", smooth_volume()).read_bytes()
+    (folder / "empty.nii.gz").write_bytes(b"")
+    (folder / "cut.nii.gz").write_bytes(good[: len(good) // 2])
+    (folder / "text.nii.gz").write_text("not an image\n")
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(20, 20).astype(np.float32)), str(folder / "flat.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(2, 12, 14, 16).astype(np.float32), isVector=False),
+                    str(folder / "fourd.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(12, 14, 16, 3).astype(np.float32), isVector=True),
+                    str(folder / "vector.nrrd"))
+    nan = smooth_volume()
+    nan[1, 1, 1] = np.nan
+    write_volume(folder / "nan.nrrd", nan)
+    write_volume(folder / "zero.nrrd", np.zeros((16, 14, 12), np.int16))
+    write_volume(folder / "constant.nrrd", np.full((16, 14, 12), 3, np.uint8))
+    write_volume(folder / "thin.nrrd", smooth_volume((16, 14, 2)))
+    (folder / "source.nii.gz").unlink()
+    return {
+        "missing.nii.gz": "no such file or folder",
+        "empty.nii.gz": "file is empty",
+        "cut.nii.gz": "truncated",
+        "text.nii.gz": "not gzip-compressed",
+        "flat.nii.gz": "is 2D",
+        "fourd.nii.gz": "choose one with --channel N",
+        "vector.nrrd": "choose one with --channel N",
+        "nan.nrrd": "NaN",
+        "zero.nrrd": "all-zero image",
+        "constant.nrrd": "every voxel has the value 3",
+        "thin.nrrd": "too small for this model",
+    }
+
+
+def test_each_bad_input_gives_one_error_line_exit_1_and_no_outputs(tmp_path, capsys, model):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    expected = bad_inputs(folder)
+    before = hashes(folder)
+    for name, words in expected.items():
+        outdir = tmp_path / f"out_{name}"
+        code, out, err = run_cli(capsys, "segment", folder / name, "-o", outdir, *fast(model))
+        assert code == 1, name
+        assert len(err) == 1, (name, err)
+        assert err[0].startswith(f"m3dnca: error: {folder / name}: ") and words in err[0], err[0]
+        assert case_files(outdir, name.split(".")[0]) == []
+    assert hashes(folder) == before
+
+
+def test_batch_reports_and_skips_failing_cases(tmp_path, capsys, model, inputs):
+    expected = bad_inputs(inputs)
+    outdir = tmp_path / "out"
+    before = hashes(inputs)
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
+    assert code == 1
+    assert "good: NQM" in out
+    assert err[-1].startswith(f"m3dnca: {len(expected) - 1} of {len(expected)} cases failed")
+    rows = {row["case"]: row for row in csv.DictReader((outdir / "summary.csv").open())}
+    assert set(rows) == {"good"} | {n.split(".")[0] for n in expected if n != "missing.nii.gz"}
+    assert rows["good"]["status"] == "ok" and rows["good"]["nqm"] != ""
+    assert all(row["status"] == "failed" and row["message"].startswith(row["input"])
+               for case, row in rows.items() if case != "good")
+    assert sorted(p.name for p in outdir.iterdir()) == [
+        "good_report.json", "good_seg.nii.gz", "good_variance.nii.gz", "summary.csv"]
+    assert hashes(inputs) == before
+
+
+def test_all_cases_ok_exits_0_and_summary_lists_them(tmp_path, capsys, model, inputs):
+    write_volume(inputs / "second.nrrd", smooth_volume(seed=1))
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", *fast(model))
+    assert code == 0 and err == []
+    rows = list(csv.DictReader((tmp_path / "out" / "summary.csv").open()))
+    assert [(r["case"], r["status"]) for r in rows] == [("good", "ok"), ("second", "ok")]
+
+
+def test_missing_input_among_good_ones(tmp_path, capsys, model, inputs):
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", tmp_path / "gone.nrrd",
+                             "-o", tmp_path / "out", *fast(model))
+    assert code == 1
+    assert err[0] == f"m3dnca: error: {tmp_path / 'gone.nrrd'}: no such file or folder"
+    assert (tmp_path / "out" / "good_seg.nii.gz").exists()
+
+
+def test_usage_errors_exit_2(tmp_path, model, inputs):
+    for args in (["segment", str(inputs), "-o", str(tmp_path), "--runs", "0"],
+                 ["segment", str(inputs)], ["segment", str(inputs), "-o", str(tmp_path), "--channel", "-1"]):
+        with pytest.raises(SystemExit) as raised:
+            main(args)
+        assert raised.value.code == 2
+
+
+def test_wrong_step_count_is_refused_before_any_case(tmp_path, capsys, model, inputs):
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", "--model", model, "--steps", "1,1,1")
+    assert code == 1 and err == ["m3dnca: error: --steps needs 2 values, one per level"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_channel_option_segments_one_channel_of_a_4d_image(tmp_path, capsys, model):
+    path = tmp_path / "fourd.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(2, 12, 14, 16).astype(np.float32), isVector=False), str(path))
+    code, out, err = run_cli(capsys, "segment", path, "-o", tmp_path / "out", "--channel", "1", *fast(model))
+    assert code == 0, err
+    seg = sitk.ReadImage(str(tmp_path / "out" / "fourd_seg.nii.gz"))
+    assert seg.GetSize() == (16, 14, 12) and seg.GetDimension() == 3
+    code, out, err = run_cli(capsys, "segment", path, "-o", tmp_path / "out2", "--channel", "2", *fast(model))
+    assert code == 1 and "--channel 2 is out of range (0 to 1)" in err[0]
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda data: data[:-50], "corrupt model file"),
+    (lambda data: data[:-5] + bytes([data[-5] ^ 1]) + data[-4:], "checksum mismatch"),
+    (lambda data: b"garbage" * 10, "not an M3D-NCA model file"),
+    (lambda data: data.replace(b'"format_version":"1"', b'"format_version":"9"'), "newer than this M3DNCASegment"),
+])
+def test_bad_model_file_gives_one_line_and_no_outputs(tmp_path, capsys, model, inputs, damage, words):
+    bad = tmp_path / "bad.m3dnca"
+    bad.write_bytes(damage(model.read_bytes()))
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", "--model", bad)
+    assert code == 1 and len(err) == 1
+    assert err[0].startswith(f"m3dnca: error: {bad}: ") and words in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_whose_channels_do_not_fit_the_input(tmp_path, capsys, inputs):
+    from nca_core.config import NCAConfig
+    from nca_core.model import M3DNCA
+    from nca_core.modelfile import ModelBundle, save_model
+
+    path = tmp_path / "two_inputs.m3dnca"
+    config = NCAConfig(input_channels=2, kernel_sizes=[7, 3], steps=[1, 1], downscale=2)
+    save_model(ModelBundle.from_model(M3DNCA(config)), path)
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", tmp_path / "out", "--model", path)
+    assert code == 1 and len(err) == 1
+    assert "good.nii.gz: the model expects 2 input channels (images), the input has 1" in err[0]
+    assert case_files(tmp_path / "out", "good") == []
+
+
+def test_volume_too_large_for_memory_is_refused_with_need_and_limit(tmp_path, capsys, model, inputs, monkeypatch):
+    monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", "200K")
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", tmp_path / "out", *fast(model))
+    assert code == 1 and len(err) == 1
+    assert "volume 16x14x12 needs about" in err[0] and "the limit set by M3DNCA_MEMORY_LIMIT (200.0 KiB)" in err[0]
+    assert case_files(tmp_path / "out", "good") == []
+
+
+def test_output_folder_that_cannot_be_created(tmp_path, capsys, model, inputs):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", blocker / "out", *fast(model))
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"m3dnca: error: {blocker / 'out'}: output folder")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", blocker, *fast(model))
+    assert code == 1 and err == [f"m3dnca: error: {blocker}: output path exists and is not a folder"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders")
+def test_read_only_output_folder(tmp_path, capsys, model, inputs):
+    outdir = tmp_path / "locked"
+    outdir.mkdir()
+    outdir.chmod(0o555)
+    try:
+        code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
+    finally:
+        outdir.chmod(0o755)
+    assert code == 1 and "output folder is not writable" in err[0]
+
+
+def failing_writer(monkeypatch, fail_on: int, error: BaseException):
+    """Make the n-th image write leave a partial file and raise ``error``."""
+    calls = []
+    original = nca_core.pipeline.write_image
+
+    def write(image, filename):
+        calls.append(filename)
+        if len(calls) == fail_on:
+            Path(filename).write_bytes(b"partial")
+            raise error
+        original(image, filename)
+
+    monkeypatch.setattr(nca_core.pipeline, "write_image", write)
+    return calls
+
+
+def test_full_disk_leaves_no_partial_files(tmp_path, capsys, model, inputs, monkeypatch):
+    failing_writer(monkeypatch, 2, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    outdir = tmp_path / "out"
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, *fast(model))
+    assert code == 1 and len(err) == 1
+    assert err[0] == f"m3dnca: error: {outdir / 'good_variance.nii.gz'}: cannot write output (No space left on device)"
+    assert list(outdir.iterdir()) == []
+
+
+def test_failed_overwrite_keeps_the_previous_outputs(tmp_path, capsys, model, inputs, monkeypatch):
+    outdir = tmp_path / "out"
+    assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
+    before = hashes(outdir)
+    failing_writer(monkeypatch, 1, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, "--overwrite", *fast(model))
+    assert code == 1 and "No space left on device" in err[0]
+    assert hashes(outdir) == before
+
+
+def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
+    failing_writer(monkeypatch, 2, KeyboardInterrupt())
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", tmp_path / "out", *fast(model))
+    assert code == 130
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_output_equal_to_an_input_is_refused(tmp_path, capsys, model, inputs):
+    shutil.copy(inputs / "good.nii.gz", inputs / "good_seg.nii.gz")
+    before = hashes(inputs)
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", inputs / "good_seg.nii.gz",
+                             "-o", inputs, *fast(model))
+    assert code == 1
+    assert err == [f"m3dnca: error: {inputs / 'good_seg.nii.gz'}: output would overwrite an input; "
+                   "choose another output folder"]
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", inputs, *fast(model))
+    assert code == 1 and "output folder is an input folder" in err[0]
+    assert hashes(inputs) == before
+
+
+def test_rerun_skips_and_overwrite_redoes(tmp_path, capsys, model, inputs):
+    outdir = tmp_path / "out"
+    assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
+    seg = outdir / "good_seg.nii.gz"
+    first = seg.stat().st_ino, hashes(outdir)
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
+    assert code == 0 and "good: skipped: outputs exist" in out and "--overwrite" in out
+    assert seg.stat().st_ino == first[0]
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, "--overwrite", *fast(model))
+    assert code == 0 and "good: NQM" in out
+    assert seg.stat().st_ino != first[0]
+    assert oct(seg.stat().st_mode & 0o777) != oct(0o600)  # temporaries do not keep mkstemp's mode
+
+
+def test_stray_output_without_report_is_not_overwritten(tmp_path, capsys, model, inputs):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    (outdir / "good_seg.nii.gz").write_bytes(b"a file of the user's")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
+    assert code == 0 and "skipped" in out
+    assert (outdir / "good_seg.nii.gz").read_bytes() == b"a file of the user's"
+
+
+def test_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, capsys, model, inputs, monkeypatch):
+    write_volume(inputs / "second.nrrd", smooth_volume(seed=2))
+    original = nca_core.batch.segment_array
+
+    def flaky(array, *args, **kwargs):
+        if array.shape == (16, 14, 12) and float(array[0, 0, 0]) == float(smooth_volume()[0, 0, 0]):
+            raise ValueError("boom")
+        return original(array, *args, **kwargs)
+
+    monkeypatch.setattr(nca_core.batch, "segment_array", flaky)
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", *fast(model))
+    assert code == 1
+    assert err[0] == f"m3dnca: error: {inputs / 'good.nii.gz'}: unexpected ValueError: boom (please report this)"
+    assert (tmp_path / "out" / "second_seg.nii.gz").exists()
+
+
+def test_dicom_series_with_a_broken_slice_is_refused(tmp_path, capsys, model, formats_dir):
+    series = tmp_path / "series"
+    shutil.copytree(formats_dir / "ct_dicom_series", series)
+    victim = sorted(series.iterdir())[5]
+    victim.write_bytes(victim.read_bytes()[:1000])
+    code, out, err = run_cli(capsys, "segment", series, "-o", tmp_path / "out", *fast(model))
+    assert code == 1 and len(err) == 1
+    assert err[0] == (f"m3dnca: error: {series}: DICOM series has missing or unreadable slices "
+                      "(uneven slice spacing); check that every slice file is complete")
+
+
+def test_int64_and_huge_range_inputs_are_segmented(tmp_path, capsys, model):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write_volume(folder / "int64.nrrd", (smooth_volume() * 1000).astype(np.int64))
+    write_volume(folder / "huge.nrrd", smooth_volume().astype(np.float64) * 1e300)
+    code, out, err = run_cli(capsys, "segment", folder, "-o", tmp_path / "out", *fast(model))
+    assert code == 0, err
+    for case in ("int64", "huge"):
+        variance = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / f"{case}_variance.nii.gz")))
+        assert np.isfinite(variance).all()
