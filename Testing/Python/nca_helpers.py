@@ -10,6 +10,8 @@ import SimpleITK as sitk
 import torch
 
 from nca_core.cli import main
+
+REPOSITORY = Path(__file__).resolve().parents[2]
 from nca_core.config import NCAConfig, preset
 from nca_core.model import M3DNCA
 from nca_core.modelfile import ModelBundle, save_model
@@ -74,3 +76,14 @@ def run_cli(capsys, *args: str):
 def fast(model: Path) -> list:
     """Options that keep a segmentation cheap: one run, one step per level."""
     return ["--model", str(model), "--runs", "1", "--steps", "1,1"]
+
+
+FLOAT32_GEOMETRY = ("GetSpacing", "GetOrigin", "GetDirection")
+
+
+def assert_same_geometry(image: sitk.Image, reference: sitk.Image, what: str) -> None:
+    """Same size; spacing, origin, direction equal to float32 precision (NIfTI stores float32)."""
+    assert image.GetSize() == reference.GetSize(), what
+    for getter in FLOAT32_GEOMETRY:
+        found, expected = np.array(getattr(image, getter)()), np.array(getattr(reference, getter)())
+        assert np.allclose(found, expected, rtol=1e-6, atol=1e-6), (what, getter, found, expected)

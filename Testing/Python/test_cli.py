@@ -1,0 +1,124 @@
+"""The m3dnca command line end to end: segment a real case, info, new-model, python -m."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nca_core.config import preset
+from nca_core.modelfile import load_model
+
+from nca_helpers import REPOSITORY, assert_same_geometry, model_file, run_cli
+
+REPORT_KEYS = {"nqm", "quality", "predicted_dice", "runs", "model", "seconds"}
+
+
+def python_m(*args: str) -> subprocess.CompletedProcess:
+    """``python -m nca_core ...`` from the repository root."""
+    env = dict(os.environ, PYTHONPATH=str(REPOSITORY))
+    return subprocess.run([sys.executable, "-m", "nca_core", *map(str, args)], cwd=REPOSITORY, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_segment_a_real_hippocampus_case(hippocampus_dir, tmp_path):
+    case = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    model = model_file(tmp_path / "untrained.m3dnca")
+    outdir = tmp_path / "out"
+    result = python_m("segment", case, "-o", outdir, "--model", model, "--runs", "2", "--steps", "2,2",
+                      "--save-probability", "--preview")
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in outdir.iterdir()) == [
+        f"hippocampus_001_{s}" for s in ("preview.png", "prob.nii.gz", "report.json", "seg.nii.gz", "variance.nii.gz")]
+    original = sitk.ReadImage(str(case))
+    for name, pixel in (("seg", sitk.sitkUInt8), ("variance", sitk.sitkFloat32), ("prob", sitk.sitkFloat32)):
+        image = sitk.ReadImage(str(outdir / f"hippocampus_001_{name}.nii.gz"))
+        assert image.GetPixelID() == pixel, name
+        assert_same_geometry(image, original, name)
+    probability = sitk.GetArrayFromImage(sitk.ReadImage(str(outdir / "hippocampus_001_prob.nii.gz")))
+    assert np.allclose(probability, 0.5)  # fc1 is zero: logits stay 0
+    assert (outdir / "hippocampus_001_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((outdir / "hippocampus_001_report.json").read_text())
+    assert REPORT_KEYS <= set(report)
+    assert report["runs"] == 2 and report["model"] == str(model)
+    assert report["quality"] == "unknown" and report["predicted_dice"] is None  # uncalibrated model
+    assert report["nqm"] == 0.0  # identical runs: no spread
+    assert isinstance(report["seconds"], float) and report["seconds"] > 0
+    assert "hippocampus_001: NQM" in result.stdout
+
+
+def test_report_of_a_calibrated_model_predicts_dice(tmp_path, capsys):
+    from nca_core.model import M3DNCA
+    from nca_core.modelfile import ModelBundle, save_model
+    from nca_core.quality import Calibration
+    from nca_helpers import smooth_volume, write_volume
+
+    path = tmp_path / "calibrated.m3dnca"
+    calibration = Calibration(slope=-2.0, intercept=0.9)
+    save_model(ModelBundle.from_model(M3DNCA(preset("hippocampus")), calibration=calibration), path)
+    volume = write_volume(tmp_path / "v.nii.gz", smooth_volume())
+    code, out, err = run_cli(capsys, "segment", volume, "-o", tmp_path / "out", "--model", path, "--runs", "1",
+                             "--steps", "1,1")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "v_report.json").read_text())
+    assert report["predicted_dice"] == pytest.approx(calibration.predicted_dice(report["nqm"]), abs=1e-4)
+    assert report["quality"] == "green"
+
+
+def test_new_model_writes_a_loadable_untrained_model(tmp_path, capsys):
+    path = tmp_path / "p.m3dnca"
+    code, out, err = run_cli(capsys, "new-model", "--preset", "prostate", "-o", path)
+    assert code == 0 and "12480 parameters" in out
+    bundle = load_model(path)
+    assert bundle.config == preset("prostate") and bundle.calibration is None
+    code, out, err = run_cli(capsys, "new-model", "--preset", "nonsense", "-o", tmp_path / "x.m3dnca")
+    assert code == 1 and err == ["m3dnca: error: unknown preset 'nonsense'; known presets: "
+                                 + ", ".join(sorted(["prostate", "hippocampus", "hippocampus-2class"]))]
+    assert not (tmp_path / "x.m3dnca").exists()
+
+
+def test_info_json(tmp_path, capsys):
+    path = model_file(tmp_path / "h.m3dnca")
+    code, out, err = run_cli(capsys, "info", path, "--json")
+    assert code == 0
+    info = json.loads(out)
+    assert info["parameters"] == 12_480
+    assert info["config"] == preset("hippocampus").to_dict()
+    assert info["calibration"] is None and info["provenance"] == {"description": "test"}
+    assert info["file"] == str(path)
+    code, out, err = run_cli(capsys, "info", path)
+    assert code == 0 and "parameters: 12,480" in out and "calibration: none" in out
+
+
+def test_info_of_a_missing_model(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "info", tmp_path / "no.m3dnca")
+    assert code == 1 and err == [f"m3dnca: error: {tmp_path / 'no.m3dnca'}: model file not found"]
+
+
+def test_python_m_equals_the_m3dnca_command(tmp_path, capsys):
+    path = model_file(tmp_path / "h.m3dnca")
+    code, in_process, _ = run_cli(capsys, "info", path, "--json")
+    module = python_m("info", path, "--json")
+    assert module.returncode == code == 0 and module.stdout == in_process
+    scripts = (REPOSITORY / "pyproject.toml").read_text()
+    assert 'm3dnca = "nca_core.cli:main"' in scripts  # the console script is this same main()
+    installed = shutil.which("m3dnca")
+    if installed:
+        command = subprocess.run([installed, "info", str(path), "--json"], capture_output=True, text=True, timeout=300)
+        assert command.returncode == 0 and command.stdout == module.stdout
+    failing = python_m("info", tmp_path / "absent.m3dnca")
+    assert failing.returncode == 1 and failing.stderr.strip().endswith("model file not found")
+
+
+def test_help_lists_the_contract_commands(capsys):
+    with pytest.raises(SystemExit) as raised:
+        run_cli(capsys, "--help")
+    assert raised.value.code == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in ("segment", "new-model", "info"))
