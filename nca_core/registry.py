@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
+
+if TYPE_CHECKING:
+    from .modelfile import ModelBundle
 
 from .errors import ModelFileError
-from .modelfile import MODEL_SUFFIX, ModelBundle, load_model
+
+MODEL_SUFFIX = ".m3dnca"  # defined here so that listing models needs no torch
 
 MODEL_DIR_VARIABLE = "M3DNCA_MODEL_DIR"
 DEFAULT_MODEL = "hippocampus"
@@ -50,5 +54,8 @@ def resolve(model: str) -> Path:
     return models[model]
 
 
-def load(model: str) -> ModelBundle:
+def load(model: str) -> "ModelBundle":
+    """Resolve and load a verified model (imports torch)."""
+    from .modelfile import load_model
+
     return load_model(resolve(model))

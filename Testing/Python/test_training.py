@@ -1,0 +1,96 @@
+"""Training, resume, evaluation and calibration on real hippocampus cases."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nca_core.errors import NCAError
+from nca_core.modelfile import load_model
+from nca_core.training.calibrate import fit_calibration
+from nca_core.training.data import find_pairs, split_names
+from nca_core.training.settings import TrainSettings
+from nca_core.training.trainer import BEST_MODEL, CHECKPOINT, Trainer
+
+
+def small_dataset(hippocampus_dir: Path, root: Path, count: int) -> Path:
+    """An MSD-style folder of symlinks to the first ``count`` real cases."""
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for image, label in find_pairs(hippocampus_dir)[:count]:
+        (root / "imagesTr" / image.name).symlink_to(image)
+        (root / "labelsTr" / label.name).symlink_to(label)
+    return root
+
+
+def quick_settings(**overrides) -> TrainSettings:
+    base = TrainSettings.for_preset("hippocampus", iterations=8, validate_every=1000,
+                                    checkpoint_every=1000, validation_fraction=0.25)
+    return replace(base, **overrides)
+
+
+def test_split_is_reproducible_and_disjoint():
+    names = [f"case_{i:03d}" for i in range(50)]
+    first, again = split_names(names, 0.2, seed=3), split_names(names, 0.2, seed=3)
+    assert first == again
+    assert len(first["validation"]) == 10
+    assert not set(first["train"]) & set(first["validation"])
+    assert split_names(names, 0.2, seed=4) != first
+
+
+def test_loss_falls_and_dice_rises(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 8)
+    trainer = Trainer(data, tmp_path / "run", quick_settings(iterations=80), device="cpu")
+    trainer.run_dir.mkdir()
+    trainer.load_data()
+    before = trainer.validate(runs=1)["dice_mean"]
+    losses = [trainer.train_step() for _ in range(80)]
+    after = trainer.validate(runs=1)["dice_mean"]
+    assert np.mean(losses[-15:]) < 0.8 * np.mean(losses[:15])
+    assert after > before + 0.3, (before, after)
+
+
+def test_resume_reproduces_the_uninterrupted_run(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 5)
+    settings = quick_settings(iterations=6)
+    straight = Trainer(data, tmp_path / "straight", settings, device="cpu")
+    straight.fit(log=False)
+    interrupted = Trainer(data, tmp_path / "resumed", replace(settings, iterations=3), device="cpu")
+    interrupted.fit(log=False)
+    assert (tmp_path / "resumed" / CHECKPOINT).is_file()
+    resumed = Trainer(data, tmp_path / "resumed", settings, device="cpu")
+    resumed.fit(resume=True, log=False)
+    assert resumed.iteration == straight.iteration == 6
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert (tmp_path / "resumed" / BEST_MODEL).is_file()
+    load_model(tmp_path / "resumed" / BEST_MODEL)
+
+
+def test_existing_run_needs_resume(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 4)
+    Trainer(data, tmp_path / "run", quick_settings(iterations=1), device="cpu").fit(log=False)
+    with pytest.raises(NCAError, match="--resume"):
+        Trainer(data, tmp_path / "run", quick_settings(iterations=2), device="cpu").fit(log=False)
+
+
+def test_calibration_recovers_a_known_line():
+    rng = np.random.default_rng(0)
+    nqm = rng.uniform(0.02, 0.6, 300)
+    dice = -1.2 * nqm + 0.98 + rng.normal(0, 0.02, nqm.size)
+    calibration = fit_calibration(nqm, dice, target_dice=0.8)
+    assert calibration.slope == pytest.approx(-1.2, abs=0.03)
+    assert calibration.intercept == pytest.approx(0.98, abs=0.01)
+    assert calibration.nqm_threshold == pytest.approx((0.8 - 0.98) / -1.2, abs=0.01)
+    predicted = calibration.slope * nqm + calibration.intercept
+    failures = dice < 0.8
+    flagged = predicted < calibration.target_dice + calibration.margin
+    assert flagged[failures].mean() >= 0.95
+
+
+def test_calibration_refuses_degenerate_input():
+    with pytest.raises(ValueError):
+        fit_calibration([0.1, 0.1, 0.1], [0.9, 0.8, 0.7])
