@@ -15,8 +15,7 @@ from typing import Callable, Iterator, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
-from .errors import InputImageError, NCAError
+from .errors import InputImageError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Intensities are scaled by a power of two (exact) when their magnitude leaves this
@@ -290,22 +289,13 @@ def to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
 
 
 def write_image(image: sitk.Image, filename: str) -> None:
-    """Write ``image`` to ``filename`` (compressed), in place; see ``write_atomic``."""
+    """Write ``image`` to ``filename`` (compressed), in place: callers stage it
+    (``atomic.atomic_group``) so that the target appears only when complete."""
     sitk.WriteImage(image, filename, useCompression=True)
 
 
 def volume_suffix(path: Path) -> str:
     return next((s for s in VOLUME_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-
-
-def write_atomic(image: sitk.Image, path: Path) -> None:
-    """Write to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    try:
-        with atomic_path(path, volume_suffix(path)) as temporary:
-            write_image(image, temporary)
-    except (RuntimeError, OSError) as error:
-        raise NCAError(f"{path}: cannot write output ({output_reason(error)})") from None
 
 
 def output_reason(error: Exception) -> str:
