@@ -97,6 +97,8 @@ def _read_metadata(data: bytes, path: Path) -> Dict[str, str]:
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an M3D-NCA model file (no m3dnca metadata)")
+    if not all(isinstance(value, str) for value in metadata.values()):
+        raise ModelFileError(f"{path}: corrupt model file (metadata values must be text)")
     return metadata
 
 

@@ -142,3 +142,11 @@ def test_file_is_plain_safetensors_json_and_tensors(tmp_path):
     assert header["__metadata__"]["format"] == "m3dnca"
     assert set(header) - {"__metadata__"} == set(saved.weights)
     assert {entry["dtype"] for k, entry in header.items() if k != "__metadata__"} == {"F32"}
+
+
+def test_metadata_with_non_text_values_is_refused(tmp_path):
+    header = json.dumps({"__metadata__": {"format": "m3dnca", "format_version": 1}}).encode()
+    path = tmp_path / "odd.m3dnca"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(ModelFileError, match="metadata values must be text"):
+        load_model(path)
