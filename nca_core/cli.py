@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .training.commands import add_training_commands
 
     add_training_commands(commands)
+    from .bench import add_bench_command; add_bench_command(commands)  # noqa: E702
     from .official import add_import_command; add_import_command(commands)  # noqa: E702
     return parser
 

@@ -9,13 +9,15 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .fastpath import FastOptions, fast_forward
 from .model import LevelPlan, M3DNCA
 from .preprocessing import Preprocessing, prepare
 
-# Rough bytes per voxel of one run's working set at the finest level (state, perception,
-# hidden layer), used to batch several runs together without exceeding the budget.
-BYTES_PER_VOXEL_PER_RUN = 4 * (16 + 32 + 32 + 64 + 16)
-DEFAULT_MEMORY_BUDGET = 1 << 30
+# Runs are batched while their finest-level working sets fit the budget. The fast path
+# keeps only the state per run (4 bytes x channels per voxel; slab temporaries are
+# small); the reference formulation also holds the perception and hidden layer.
+REFERENCE_FLOATS_PER_CHANNEL = 10  # state, perception (2), hidden (4), output, copies
+DEFAULT_MEMORY_BUDGET = 256 << 20
 
 ProgressCallback = Callable[[int, int], None]  # (runs done, runs total)
 
@@ -60,8 +62,12 @@ def label_map(probability: np.ndarray) -> np.ndarray:
     return np.where(foreground, best + 1, 0).astype(np.uint8)
 
 
-def runs_per_batch(voxels: int, runs: int, budget: int = DEFAULT_MEMORY_BUDGET) -> int:
-    return max(1, min(runs, budget // max(1, voxels * BYTES_PER_VOXEL_PER_RUN)))
+def runs_per_batch(
+    voxels: int, runs: int, channels: int, reference: bool = False, budget: int = DEFAULT_MEMORY_BUDGET
+) -> int:
+    """How many runs to advance together within ``budget`` bytes of working set."""
+    per_voxel = 4 * channels * (REFERENCE_FLOATS_PER_CHANNEL if reference else 1)
+    return max(1, min(runs, budget // max(1, voxels * per_voxel)))
 
 
 def run_ensemble(
@@ -75,8 +81,13 @@ def run_ensemble(
     device: str = "cpu",
     progress: Optional[ProgressCallback] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
+    options: Optional[FastOptions] = None,
+    reference: bool = False,
 ) -> EnsembleResult:
-    """Run the NCA ``runs`` times on a raw volume (X, Y, Z) and summarise."""
+    """Run the NCA ``runs`` times on a raw volume (X, Y, Z) and summarise.
+
+    Uses the fast path (``options`` tunes it); ``reference`` runs the plain formulation.
+    """
     started = time.perf_counter()
     config = model.config
     prepared = prepare(array, preprocessing, model.multiple)
@@ -86,19 +97,26 @@ def run_ensemble(
         fire_rate=config.fire_rate if fire_rate is None else fire_rate,
         seed=seed,
         on_step=_cancel_check(should_cancel),
+        reference=reference,
     )
     crop = (slice(None),) + tuple(slice(0, s) for s in array.shape)
     total = torch.zeros((config.output_channels,) + array.shape, dtype=torch.float64)
     total_sq = torch.zeros_like(total)
-    batch = runs_per_batch(int(np.prod(prepared.shape)), runs)
+    batch = runs_per_batch(int(np.prod(prepared.shape)), runs, config.channels, reference)
     model = model.to(device).eval()
     done = 0
     with torch.no_grad():
         while done < runs:
             count = min(batch, runs - done)
             plan.runs = list(range(done, done + count))
-            state, _ = model(image.expand(count, -1, -1, -1, -1), plan)
-            probability = torch.sigmoid(state[:, model.output_slice()]).double().cpu()
+            images = image.expand(count, -1, -1, -1, -1)
+            if reference:
+                logits = model(images, plan)[0][:, model.output_slice()]
+            else:
+                logits = fast_forward(model, images, plan, options)[..., model.output_slice()]
+                logits = logits.permute(0, 4, 1, 2, 3)
+            probability = torch.sigmoid(logits).double().cpu()
+            del logits
             probability = probability[(slice(None),) + crop]
             total += probability.sum(dim=0)
             total_sq += (probability * probability).sum(dim=0)

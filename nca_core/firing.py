@@ -38,3 +38,33 @@ def fire_mask(
     hashed = _mix32(_mix32(cell_index[None, :] ^ keys[:, None]) ^ (cell_index[None, :] >> 32))
     threshold = int(fire_rate * 2**32)
     return (hashed >= threshold).to(torch.float32).unsqueeze(1)
+
+
+_INT32_MIN = -(2**31)
+_MUL1 = 0x7FEB352D
+_MUL2 = 0x846CA68B - 2**32  # the same bits as a signed 32-bit integer
+
+
+def _mix32_int32(x: torch.Tensor) -> torch.Tensor:
+    """``_mix32`` on int32 bit patterns (wrapping multiply, logical shifts), in place."""
+    x ^= (x >> 16) & 0xFFFF
+    x *= _MUL1
+    x ^= (x >> 15) & 0x1FFFF
+    x *= _MUL2
+    x ^= (x >> 16) & 0xFFFF
+    return x
+
+
+def fire_mask_range(keys: torch.Tensor, start: int, count: int, fire_rate: float) -> torch.Tensor:
+    """Bool mask (B, count) equal to ``fire_mask`` for cell indices ``start .. start+count-1``.
+
+    Works on int32 bit patterns, several times cheaper than the int64 form; needs
+    indices below 2**31 (the high word that ``fire_mask`` mixes in is then zero).
+    """
+    if start < 0 or start + count > 2**31:
+        raise ValueError("fire_mask_range needs cell indices in [0, 2**31)")
+    signed_keys = torch.where(keys >= 2**31, keys - 2**32, keys).to(torch.int32)
+    index = torch.arange(start, start + count, dtype=torch.int32, device=keys.device)
+    hashed = _mix32_int32(_mix32_int32(index[None, :] ^ signed_keys[:, None]))
+    threshold = int(fire_rate * 2**32) + _INT32_MIN  # unsigned compare via flipped sign bit
+    return (hashed ^ _INT32_MIN) >= threshold

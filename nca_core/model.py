@@ -26,6 +26,7 @@ class LevelPlan:
     patch_sizes: Optional[Sequence[Optional[Sequence[int]]]] = None  # training only
     rng: Optional[random.Random] = None  # patch positions
     on_step: Optional[Callable[[], None]] = None  # called after every step (progress, cancel)
+    reference: bool = False  # the plain formulation (NCARule.delta_reference), for comparisons
 
 
 class M3DNCA(nn.Module):
@@ -91,7 +92,8 @@ class M3DNCA(nn.Module):
                 )
             keys = self._keys(plan, batch, level, image.device)
             for step in range(plan.steps[level]):
-                state = rule.step(state, keys[step], plan.fire_rate, plan.per_sample_stats)
+                state = rule.step(state, keys[step], plan.fire_rate, plan.per_sample_stats,
+                                  reference=plan.reference)
                 if plan.on_step is not None:
                     plan.on_step()
         return state, origins

@@ -87,11 +87,15 @@ class NCARule(nn.Module):
         fire_rate: float,
         per_sample: bool,
         cell_index: Optional[torch.Tensor] = None,
+        reference: bool = False,
     ) -> torch.Tensor:
-        """One update of every cell; image channels stay pinned."""
+        """One update of every cell; image channels stay pinned.
+
+        ``reference`` uses ``delta_reference`` instead of the folded ``delta``.
+        """
         batch, channels = state.shape[:2]
         flat = state.reshape(batch, channels, -1)
-        update = self.delta(state, per_sample)
+        update = (self.delta_reference if reference else self.delta)(state, per_sample)
         if fire_rate > 0:
             if cell_index is None:
                 cell_index = torch.arange(flat.shape[2], device=state.device)
