@@ -94,3 +94,20 @@ def test_calibration_recovers_a_known_line():
 def test_calibration_refuses_degenerate_input():
     with pytest.raises(ValueError):
         fit_calibration([0.1, 0.1, 0.1], [0.9, 0.8, 0.7])
+
+
+def test_cross_validated_rates_judge_each_case_once_on_held_out_fits():
+    from nca_core.training.calibrate import cross_validated_rates
+    from nca_core.training.evaluate import CaseEvaluation
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for index in range(30):
+        for artifact in ("none", "noise"):
+            value = rng.uniform(0.05, 0.6)
+            dice = float(np.clip(-1.0 * value + 0.97 + rng.normal(0, 0.03), 0, 1))
+            rows.append(CaseEvaluation(f"case{index}", artifact, dice, value, "", None))
+    rates = cross_validated_rates(rows, folds=5, target_dice=0.8)
+    assert rates["failures"] + rates["good_cases"] == len(rows)
+    assert rates["failures_flagged"] >= 0.9
+    assert rates["good_cases_flagged"] < 0.5

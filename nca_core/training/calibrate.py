@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 
-from ..quality import DEFAULT_TARGET_DICE, Calibration
-from .evaluate import CaseEvaluation
+from ..quality import DEFAULT_TARGET_DICE, Calibration, assess
+from .evaluate import CaseEvaluation, detection_rates
 
 FLAG_SHARE = 0.95  # the margin is chosen so that this share of calibration failures is flagged
 
@@ -45,6 +46,23 @@ def fit_calibration(
         margin=round(margin, 6), cases=int(nqm.size),
         r_squared=None if r_squared is None else round(r_squared, 4), description=description,
     )
+
+
+def cross_validated_rates(rows: Sequence[CaseEvaluation], folds: int, target_dice: float) -> Dict:
+    """Detection rates of the light on held-out cases: fit on K-1 folds, judge the last.
+
+    Folds are by case, so a case's clean and degraded versions stay together.
+    """
+    cases = sorted({r.case for r in rows})
+    fold_of = {case: index % folds for index, case in enumerate(cases)}
+    judged: List[CaseEvaluation] = []
+    for fold in range(folds):
+        train = [r for r in rows if fold_of[r.case] != fold]
+        calibration = fit_calibration([r.nqm for r in train], [r.dice for r in train], target_dice)
+        for row in (r for r in rows if fold_of[r.case] == fold):
+            quality = assess(row.nqm, calibration)
+            judged.append(replace(row, quality=quality.light, predicted_dice=quality.predicted_dice))
+    return dict(detection_rates(judged, target_dice), folds=folds)
 
 
 def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, path: Path) -> None:

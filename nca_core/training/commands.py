@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import List
@@ -45,10 +46,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("iterations", args.iterations), ("time_limit_minutes", args.time_limit),
                                    ("augment", args.augment or None)) if v is not None}
     settings = replace(settings, **overrides)
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed run saves its checkpoint like Ctrl+C
     result = Trainer(args.data, run_dir, settings, device=args.device).fit(resume=args.resume)
     print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; best validation Dice "
           f"{result.best_dice:.4f} at iteration {result.best_iteration}; model: {run_dir / BEST_MODEL}")
     return EXIT_OK
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -71,7 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..registry import load
-    from .calibrate import fit_calibration, plot_calibration
+    from .calibrate import cross_validated_rates, fit_calibration, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
     bundle = load(args.model)
@@ -88,6 +94,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     save_model(bundle, out)
     rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
     summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict())
+    if args.cross_validate > 1:
+        summary["held_out"] = cross_validated_rates(rows, args.cross_validate, args.target_dice)
     report_dir = out.parent / (out.name + ".calibration")
     write_evaluation(rows, summary, report_dir)
     plot_calibration(rows, calibration, report_dir / "dice_vs_nqm.png")
@@ -138,4 +146,6 @@ def add_training_commands(commands) -> None:
     _add_case_selection(calibrate)
     calibrate.add_argument("--target-dice", type=float, default=DEFAULT_TARGET_DICE)
     calibrate.add_argument("--no-artifacts", action="store_true", help="clean images only")
+    calibrate.add_argument("--cross-validate", type=int, default=5, metavar="K",
+                           help="also report the light's detection rates on held-out cases, K folds by case")
     calibrate.set_defaults(run=cmd_calibrate)
