@@ -172,11 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(run=cmd_info)
 
+    from .bench import add_bench_command
+    from .official import add_import_command
     from .training.commands import add_training_commands
 
     add_training_commands(commands)
-    from .bench import add_bench_command; add_bench_command(commands)  # noqa: E702
-    from .official import add_import_command; add_import_command(commands)  # noqa: E702
+    add_bench_command(commands)
+    add_import_command(commands)
     return parser
 
 
