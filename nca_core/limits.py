@@ -1,7 +1,7 @@
 """Will a volume fit a model and the machine? Checks made before inference starts.
 
 ``inference_bytes`` is the one place that estimates the memory of a segmentation;
-adjust it when the inference path changes (e.g. chunked inference).
+adjust it when the inference path (``ensemble``/``fastpath``) changes.
 """
 from __future__ import annotations
 
@@ -32,17 +32,20 @@ def size_text(count: float) -> str:
 
 
 def inference_bytes(shape: Sequence[int], config: NCAConfig, preprocessing: Preprocessing) -> int:
-    """Estimated peak memory of segmenting a volume of ``shape`` (X, Y, Z), one run at a time.
+    """Estimated peak memory of segmenting a volume of ``shape`` (X, Y, Z) on the fast path.
 
-    Per padded voxel at full resolution: the state, the perception (2c), its centred copy
-    (2c), the hidden layer (h), the update and the new state, 4 bytes each; plus the
-    input, normalised and padded copies and the float64 ensemble accumulators.
+    Per padded voxel: the channels-last state and the copy made between levels (2c floats)
+    and the image's raw, normalised and padded copies; per voxel and output channel the
+    float64 sums, the run's probability and the float32 results; plus the ensemble's
+    batching budget (runs advance together up to it). Measured peaks are about half this.
     """
+    from .ensemble import DEFAULT_MEMORY_BUDGET
+
     padded = math.prod(prepared_shape(shape, preprocessing, _multiple(config)))
     voxels = math.prod(int(s) for s in shape)
-    per_run = 4 * (7 * config.channels + 2 * config.hidden)
-    fixed = 4 * 3 * padded + (2 * 8 + 3 * 4) * config.output_channels * voxels
-    return padded * per_run + fixed
+    per_padded = 4 * (2 * config.channels + 3)
+    per_output = 3 * 8 + 3 * 4
+    return padded * per_padded + voxels * per_output * config.output_channels + DEFAULT_MEMORY_BUDGET
 
 
 def _multiple(config: NCAConfig) -> int:
