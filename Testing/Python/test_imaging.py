@@ -214,3 +214,29 @@ def test_to_image_copies_geometry(tmp_path):
 
 def test_errors_are_nca_errors():
     assert issubclass(InputImageError, NCAError)
+
+
+@pytest.mark.parametrize("text, expected", [("512M", 512 << 20), ("8G", 8 << 30), ("1.5GiB", 3 << 29), ("1000", 1000)])
+def test_memory_limit_variable(monkeypatch, text, expected):
+    from nca_core.limits import memory_limit
+
+    monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", text)
+    assert memory_limit("cpu")[0] == expected
+
+
+def test_bad_memory_limit_variable(monkeypatch):
+    from nca_core.limits import memory_limit
+
+    monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", "lots")
+    with pytest.raises(NCAError, match="not a size"):
+        memory_limit("cpu")
+
+
+def test_memory_limit_defaults_to_physical_memory(monkeypatch):
+    import os
+
+    from nca_core.limits import memory_limit
+
+    monkeypatch.delenv("M3DNCA_MEMORY_LIMIT", raising=False)
+    limit, what = memory_limit("cpu")
+    assert 0 < limit <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") and "memory" in what
