@@ -34,6 +34,8 @@ class Calibration:
     @property
     def nqm_threshold(self) -> float:
         """The NQM at which the predicted Dice equals the target."""
+        if self.slope == 0:
+            return math.inf
         return (self.target_dice - self.intercept) / self.slope
 
     def predicted_dice(self, nqm: float) -> float:

@@ -111,3 +111,8 @@ def test_cross_validated_rates_judge_each_case_once_on_held_out_fits():
     assert rates["failures"] + rates["good_cases"] == len(rows)
     assert rates["failures_flagged"] >= 0.9
     assert rates["good_cases_flagged"] < 0.5
+
+
+def test_calibration_refuses_a_rising_line():
+    with pytest.raises(ValueError, match="does not fall"):
+        fit_calibration([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -12,6 +12,39 @@ from ..quality import DEFAULT_TARGET_DICE, Calibration, assess
 from .evaluate import CaseEvaluation, detection_rates
 
 FLAG_SHARE = 0.95  # the margin is chosen so that this share of calibration failures is flagged
+MINIMUM_MARGIN = 0.02  # the yellow band is never narrower than this (Dice)
+COLLAPSED_DICE = 0.05  # segmentations this bad carry no information on the slope
+LOCAL_SPAN = 3.0  # the line is refitted on cases with NQM up to this multiple of the threshold
+
+
+def _line(nqm: np.ndarray, dice: np.ndarray) -> Tuple[float, float]:
+    if nqm.size < 3 or np.ptp(nqm) == 0:
+        raise ValueError("calibration needs at least 3 cases with different NQM")
+    slope, intercept = np.polyfit(nqm, dice, 1)
+    if not slope < 0:
+        raise ValueError(
+            f"Dice does not fall with NQM on these cases (fitted slope {slope:.3f}); "
+            "calibrate on more cases or with artifacts"
+        )
+    return float(slope), float(intercept)
+
+
+def _local_line(nqm: np.ndarray, dice: np.ndarray, target_dice: float) -> Tuple[float, float]:
+    """A line that holds near the decision threshold.
+
+    Dice against NQM is curved and saturates at 0 for heavily degraded images, so a
+    global line misplaces the threshold. Collapsed segmentations are left out, then
+    the line is refitted twice on the cases with NQM up to LOCAL_SPAN x its threshold.
+    """
+    informative = dice > COLLAPSED_DICE
+    slope, intercept = _line(nqm[informative], dice[informative])
+    for _ in range(2):
+        threshold = (target_dice - intercept) / slope
+        local = informative & (nqm <= LOCAL_SPAN * max(threshold, 0.0))
+        if local.sum() < 3 or np.ptp(nqm[local]) == 0:
+            break
+        slope, intercept = _line(nqm[local], dice[local])
+    return slope, intercept
 
 
 def fit_calibration(
@@ -20,29 +53,29 @@ def fit_calibration(
     target_dice: float = DEFAULT_TARGET_DICE,
     description: str = "",
 ) -> Calibration:
-    """Least-squares line Dice = slope * NQM + intercept and the yellow margin.
+    """Dice = slope * NQM + intercept near the threshold, and the yellow margin.
 
-    The margin is the smallest Dice band above the target that makes the light flag
-    ``FLAG_SHARE`` of the calibration cases whose Dice is below the target (at least
-    the fit's residual standard error / 2, so that the band is never empty).
+    The margin is the smallest Dice band above the target (at least MINIMUM_MARGIN)
+    that makes the light flag FLAG_SHARE of the calibration cases whose Dice is below
+    the target.
     """
     nqm = np.asarray(nqms, dtype=np.float64)
     dice = np.asarray(dices, dtype=np.float64)
     finite = np.isfinite(nqm)
     nqm, dice = nqm[finite], dice[finite]
-    if nqm.size < 3 or np.ptp(nqm) == 0:
-        raise ValueError("calibration needs at least 3 cases with different NQM")
-    slope, intercept = np.polyfit(nqm, dice, 1)
+    slope, intercept = _local_line(nqm, dice, target_dice)
     predicted = np.clip(slope * nqm + intercept, 0, 1)
-    residual = dice - predicted
-    r_squared = 1 - float((residual**2).sum() / ((dice - dice.mean()) ** 2).sum()) if np.ptp(dice) else None
-    margin = float(np.sqrt((residual**2).mean())) / 2
+    local = nqm <= LOCAL_SPAN * max((target_dice - intercept) / slope, 0.0)
+    residual = (dice - predicted)[local]
+    spread = ((dice[local] - dice[local].mean()) ** 2).sum()
+    r_squared = 1 - float((residual**2).sum() / spread) if spread > 0 else None
+    margin = MINIMUM_MARGIN
     failures = predicted[dice < target_dice]
     if failures.size:
         needed = float(np.quantile(failures, FLAG_SHARE, method="higher")) - target_dice
         margin = max(margin, needed + 1e-6)
     return Calibration(
-        slope=float(slope), intercept=float(intercept), target_dice=target_dice,
+        slope=slope, intercept=intercept, target_dice=target_dice,
         margin=round(margin, 6), cases=int(nqm.size),
         r_squared=None if r_squared is None else round(r_squared, 4), description=description,
     )

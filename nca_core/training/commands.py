@@ -88,7 +88,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     description = (f"{len(cases)} cases of {Path(args.data).name}"
                    f"{' (' + args.subset + ' split)' if args.split else ''}, artifacts: {', '.join(artifacts)}, "
                    f"{args.runs} runs")
-    calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
+    try:
+        calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
+    except ValueError as error:
+        raise NCAError(f"calibration failed: {error}") from None
     bundle.calibration = calibration
     out = Path(args.output)
     save_model(bundle, out)
