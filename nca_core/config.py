@@ -55,11 +55,15 @@ class NCAConfig:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "NCAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_fields(cls, data)
         if unknown:
-            raise ModelFileError(f"unknown config keys: {sorted(unknown)}")
+            raise ModelFileError(f"unknown config keys: {unknown}")
         return cls(**data).validate()
+
+
+def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
+    """Keys of ``data`` that are not fields of the dataclass ``cls``."""
+    return sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
 
 
 PRESETS: Dict[str, NCAConfig] = {

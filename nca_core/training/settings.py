@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import NCAConfig, preset
+from ..config import NCAConfig, preset, unknown_fields
 from ..errors import NCAError
 
 
@@ -41,10 +41,9 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainSettings":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
+        unknown = unknown_fields(cls, data)
         if unknown:
-            raise NCAError(f"unknown training settings: {sorted(unknown)}")
+            raise NCAError(f"unknown training settings: {unknown}")
         settings = cls(**data)
         if len(settings.patch_sizes) != settings.config.levels:
             raise NCAError("patch_sizes needs one entry per level")
