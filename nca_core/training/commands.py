@@ -92,13 +92,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
     except ValueError as error:
         raise NCAError(f"calibration failed: {error}") from None
-    bundle.calibration = calibration
-    out = Path(args.output)
-    save_model(bundle, out)
     rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
     summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict())
     if args.cross_validate > 1:
         summary["held_out"] = cross_validated_rates(rows, args.cross_validate, args.target_dice)
+    bundle.calibration = calibration
+    bundle.provenance = dict(bundle.provenance, calibration_report=summary)
+    out = Path(args.output)
+    save_model(bundle, out)
     report_dir = out.parent / (out.name + ".calibration")
     write_evaluation(rows, summary, report_dir)
     plot_calibration(rows, calibration, report_dir / "dice_vs_nqm.png")
