@@ -126,13 +126,14 @@ def _measure(spec: Dict) -> Dict:
                            reference=reference).nqm
         return time.perf_counter() - started, _cpu_seconds() - cpu, nqm
 
-    seconds = cpu_seconds = 0.0
+    seconds = cpu_seconds = measured = 0.0
     nqms = []
     if measure_steps is not None:
         # one timed pass per level with only that level stepping, scaled to the full schedule
         for level, steps in enumerate(full_steps):
             reduced = [measure_steps if i == level else 0 for i in range(len(full_steps))]
             wall, cpu, _ = timed(cases[0], reduced)
+            measured += wall
             seconds += wall * steps / measure_steps
             cpu_seconds += cpu * steps / measure_steps
     else:
@@ -140,13 +141,15 @@ def _measure(spec: Dict) -> Dict:
             wall, cpu, nqm = timed(array)
             seconds, cpu_seconds = seconds + wall, cpu_seconds + cpu
             nqms.append(nqm)
+        measured = seconds
     nqm = sum(nqms) / len(nqms) if nqms else float("nan")
-    scale = (workload.runs / runs) * (len(arrays) / len(cases))
+    measured_cases = 1 if measure_steps is not None else len(cases)
+    scale = (workload.runs / runs) * (len(arrays) / measured_cases)
     flops = nominal_flops(model.config, [a.shape for a in arrays], full_steps, workload.runs)
     return {
-        "seconds": seconds * scale, "measured_seconds": seconds, "cpu_seconds": cpu_seconds * scale,
+        "seconds": seconds * scale, "measured_seconds": measured, "cpu_seconds": cpu_seconds * scale,
         "extrapolated": scale != 1 or measure_steps is not None, "measure_steps": measure_steps,
-        "runs_measured": runs, "cases": len(arrays), "cases_measured": len(cases),
+        "runs_measured": runs, "cases": len(arrays), "cases_measured": measured_cases,
         "peak_mb": _peak_mb(), "baseline_mb": baseline, "gflops": flops / (seconds * scale) / 1e9,
         "nqm": nqm, "model": model_note, "data": data_note, "threads": torch.get_num_threads(),
     }
