@@ -36,6 +36,7 @@ class FastOptions:
 
     chunk_voxels: int = 1 << 15  # voxels per slab, summed over the batch
     bf16: bool = False  # dense layers in bfloat16 (approximate; fp32 equals the reference)
+    min_slab_halos: int = 4  # slabs at least this many halo widths thick (>= 1 for correctness)
 
 
 _ALLOCATOR_TUNED = False
@@ -75,7 +76,7 @@ class LevelStepper:
         self.pad = rule.kernel_size // 2
         device = rule.fc0.weight.device
         plane = self.ny * self.nz
-        rows = max(1, self.pad, options.chunk_voxels // max(1, plane * batch))
+        rows = max(1, options.min_slab_halos * self.pad, options.chunk_voxels // max(1, plane * batch))
         self.slabs = [(x, min(x + rows, self.nx)) for x in range(0, self.nx, rows)]
         if len(self.slabs) > 1 and self.slabs[-1][1] - self.slabs[-1][0] < self.pad:
             self.slabs[-2:] = [(self.slabs[-2][0], self.nx)]

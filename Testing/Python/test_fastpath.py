@@ -76,7 +76,7 @@ def test_chunked_equals_unchunked(fire_rate):
     plan = LevelPlan(steps=CONFIG.steps, fire_rate=fire_rate, seed=5, runs=[4, 9])
     whole = fast_forward(model, _image(2), plan, FastOptions(chunk_voxels=1 << 30))
     for chunk in (1, 150, 700):  # one X row (the halo spans slabs), a few rows, uneven tail
-        chunked = fast_forward(model, _image(2), plan, FastOptions(chunk_voxels=chunk))
+        chunked = fast_forward(model, _image(2), plan, FastOptions(chunk_voxels=chunk, min_slab_halos=1))
         assert _close(chunked, whole, 1e-5)
 
 
@@ -85,7 +85,7 @@ def test_chunked_batchnorm_statistics_are_exact():
     torch.manual_seed(2)
     state = (torch.randn(2, *SHAPE, 16) * 2 + 5).contiguous()  # a large mean tests the merge
     whole = LevelStepper(rule, state.shape, FastOptions(chunk_voxels=1 << 30), True)
-    sliced = LevelStepper(rule, state.shape, FastOptions(chunk_voxels=1), True)
+    sliced = LevelStepper(rule, state.shape, FastOptions(chunk_voxels=1, min_slab_halos=1), True)
     assert len(whole.slabs) == 1 and len(sliced.slabs) == SHAPE[0]
     with torch.no_grad():
         count, mean, scatter = sliced._moments(state)
