@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import fnmatch
 import json
 import math
 import re
@@ -500,10 +499,10 @@ def test_top_level_cmake_ships_engine_and_models():
     on_disk = {str(p.relative_to(REPOSITORY)) for p in (REPOSITORY / "nca_core").rglob("*.py") if "__pycache__" not in p.parts}
     assert set(engine) >= on_disk, f"add to M3DNCA_ENGINE_SCRIPTS: {sorted(on_disk - set(engine))}"
     assert set(engine) <= on_disk, f"listed but absent (CMake would fail): {sorted(set(engine) - on_disk)}"
-    pattern = re.search(r"file\(GLOB M3DNCA_MODEL_FILES RELATIVE \$\{CMAKE_CURRENT_SOURCE_DIR\} (\S+)\)", text).group(1)
-    for model in (REPOSITORY / "Resources" / "Models").glob("*"):
-        if model.is_file() and model.suffix == ".m3dnca":
-            assert fnmatch.fnmatch(str(model.relative_to(REPOSITORY)), pattern)
+    models = _cmake_list(cmake, "M3DNCA_MODEL_FILES")
+    shipped = {str(p.relative_to(REPOSITORY)) for p in (REPOSITORY / "Resources" / "Models").glob("*.m3dnca")}
+    assert shipped, "no shipped model in Resources/Models"
+    assert set(models) == shipped, f"M3DNCA_MODEL_FILES must list exactly {sorted(shipped)}"
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in text
     assert "add_subdirectory(M3DNCASegment)" in text

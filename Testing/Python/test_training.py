@@ -41,6 +41,7 @@ def test_split_is_reproducible_and_disjoint():
     assert split_names(names, 0.2, seed=4) != first
 
 
+@pytest.mark.slow
 def test_loss_falls_and_dice_rises(hippocampus_dir, tmp_path):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 8)
     trainer = Trainer(data, tmp_path / "run", quick_settings(iterations=80), device="cpu")

@@ -53,7 +53,9 @@ class Trainer:
         self.device = pick_device(device)
         self.config = settings.config
         self.preprocessing = Preprocessing()
-        self.model = M3DNCA(self.config).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(settings.seed)  # the same settings give the same initial weights
+            self.model = M3DNCA(self.config).to(self.device)
         self.optimizer = torch.optim.Adam(
             [{"params": level.parameters()} for level in self.model.levels],
             lr=settings.learning_rate,
