@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List
 
 from ..errors import NCAError
+from ..imaging import case_name
 from ..modelfile import save_model
 from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, find_pairs, load_cases
@@ -17,18 +18,18 @@ EXIT_OK = 0
 
 
 def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
-    cases = load_cases(find_pairs(args.data), merge_labels)
+    pairs = find_pairs(args.data)
     if args.split:
         try:
             names = set(json.loads(Path(args.split).read_text())[args.subset])
         except (OSError, ValueError, KeyError) as error:
             raise NCAError(f"{args.split}: cannot read subset {args.subset!r} ({error})") from None
-        cases = [c for c in cases if c.name in names]
+        pairs = [(image, label) for image, label in pairs if case_name(image) in names]
     if args.limit:
-        cases = cases[: args.limit]
-    if not cases:
+        pairs = pairs[: args.limit]
+    if not pairs:
         raise NCAError(f"{args.data}: no cases selected")
-    return cases
+    return load_cases(pairs, merge_labels)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
