@@ -470,7 +470,7 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
     # --- models and options ----------------------------------------------------------------
 
     def modelCatalog(self):
-        return options.model_catalog(ENGINE_DIR)
+        return options.model_catalog()
 
     def modelInfo(self, model: str) -> options.ModelInfo:
         for info in self.modelCatalog():

@@ -100,7 +100,6 @@ def ensure_engine_importable(module_dir: str) -> Optional[str]:
 # --- model catalogue without torch -----------------------------------------------------------
 
 MODEL_SUFFIX = ".m3dnca"
-MODEL_DIR_VARIABLE = "M3DNCA_MODEL_DIR"
 
 
 @dataclass
@@ -161,36 +160,17 @@ def read_model_info(path: str, name: Optional[str] = None) -> ModelInfo:
     )
 
 
-def model_dirs(engine_dir: Optional[str]) -> List[str]:
-    """Same search order as nca_core.registry.model_dirs (used only when torch is missing)."""
-    dirs = []
-    if os.environ.get(MODEL_DIR_VARIABLE):
-        dirs.append(os.environ[MODEL_DIR_VARIABLE])
-    if engine_dir:
-        dirs.append(os.path.join(engine_dir, "Resources", "Models"))
-        dirs.append(os.path.join(engine_dir, "nca_core", "shipped_models"))
-    return [d for d in dirs if os.path.isdir(d)]
+def shipped_model_files() -> Dict[str, str]:
+    """Name -> path of every shipped model (nca_core.registry lists them without torch)."""
+    from nca_core import registry
 
-
-def shipped_model_files(engine_dir: Optional[str]) -> Dict[str, str]:
-    """Name -> path of every shipped model. Uses nca_core.registry when it imports (torch
-    installed); otherwise the same folders are scanned directly."""
-    try:
-        from nca_core import registry  # imports torch through nca_core.modelfile
-    except ImportError:
-        found: Dict[str, str] = {}
-        for folder in reversed(model_dirs(engine_dir)):
-            for entry in sorted(os.listdir(folder)):
-                if entry.endswith(MODEL_SUFFIX):
-                    found[entry[: -len(MODEL_SUFFIX)]] = os.path.join(folder, entry)
-        return found
     return {name: str(path) for name, path in registry.shipped_models().items()}
 
 
-def model_catalog(engine_dir: Optional[str]) -> List[ModelInfo]:
+def model_catalog() -> List[ModelInfo]:
     """Every shipped model with its description; unreadable files are listed with the problem."""
     infos = []
-    for name, path in sorted(shipped_model_files(engine_dir).items()):
+    for name, path in sorted(shipped_model_files().items()):
         try:
             infos.append(read_model_info(path, name))
         except (OSError, ValueError) as error:

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 from M3DNCASegmentLib import display, geometry, options  # noqa: E402
 from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob  # noqa: E402
+from nca_core import registry  # noqa: E402
 
 
 # --- geometry ------------------------------------------------------------------------------
@@ -258,8 +259,8 @@ def test_read_model_info_rejects_other_files(tmp_path):
 
 
 def test_model_catalog_lists_models_in_model_dir(tiny_model, monkeypatch):
-    monkeypatch.setenv(options.MODEL_DIR_VARIABLE, str(tiny_model.parent))
-    catalog = {info.name: info for info in options.model_catalog(str(REPOSITORY))}
+    monkeypatch.setenv(registry.MODEL_DIR_VARIABLE, str(tiny_model.parent))
+    catalog = {info.name: info for info in options.model_catalog()}
     assert "tiny" in catalog and catalog["tiny"].description == "tiny test model"
 
 
