@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Annotated, Callable, List, Optional
+from typing import Annotated, Callable, Optional
 
 import numpy as np
 import qt
@@ -21,7 +21,12 @@ import vtk
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.ScriptedLoadableModule import *
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import (
     parameterNodeWrapper,

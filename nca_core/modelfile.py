@@ -20,7 +20,6 @@ from .errors import ModelFileError
 from .model import M3DNCA
 from .preprocessing import Preprocessing
 from .quality import Calibration
-from .registry import MODEL_SUFFIX  # re-exported: the one definition lives beside the model search
 
 FORMAT = "m3dnca"
 FORMAT_VERSION = 1

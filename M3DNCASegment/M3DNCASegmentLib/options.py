@@ -7,7 +7,6 @@ import os
 import struct
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 # --- devices -----------------------------------------------------------------------------
