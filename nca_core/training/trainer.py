@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..ensemble import run_ensemble
-from ..atomic import write_json
+from ..atomic import atomic_path, write_json
 from ..devices import pick_device
 from ..errors import NCAError
 from ..metrics import mean_foreground_dice
@@ -106,9 +106,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "history": self.history,
         }
-        temporary = self.run_dir / (CHECKPOINT + ".tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, self.run_dir / CHECKPOINT)
+        with atomic_path(self.run_dir / CHECKPOINT) as temporary:
+            torch.save(state, temporary)
 
     def load_checkpoint(self) -> None:
         state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
@@ -160,11 +159,18 @@ class Trainer:
 
     # ---- validation -------------------------------------------------------------
     def validate(self, runs: int) -> Dict[str, float]:
-        dices = []
+        """Mean ± std hard Dice over the validation cases."""
+        return self._validate(runs)[0]
+
+    def _validate(self, runs: int) -> Tuple[Dict[str, float], np.ndarray]:
+        """The validation summary and the first case's label map (for TensorBoard)."""
+        dices, labels = [], []
         for case in self.validation_cases:
             result = run_ensemble(self.model, case.image, self.preprocessing, runs=runs, seed=0, device=self.device)
             dices.append(mean_foreground_dice(result.labels, case.label, self.config.output_channels))
-        return {"dice_mean": float(np.mean(dices)), "dice_std": float(np.std(dices)), "cases": len(dices)}
+            labels.append(result.labels)
+        summary = {"dice_mean": float(np.mean(dices)), "dice_std": float(np.std(dices)), "cases": len(dices)}
+        return summary, labels[0]
 
     def bundle(self, validation: Dict[str, float]) -> ModelBundle:
         provenance = {
@@ -223,28 +229,29 @@ class Trainer:
             save_model(self.bundle({}), self.run_dir / BEST_MODEL)
             return
         started = time.perf_counter()
-        validation = self.validate(self.settings.validation_runs)
+        validation, first_labels = self._validate(self.settings.validation_runs)
         self.elapsed += time.perf_counter() - started
         self.history.append({"iteration": self.iteration, "seconds": round(self.elapsed, 1), **validation})
         write_json(self.run_dir / "history.json", self.history)
-        save_model(self.bundle(validation), self.run_dir / LAST_MODEL)
+        bundle = self.bundle(validation)
+        save_model(bundle, self.run_dir / LAST_MODEL)
         if validation["dice_mean"] > self.best_dice:
             self.best_dice = validation["dice_mean"]
             self.best_iteration = self.iteration
-            save_model(self.bundle(validation), self.run_dir / BEST_MODEL)
+            save_model(bundle, self.run_dir / BEST_MODEL)
         if writer:
             writer.add_scalar("validation/dice", validation["dice_mean"], self.iteration)
-            writer.add_image("validation/example", self._example_slice(), self.iteration, dataformats="HW")
+            writer.add_image("validation/example", self._example_slice(first_labels), self.iteration, dataformats="HW")
         tqdm.write(f"iteration {self.iteration}: validation Dice {validation['dice_mean']:.4f} "
                    f"± {validation['dice_std']:.4f} ({self.elapsed / 60:.1f} min)")
 
-    def _example_slice(self) -> np.ndarray:
+    def _example_slice(self, labels: np.ndarray) -> np.ndarray:
+        """Image, truth and prediction side by side: the first validation case's middle slice."""
         case = self.validation_cases[0]
-        result = run_ensemble(self.model, case.image, self.preprocessing, runs=1, device=self.device)
         middle = case.image.shape[2] // 2
         image = case.image[:, :, middle]
         image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
-        return np.concatenate([image, case.label[:, :, middle] > 0, result.labels[:, :, middle] > 0], axis=1).astype(np.float32)
+        return np.concatenate([image, case.label[:, :, middle] > 0, labels[:, :, middle] > 0], axis=1).astype(np.float32)
 
 
 def _tensorboard(run_dir: Path):
