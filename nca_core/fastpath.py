@@ -5,7 +5,8 @@
 * Each step makes two passes over the slabs. Pass 1 computes the perception (depthwise
   conv with reflect padding at the true volume borders only) and merges each slab's
   mean and 2C x 2C scatter matrix (Chan et al.), giving the exact global BatchNorm
-  statistics per run. Pass 2 recomputes the perception, and for the cells that fire only
+  statistics per run. Pass 2 recomputes the perception (or reuses pass 1's
+  when a level's whole perception fits in ``cache_bytes``), and for the cells that fire only
   (the same counter-based firing as the reference) applies fc0 with BatchNorm folded into
   a per-run scale and shift, ReLU and fc1.
 * A slab's new values are written back once the next slab's input has been read, so
@@ -18,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ class FastOptions:
     chunk_voxels: int = 1 << 15  # voxels per slab, summed over the batch
     bf16: bool = False  # dense layers in bfloat16 (approximate; fp32 equals the reference)
     min_slab_halos: int = 4  # slabs at least this many halo widths thick (>= 1 for correctness)
+    cache_bytes: int = 256 << 20  # keep pass 1's perception for pass 2 when it fits in this
 
 
 _ALLOCATOR_TUNED = False
@@ -88,7 +90,9 @@ class LevelStepper:
         w1t = rule.fc1.weight.t().clone()
         w1t[:, : rule.input_channels] = 0  # image channels stay pinned: exact zero update
         self.w1t = w1t.to(dtype).contiguous()
-        self._cached: Optional[torch.Tensor] = None
+        width = 2 * shape[-1] * torch.finfo(rule.fc0.weight.dtype).bits // 8
+        self.caching = batch * self.nx * plane * width <= options.cache_bytes
+        self._buffers: Dict[Tuple[str, int], torch.Tensor] = {}
 
     # ---- perception of one slab --------------------------------------------------
     def _padded(self, flat: torch.Tensor, x0: int, x1: int) -> torch.Tensor:
@@ -96,30 +100,39 @@ class LevelStepper:
         ix = _reflect(torch.arange(x0 - self.pad, x1 + self.pad, device=flat.device), self.nx)
         index = (ix[:, None] * (self.ny * self.nz) + self._plane_index[None, :]).reshape(-1)
         p = self.pad
-        return flat.index_select(1, index).view(
-            self.batch, x1 - x0 + 2 * p, self.ny + 2 * p, self.nz + 2 * p, -1)
+        out = self._reusable(("padded", 0), (self.batch, index.numel(), flat.shape[-1]), flat)
+        torch.index_select(flat, 1, index, out=out)
+        return out.view(self.batch, x1 - x0 + 2 * p, self.ny + 2 * p, self.nz + 2 * p, -1)
 
     def _perceive(self, state: torch.Tensor, x0: int, x1: int) -> torch.Tensor:
-        """(B, n, 2C): own state, then the depthwise-filtered state, for slab x0:x1."""
-        if self._cached is not None:
-            return self._cached
+        """(B, n, 2C): own state, then the depthwise-filtered state, for slab x0:x1; kept
+        in that slab's buffer for pass 2 when caching."""
         flat = state.view(self.batch, self.nx * self.ny * self.nz, -1)
         padded = self._padded(flat, x0, x1) if self.pad else state[:, x0:x1]
         conv = self.rule.perception
         filtered = F.conv3d(padded.permute(0, 4, 1, 2, 3), conv.weight, conv.bias, groups=conv.groups)
         filtered = filtered.permute(0, 2, 3, 4, 1)
         own = state[:, x0:x1]
-        return torch.cat([own, filtered], dim=-1).reshape(self.batch, -1, 2 * own.shape[-1])
+        out = self._reusable(("perception", x0 if self.caching else 0), own.shape[:-1] + (2 * own.shape[-1],), own)
+        torch.cat([own, filtered], dim=-1, out=out)
+        return out.view(self.batch, -1, out.shape[-1])
+
+    def _reusable(self, key: Tuple[str, int], shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        """A buffer of ``shape`` kept across slabs and steps: fresh allocations page-fault."""
+        size = torch.Size(shape).numel()
+        buffer = self._buffers.get(key)
+        if buffer is None or buffer.numel() < size:
+            buffer = self._buffers[key] = torch.empty(size, dtype=like.dtype, device=like.device)
+        return buffer[:size].view(shape)
 
     # ---- BatchNorm statistics ------------------------------------------------------
     def _moments(self, state: torch.Tensor) -> Moments:
         total: Optional[Moments] = None
         for x0, x1 in self.slabs:
             perceived = self._perceive(state, x0, x1)
-            if len(self.slabs) == 1:
-                self._cached = perceived
             mean = perceived.mean(dim=1, keepdim=True)
-            centred = perceived - mean
+            centred = self._reusable(("centred", 0), perceived.shape, perceived)
+            torch.sub(perceived, mean, out=centred)
             scatter = torch.bmm(centred.transpose(1, 2), centred)
             part = (float(perceived.shape[1]), mean[:, 0].double(), scatter.double())
             total = part if total is None else _merge(total, part)
@@ -145,19 +158,21 @@ class LevelStepper:
     # ---- one step ------------------------------------------------------------------
     def step(self, state: torch.Tensor, keys: Optional[torch.Tensor], fire_rate: float) -> None:
         """Advance ``state`` (B, X, Y, Z, C), contiguous, by one step in place."""
-        self._cached = None
         mean, folded, shift = self._folding(state)
         pending: Optional[Tuple[int, int, Optional[torch.Tensor], torch.Tensor]] = None
         plane = self.ny * self.nz
         for x0, x1 in self.slabs:
-            perceived = self._perceive(state, x0, x1)
+            if self.caching:  # pass 1 left this slab's perception in its buffer
+                shape = (self.batch, (x1 - x0) * plane, 2 * state.shape[-1])
+                perceived = self._reusable(("perception", x0), shape, state)
+            else:
+                perceived = self._perceive(state, x0, x1)
             update = self._delta(perceived, mean, folded, shift, keys, fire_rate, x0 * plane)
             if pending is not None:
                 self._apply(state, *pending)
             pending = (x0, x1) + update
         if pending is not None:
             self._apply(state, *pending)
-        self._cached = None
 
     def _apply(self, state, x0: int, x1: int, fires: Optional[torch.Tensor], delta: torch.Tensor) -> None:
         """Add slab x0:x1's updates (rows ``fires`` of the (B * n) slab cells, or all)."""
@@ -185,9 +200,10 @@ class LevelStepper:
         if fire_rate > 0:
             mask = fire_mask_range(keys, start, n, fire_rate)
             fires = mask.view(-1).nonzero().squeeze(1)
-            rows = rows.index_select(0, fires)
+            selected = self._reusable(("selected", 0), (fires.numel(), width), rows)
+            rows = torch.index_select(rows, 0, fires, out=selected)
             counts = mask.sum(dim=1).tolist() if batch > 1 else [rows.shape[0]]
-        hidden = torch.empty((rows.shape[0], folded.shape[2]), dtype=self.dtype, device=rows.device)
+        hidden = self._reusable(("hidden", 0), (rows.shape[0], folded.shape[2]), folded)
         offset = 0
         for b, count in enumerate(counts):
             part = slice(offset, offset + count)

@@ -71,13 +71,15 @@ def test_fast_path_equals_reference(fire_rate, per_sample):
 
 
 @pytest.mark.parametrize("fire_rate", [0.0, 0.5])
-def test_chunked_equals_unchunked(fire_rate):
+@pytest.mark.parametrize("cache_bytes", [0, 1 << 30], ids=["recomputed", "cached"])
+def test_chunked_equals_unchunked(fire_rate, cache_bytes):
     model = _model()
     plan = LevelPlan(steps=CONFIG.steps, fire_rate=fire_rate, seed=5, runs=[4, 9])
     whole = fast_forward(model, _image(2), plan, FastOptions(chunk_voxels=1 << 30))
     for chunk in (1, 150, 700):  # one X row (the halo spans slabs), a few rows, uneven tail
-        chunked = fast_forward(model, _image(2), plan, FastOptions(chunk_voxels=chunk, min_slab_halos=1))
-        assert _close(chunked, whole, 1e-5)
+        options = FastOptions(chunk_voxels=chunk, min_slab_halos=1, cache_bytes=cache_bytes)
+        assert LevelStepper(model.levels[1], torch.Size((2, *SHAPE, 16)), options, True).caching == bool(cache_bytes)
+        assert _close(fast_forward(model, _image(2), plan, options), whole, 1e-5)
 
 
 def test_chunked_batchnorm_statistics_are_exact():
