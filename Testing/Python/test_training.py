@@ -71,6 +71,23 @@ def test_resume_reproduces_the_uninterrupted_run(hippocampus_dir, tmp_path):
     load_model(tmp_path / "resumed" / BEST_MODEL)
 
 
+def test_fine_tuning_starts_from_the_model_and_reuses_the_split(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 5)
+    first = Trainer(data, tmp_path / "first", quick_settings(iterations=2), device="cpu")
+    first.fit(log=False)
+    start = load_model(tmp_path / "first" / BEST_MODEL)
+    tuned = Trainer(data, tmp_path / "tuned", quick_settings(iterations=1, seed=9), device="cpu",
+                    initial=start, split_file=tmp_path / "first" / "split.json")
+    for name, tensor in start.weights.items():
+        assert torch.equal(tensor, tuned.model.state_dict()[name]), name
+    tuned.fit(log=False)
+    assert tuned.split["validation"] == first.split["validation"]
+    assert load_model(tmp_path / "tuned" / BEST_MODEL).provenance["initialised_from"]
+    other = quick_settings(model=TrainSettings.for_preset("hippocampus-2class").model)
+    with pytest.raises(NCAError, match="config differs"):
+        Trainer(data, tmp_path / "mismatch", other, device="cpu", initial=start)
+
+
 def test_existing_run_needs_resume(hippocampus_dir, tmp_path):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 4)
     Trainer(data, tmp_path / "run", quick_settings(iterations=1), device="cpu").fit(log=False)

@@ -47,8 +47,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("iterations", args.iterations), ("time_limit_minutes", args.time_limit),
                                    ("augment", args.augment or None)) if v is not None}
     settings = replace(settings, **overrides)
+    initial = None
+    if args.init:
+        from ..registry import load
+
+        initial = load(args.init)
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run saves its checkpoint like Ctrl+C
-    result = Trainer(args.data, run_dir, settings, device=args.device).fit(resume=args.resume)
+    trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
+    result = trainer.fit(resume=args.resume)
     print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; best validation Dice "
           f"{result.best_dice:.4f} at iteration {result.best_iteration}; model: {run_dir / BEST_MODEL}")
     return EXIT_OK
@@ -139,6 +145,8 @@ def add_training_commands(commands) -> None:
     train.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop (resumably) after this much training")
     train.add_argument("--augment", action="store_true", help="TorchIO intensity augmentation")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
+    train.add_argument("--split", type=Path, help="reuse another run's split.json")
     train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     train.set_defaults(run=cmd_train)
 

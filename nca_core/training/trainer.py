@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,7 +46,10 @@ class TrainingResult:
 class Trainer:
     """Trains one model into ``run_dir``; resumable from its checkpoint."""
 
-    def __init__(self, data_dir: Path, run_dir: Path, settings: TrainSettings, device: str = "auto"):
+    def __init__(self, data_dir: Path, run_dir: Path, settings: TrainSettings, device: str = "auto",
+                 initial: Optional[ModelBundle] = None, split_file: Optional[Path] = None):
+        """``initial``: start from this model's weights (fine-tuning); ``split_file``: reuse another
+        run's split.json instead of drawing a new split."""
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
         self.settings = settings
@@ -56,6 +59,13 @@ class Trainer:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)  # the same settings give the same initial weights
             self.model = M3DNCA(self.config).to(self.device)
+        self.initialised_from = None
+        if initial is not None:
+            if initial.config != self.config:
+                raise NCAError("--init: the model's config differs from the training settings' model")
+            self.model.load_state_dict(initial.weights)
+            self.initialised_from = initial.provenance.get("description") or "a model file"
+        self.split_file = Path(split_file) if split_file else None
         self.optimizer = torch.optim.Adam(
             [{"params": level.parameters()} for level in self.model.levels],
             lr=settings.learning_rate,
@@ -73,8 +83,11 @@ class Trainer:
         pairs = find_pairs(self.data_dir)
         cases = load_cases(pairs, self.settings.merge_labels)
         split_path = self.run_dir / "split.json"
+        if not split_path.is_file() and self.split_file is not None:
+            split = _read_split(self.split_file)
+            write_json(split_path, split)
         if split_path.is_file():
-            split = json.loads(split_path.read_text())
+            split = _read_split(split_path)
         else:
             split = split_names([c.name for c in cases], self.settings.validation_fraction, self.settings.seed)
             split["data"] = str(self.data_dir.resolve())
@@ -179,6 +192,7 @@ class Trainer:
             "training_cases": len(self.train_cases),
             "validation_cases": self.split["validation"],
             "settings": self.settings.to_dict(),
+            "initialised_from": self.initialised_from,
             "iterations": self.iteration,
             "training_seconds": round(self.elapsed, 1),
             "hardware": _hardware(self.device),
@@ -252,6 +266,14 @@ class Trainer:
         image = case.image[:, :, middle]
         image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
         return np.concatenate([image, case.label[:, :, middle] > 0, labels[:, :, middle] > 0], axis=1).astype(np.float32)
+
+
+def _read_split(path: Path) -> Dict[str, List[str]]:
+    try:
+        split = json.loads(Path(path).read_text())
+        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists ({error})") from None
 
 
 def _tensorboard(run_dir: Path):
