@@ -38,7 +38,7 @@ class FastOptions:
     chunk_voxels: int = 1 << 15  # voxels per slab, summed over the batch
     bf16: bool = False  # dense layers in bfloat16 (approximate; fp32 equals the reference)
     min_slab_halos: int = 4  # slabs at least this many halo widths thick (>= 1 for correctness)
-    cache_bytes: int = 256 << 20  # keep pass 1's perception for pass 2 when it fits in this
+    cache_bytes: int = 400 << 20  # keep pass 1's perception for pass 2 when it fits in this
 
 
 _ALLOCATOR_TUNED = False

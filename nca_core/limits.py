@@ -37,15 +37,18 @@ def inference_bytes(shape: Sequence[int], config: NCAConfig, preprocessing: Prep
     Per padded voxel: the channels-last state and the copy made between levels (2c floats)
     and the image's raw, normalised and padded copies; per voxel and output channel the
     float64 sums, the run's probability and the float32 results; plus the ensemble's
-    batching budget (runs advance together up to it). Measured peaks are about half this.
+    batching budget (runs advance together up to it); plus the fast path's perception cache
+    when one run's finest level fits it. Measured peaks are about half this.
     """
     from .ensemble import DEFAULT_MEMORY_BUDGET
+    from .fastpath import FastOptions
 
     padded = math.prod(prepared_shape(shape, preprocessing, _multiple(config)))
     voxels = math.prod(int(s) for s in shape)
     per_padded = 4 * (2 * config.channels + 3)
     per_output = 3 * 8 + 3 * 4
-    return padded * per_padded + voxels * per_output * config.output_channels + DEFAULT_MEMORY_BUDGET
+    cache = FastOptions.cache_bytes if padded * 4 * 2 * config.channels <= FastOptions.cache_bytes else 0
+    return padded * per_padded + voxels * per_output * config.output_channels + DEFAULT_MEMORY_BUDGET + cache
 
 
 def _multiple(config: NCAConfig) -> int:
