@@ -116,6 +116,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         "parameters": bundle.build().parameter_count(),
         "config": bundle.config.to_dict(),
         "preprocessing": bundle.preprocessing.to_dict(),
+        "postprocessing": bundle.postprocessing.to_dict(),
         "calibration": bundle.calibration.to_dict() if bundle.calibration else None,
         "provenance": bundle.provenance,
     }
@@ -128,6 +129,8 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"steps {config.steps}, channels {config.channels}, hidden {config.hidden}, "
           f"fire rate {config.fire_rate}")
     print(f"  labels: {', '.join(config.labels)}")
+    largest = bundle.postprocessing.largest_component
+    print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")
     calibration = bundle.calibration
     if calibration:
         print(f"  calibration: Dice = {calibration.slope:.3f} * NQM + {calibration.intercept:.3f} "

@@ -11,6 +11,7 @@ import torch
 
 from .fastpath import FastOptions, fast_forward
 from .model import LevelPlan, M3DNCA
+from .postprocessing import Postprocessing
 from .preprocessing import Preprocessing, prepare
 
 # Runs are batched while their finest-level working sets fit the budget. The fast path
@@ -83,10 +84,12 @@ def run_ensemble(
     should_cancel: Optional[Callable[[], bool]] = None,
     options: Optional[FastOptions] = None,
     reference: bool = False,
+    postprocessing: Optional[Postprocessing] = None,
 ) -> EnsembleResult:
     """Run the NCA ``runs`` times on a raw volume (X, Y, Z) and summarise.
 
     Uses the fast path (``options`` tunes it); ``reference`` runs the plain formulation.
+    ``postprocessing`` cleans the label map (NQM is of the probabilities, before it).
     """
     started = time.perf_counter()
     config = model.config
@@ -129,7 +132,7 @@ def run_ensemble(
     return EnsembleResult(
         probability=mean,
         std=std,
-        labels=label_map(mean),
+        labels=(postprocessing or Postprocessing()).apply(label_map(mean)),
         nqm=nqm(mean, std),
         runs=runs,
         seconds=time.perf_counter() - started,

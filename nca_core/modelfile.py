@@ -1,5 +1,5 @@
 """Model files: safetensors weights plus JSON metadata (config, preprocessing,
-calibration, provenance) and a SHA-256 checksum. Loading never runs code."""
+postprocessing, calibration, provenance) and a SHA-256 checksum. Loading never runs code."""
 from __future__ import annotations
 
 import hashlib
@@ -18,6 +18,7 @@ from .atomic import write_bytes
 from .config import NCAConfig
 from .errors import ModelFileError
 from .model import M3DNCA
+from .postprocessing import Postprocessing
 from .preprocessing import Preprocessing
 from .quality import Calibration
 
@@ -32,6 +33,7 @@ class ModelBundle:
     config: NCAConfig
     weights: Dict[str, torch.Tensor]
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    postprocessing: Postprocessing = field(default_factory=Postprocessing)
     calibration: Optional[Calibration] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
 
@@ -56,6 +58,7 @@ class ModelBundle:
             "format_version": str(FORMAT_VERSION),
             "config": _canonical(self.config.to_dict()),
             "preprocessing": _canonical(self.preprocessing.to_dict()),
+            "postprocessing": _canonical(self.postprocessing.to_dict()),
             "calibration": _canonical(self.calibration.to_dict() if self.calibration else None),
             "provenance": _canonical(self.provenance),
         }
@@ -126,6 +129,7 @@ def load_model(path: Path) -> ModelBundle:
     try:
         config = NCAConfig.from_dict(json.loads(metadata["config"]))
         preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
+        postprocessing = Postprocessing.from_dict(json.loads(metadata.get("postprocessing", "{}")))
         calibration_data = json.loads(metadata["calibration"])
         provenance = json.loads(metadata["provenance"])
     except (KeyError, TypeError, ValueError) as error:
@@ -134,6 +138,7 @@ def load_model(path: Path) -> ModelBundle:
         config=config,
         weights=weights,
         preprocessing=preprocessing,
+        postprocessing=postprocessing,
         calibration=Calibration.from_dict(calibration_data) if calibration_data else None,
         provenance=provenance,
     )

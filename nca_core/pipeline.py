@@ -29,6 +29,7 @@ class SegmentationResult:
     model_name: str
     device: str
     seconds: float
+    largest_component_only: bool = False  # the model's postprocessing removed other components
 
     @property
     def nqm(self) -> float:
@@ -47,6 +48,7 @@ class SegmentationResult:
             "device": self.device,
             "seconds": round(self.seconds, 3),
             "foreground_voxels": int((self.ensemble.labels > 0).sum()),
+            "largest_component_only": self.largest_component_only,
         }
 
 
@@ -77,6 +79,7 @@ def segment_array(
         ensemble = run_ensemble(
             bundle.build(), array, bundle.preprocessing, runs=runs, seed=seed, fire_rate=fire_rate,
             steps=steps, device=device, progress=progress, should_cancel=should_cancel,
+            postprocessing=bundle.postprocessing,
         )
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
@@ -89,6 +92,7 @@ def segment_array(
         model_name=model_name,
         device=device,
         seconds=time.perf_counter() - started,
+        largest_component_only=bundle.postprocessing.largest_component,
     )
 
 

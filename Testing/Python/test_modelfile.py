@@ -12,6 +12,7 @@ from safetensors.torch import save as save_tensors
 from nca_core.config import NCAConfig, preset
 from nca_core.errors import ModelFileError
 from nca_core.modelfile import FORMAT_VERSION, ModelBundle, digest, load_model, save_model
+from nca_core.postprocessing import Postprocessing
 from nca_core.preprocessing import Preprocessing
 from nca_core.quality import Calibration
 
@@ -22,6 +23,7 @@ def bundle(name: str = "hippocampus") -> ModelBundle:
     return ModelBundle.from_model(
         random_model(preset(name)),
         preprocessing=Preprocessing(percentiles=[1.0, 99.0]),
+        postprocessing=Postprocessing(largest_component=True),
         calibration=Calibration(slope=-2.0, intercept=0.95, cases=12, r_squared=0.5),
         provenance={"data": "unit test", "metrics": {"dice": 0.5}},
     )
@@ -51,6 +53,7 @@ def test_round_trip_keeps_everything(tmp_path):
     loaded = load_model(tmp_path / "m.m3dnca")
     assert loaded.config == saved.config
     assert loaded.preprocessing == saved.preprocessing
+    assert loaded.postprocessing == saved.postprocessing
     assert loaded.calibration == saved.calibration
     assert loaded.provenance == saved.provenance
     assert set(loaded.weights) == set(saved.weights)
@@ -95,6 +98,25 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
     other = ModelBundle.from_model(random_model(NCAConfig(hidden=32, kernel_sizes=[5, 3]))).weights
     rewrite(path, {}, weights=other)
     with pytest.raises(ModelFileError, match="weights do not match the config"):
+        load_model(path)
+
+
+def test_file_without_postprocessing_loads_with_none(tmp_path):
+    """Files written before postprocessing existed (the same format version) still load."""
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    header, _ = header_and_data(path)
+    metadata = {k: v for k, v in header["__metadata__"].items() if k not in ("postprocessing", "sha256")}
+    weights = load_model(path).weights
+    path.write_bytes(save_tensors(weights, metadata=dict(metadata, sha256=digest(metadata, weights))))
+    assert load_model(path).postprocessing == Postprocessing()
+
+
+def test_unknown_postprocessing_is_refused(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    rewrite(path, {"postprocessing": json.dumps({"smooth": True})})
+    with pytest.raises(ModelFileError, match="metadata is incomplete"):
         load_model(path)
 
 

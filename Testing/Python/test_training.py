@@ -124,7 +124,7 @@ def test_cross_validated_rates_judge_each_case_once_on_held_out_fits():
         for artifact in ("none", "noise"):
             value = rng.uniform(0.05, 0.6)
             dice = float(np.clip(-1.0 * value + 0.97 + rng.normal(0, 0.03), 0, 1))
-            rows.append(CaseEvaluation(f"case{index}", artifact, dice, value, "", None))
+            rows.append(CaseEvaluation(f"case{index}", artifact, dice, value, dice, "", None))
     rates = cross_validated_rates(rows, folds=5, target_dice=0.8)
     assert rates["failures"] + rates["good_cases"] == len(rows)
     assert rates["failures_flagged"] >= 0.9

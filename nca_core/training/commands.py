@@ -6,13 +6,17 @@ import json
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
 
 from ..errors import NCAError
 from ..imaging import case_name
 from ..modelfile import save_model
+from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, find_pairs, load_cases
+
+if TYPE_CHECKING:
+    from .evaluate import CaseEvaluation
 
 EXIT_OK = 0
 
@@ -91,7 +95,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
-                          artifacts=artifacts)
+                          artifacts=artifacts, postprocessing=Postprocessing())
+    bundle.postprocessing, choice = _choose_postprocessing(rows, args.largest_component)
+    if bundle.postprocessing.largest_component:
+        rows = [replace(r, dice=r.dice_largest_component) for r in rows]
     description = (f"{len(cases)} cases of {Path(args.data).name}"
                    f"{' (' + args.subset + ' split)' if args.split else ''}, artifacts: {', '.join(artifacts)}, "
                    f"{args.runs} runs")
@@ -100,7 +107,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise NCAError(f"calibration failed: {error}") from None
     rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
-    summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict())
+    summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict(), postprocessing=choice)
     if args.cross_validate > 1:
         summary["held_out"] = cross_validated_rates(rows, args.cross_validate, args.target_dice)
     bundle.calibration = calibration
@@ -113,6 +120,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
     return EXIT_OK
+
+
+def _choose_postprocessing(rows: Sequence["CaseEvaluation"], mode: str) -> Tuple[Postprocessing, Dict]:
+    """The model's postprocessing (``auto``: keep the largest component if that raises the
+    mean Dice of the artifact-free cases) and a record of the choice."""
+    clean = [r for r in rows if r.artifact == "none"] or list(rows)
+    without = sum(r.dice for r in clean) / len(clean)
+    with_largest = sum(r.dice_largest_component for r in clean) / len(clean)
+    keep = with_largest > without if mode == "auto" else mode == "yes"
+    record = {"largest_component": keep, "mode": mode, "clean_dice_without": round(without, 4),
+              "clean_dice_with_largest_component": round(with_largest, 4)}
+    return Postprocessing(largest_component=keep), record
 
 
 def _judge(nqm: float, calibration) -> dict:
@@ -159,6 +178,9 @@ def add_training_commands(commands) -> None:
     _add_case_selection(calibrate)
     calibrate.add_argument("--target-dice", type=float, default=DEFAULT_TARGET_DICE)
     calibrate.add_argument("--no-artifacts", action="store_true", help="clean images only")
+    calibrate.add_argument("--largest-component", choices=["auto", "yes", "no"], default="auto",
+                           help="keep only the largest foreground component (auto: if it raises the clean "
+                                "cases' mean Dice)")
     calibrate.add_argument("--cross-validate", type=int, default=5, metavar="K",
                            help="also report the light's detection rates on held-out cases, K folds by case")
     calibrate.set_defaults(run=cmd_calibrate)

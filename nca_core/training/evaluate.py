@@ -14,6 +14,7 @@ from ..atomic import write_json, write_text
 from ..ensemble import run_ensemble
 from ..metrics import mean_foreground_dice
 from ..modelfile import ModelBundle
+from ..postprocessing import Postprocessing, largest_component
 from ..quality import assess
 from .artifacts import degrade
 from .data import Case
@@ -25,6 +26,7 @@ class CaseEvaluation:
     artifact: str  # "none" or the artifact's name
     dice: float
     nqm: float
+    dice_largest_component: float  # Dice had only the largest foreground component been kept
     quality: str
     predicted_dice: Optional[float]
 
@@ -37,19 +39,24 @@ def evaluate_cases(
     device: str = "cpu",
     artifacts: Sequence[str] = ("none",),
     show_progress: bool = True,
+    postprocessing: Optional[Postprocessing] = None,
 ) -> List[CaseEvaluation]:
+    """One row per case and artifact; ``postprocessing`` defaults to the model's."""
     model = bundle.build()
+    postprocessing = bundle.postprocessing if postprocessing is None else postprocessing
     classes = bundle.config.output_channels
     rows = []
     jobs = [(case, artifact) for case in cases for artifact in artifacts]
     for index, (case, artifact) in enumerate(tqdm(jobs, desc="evaluating", disable=not show_progress)):
         image = case.image if artifact == "none" else degrade(case.image, artifact, seed + index)
-        result = run_ensemble(model, image, bundle.preprocessing, runs=runs, seed=seed, device=device)
+        result = run_ensemble(model, image, bundle.preprocessing, runs=runs, seed=seed, device=device,
+                              postprocessing=postprocessing)
         quality = assess(result.nqm, bundle.calibration)
         rows.append(CaseEvaluation(
             case=case.name, artifact=artifact,
             dice=mean_foreground_dice(result.labels, case.label, classes),
-            nqm=result.nqm, quality=quality.light, predicted_dice=quality.predicted_dice,
+            nqm=result.nqm,
+            dice_largest_component=mean_foreground_dice(largest_component(result.labels), case.label, classes), quality=quality.light, predicted_dice=quality.predicted_dice,
         ))
     return rows
 
