@@ -111,6 +111,7 @@ class ModelInfo:
     steps: List[int] = field(default_factory=list)
     fire_rate: Optional[float] = None
     calibrated: bool = False
+    largest_component: bool = False
 
     def summary(self) -> str:
         parts = [self.description or "(no description)"]
@@ -118,6 +119,8 @@ class ModelInfo:
             parts.append("labels: " + ", ".join(self.labels))
         if self.steps:
             parts.append(f"steps per level: {','.join(str(s) for s in self.steps)}")
+        if self.largest_component:
+            parts.append("keeps the largest connected component")
         parts.append("NQM calibrated" if self.calibrated else "no NQM calibration (light stays grey)")
         return "; ".join(parts)
 
@@ -142,6 +145,7 @@ def read_model_info(path: str, name: Optional[str] = None) -> ModelInfo:
         config = json.loads(metadata.get("config") or "{}")
         provenance = json.loads(metadata.get("provenance") or "{}") or {}
         calibration = json.loads(metadata.get("calibration") or "null")
+        postprocessing = json.loads(metadata.get("postprocessing") or "{}") or {}
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError(f"{path}: not an M3D-NCA model file (no m3dnca metadata)") from None
     if name is None:
@@ -156,6 +160,7 @@ def read_model_info(path: str, name: Optional[str] = None) -> ModelInfo:
         steps=list(config.get("steps", [])),
         fire_rate=config.get("fire_rate"),
         calibrated=bool(calibration),
+        largest_component=bool(postprocessing.get("largest_component", False)),
     )
 
 

@@ -243,8 +243,21 @@ def test_read_model_info_without_torch(tiny_model):
     info = options.read_model_info(str(tiny_model))
     assert info.name == "tiny" and info.description == "tiny test model"
     assert info.labels == ["foreground"] and info.levels == 2 and info.steps == [2, 2]
-    assert not info.calibrated
+    assert not info.calibrated and not info.largest_component
     assert "no NQM calibration" in info.summary()
+
+
+def test_read_model_info_shows_largest_component_postprocessing(tmp_path):
+    pytest.importorskip("torch")
+    from nca_core.modelfile import load_model, save_model
+    from nca_core.postprocessing import Postprocessing
+    from nca_core.registry import resolve
+
+    bundle = load_model(resolve("hippocampus"))
+    bundle.postprocessing = Postprocessing(largest_component=True)
+    save_model(bundle, tmp_path / "lcc.m3dnca")
+    info = options.read_model_info(str(tmp_path / "lcc.m3dnca"))
+    assert info.largest_component and "largest connected component" in info.summary()
 
 
 def test_read_model_info_rejects_other_files(tmp_path):
