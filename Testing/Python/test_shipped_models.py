@@ -1,0 +1,37 @@
+"""The shipped models segment their own held-out validation cases from the command line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from nca_core.imaging import read_volume
+from nca_core.metrics import mean_foreground_dice
+from nca_core.registry import load, shipped_models
+
+from nca_helpers import run_cli
+
+# name -> the least Dice a held-out case must reach (the models average 0.90 and 0.85)
+MINIMUM_DICE = {"hippocampus": 0.8, "hippocampus-2class": 0.7}
+
+
+@pytest.mark.parametrize("name", sorted(MINIMUM_DICE))
+def test_shipped_model_segments_held_out_cases(name, hippocampus_dir, tmp_path, capsys):
+    if name not in shipped_models():
+        pytest.skip(f"no shipped '{name}' model in Resources/Models")
+    bundle = load(name)
+    assert bundle.calibration is not None, "shipped models are calibrated"
+    held_out = bundle.provenance["validation_cases"][:3]
+    classes = bundle.config.output_channels
+    for case in held_out:
+        image = hippocampus_dir / "imagesTr" / f"{case}.nii.gz"
+        code, _, err = run_cli(capsys, "segment", image, "--model", name, "-o", tmp_path)
+        assert code == 0, err
+        report = json.loads((tmp_path / f"{case}_report.json").read_text())
+        assert report["quality"] in ("green", "yellow", "red") and report["runs"] == 10
+        labels = read_volume(tmp_path / f"{case}_seg.nii.gz").array
+        truth = read_volume(hippocampus_dir / "labelsTr" / f"{case}.nii.gz").array
+        truth = (truth > 0).astype(np.uint8) if classes == 1 else truth
+        assert set(np.unique(labels)) <= set(range(classes + 1))
+        assert mean_foreground_dice(labels, truth, classes) >= MINIMUM_DICE[name], case
