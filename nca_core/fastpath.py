@@ -163,8 +163,7 @@ class LevelStepper:
         plane = self.ny * self.nz
         for x0, x1 in self.slabs:
             if self.caching:  # pass 1 left this slab's perception in its buffer
-                shape = (self.batch, (x1 - x0) * plane, 2 * state.shape[-1])
-                perceived = self._reusable(("perception", x0), shape, state)
+                perceived = self._buffers[("perception", x0)].view(self.batch, -1, 2 * state.shape[-1])
             else:
                 perceived = self._perceive(state, x0, x1)
             update = self._delta(perceived, mean, folded, shift, keys, fire_rate, x0 * plane)

@@ -6,7 +6,7 @@ import numpy as np
 from nca_core.imaging import read_volume
 from nca_core.metrics import mean_foreground_dice
 from nca_core.postprocessing import Postprocessing, largest_component
-from nca_core.training.commands import _choose_postprocessing
+from nca_core.training.calibrate import choose_postprocessing
 from nca_core.training.data import find_pairs
 from nca_core.training.evaluate import CaseEvaluation
 
@@ -56,8 +56,8 @@ def _row(dice: float, largest: float, artifact: str = "none") -> CaseEvaluation:
 def test_auto_keeps_the_component_only_when_clean_dice_rises():
     helps = [_row(0.80, 0.85), _row(0.90, 0.90), _row(0.2, 0.1, "noise")]
     hurts = [_row(0.80, 0.78), _row(0.90, 0.90), _row(0.2, 0.5, "noise")]
-    chosen, record = _choose_postprocessing(helps, "auto")
+    chosen, record = choose_postprocessing(helps, "auto")
     assert chosen.largest_component and record["clean_dice_with_largest_component"] == 0.875
-    assert not _choose_postprocessing(hurts, "auto")[0].largest_component
-    assert _choose_postprocessing(hurts, "yes")[0].largest_component
-    assert not _choose_postprocessing(helps, "no")[0].largest_component
+    assert not choose_postprocessing(hurts, "auto")[0].largest_component
+    assert choose_postprocessing(hurts, "yes")[0].largest_component
+    assert not choose_postprocessing(helps, "no")[0].largest_component

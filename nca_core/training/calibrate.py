@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE, Calibration, assess
 from .evaluate import CaseEvaluation, detection_rates
 
@@ -126,3 +127,15 @@ def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, p
     with atomic_path(Path(path), ".png") as temporary:
         figure.savefig(temporary, dpi=100, bbox_inches="tight")
     plt.close(figure)
+
+
+def choose_postprocessing(rows: Sequence[CaseEvaluation], mode: str) -> Tuple[Postprocessing, Dict]:
+    """The model's postprocessing (``auto``: keep the largest component if that raises the
+    mean Dice of the artifact-free cases) and a record of the choice."""
+    clean = [r for r in rows if r.artifact == "none"] or list(rows)
+    without = sum(r.dice for r in clean) / len(clean)
+    with_largest = sum(r.dice_largest_component for r in clean) / len(clean)
+    keep = with_largest > without if mode == "auto" else mode == "yes"
+    record = {"largest_component": keep, "mode": mode, "clean_dice_without": round(without, 4),
+              "clean_dice_with_largest_component": round(with_largest, 4)}
+    return Postprocessing(largest_component=keep), record

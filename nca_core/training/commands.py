@@ -6,17 +6,14 @@ import json
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
+from typing import List
 
 from ..errors import NCAError
 from ..imaging import case_name
 from ..modelfile import save_model
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
-from .data import Case, find_pairs, load_cases
-
-if TYPE_CHECKING:
-    from .evaluate import CaseEvaluation
+from .data import Case, find_pairs, load_cases, read_split
 
 EXIT_OK = 0
 
@@ -24,10 +21,7 @@ EXIT_OK = 0
 def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
     pairs = find_pairs(args.data)
     if args.split:
-        try:
-            names = set(json.loads(Path(args.split).read_text())[args.subset])
-        except (OSError, ValueError, KeyError) as error:
-            raise NCAError(f"{args.split}: cannot read subset {args.subset!r} ({error})") from None
+        names = set(read_split(args.split)[args.subset])
         pairs = [(image, label) for image, label in pairs if case_name(image) in names]
     if args.limit:
         pairs = pairs[: args.limit]
@@ -88,7 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..registry import load
-    from .calibrate import cross_validated_rates, fit_calibration, plot_calibration
+    from .calibrate import choose_postprocessing, cross_validated_rates, fit_calibration, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
     bundle = load(args.model)
@@ -96,7 +90,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
                           artifacts=artifacts, postprocessing=Postprocessing())
-    bundle.postprocessing, choice = _choose_postprocessing(rows, args.largest_component)
+    bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
     if bundle.postprocessing.largest_component:
         rows = [replace(r, dice=r.dice_largest_component) for r in rows]
     description = (f"{len(cases)} cases of {Path(args.data).name}"
@@ -120,18 +114,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
     return EXIT_OK
-
-
-def _choose_postprocessing(rows: Sequence["CaseEvaluation"], mode: str) -> Tuple[Postprocessing, Dict]:
-    """The model's postprocessing (``auto``: keep the largest component if that raises the
-    mean Dice of the artifact-free cases) and a record of the choice."""
-    clean = [r for r in rows if r.artifact == "none"] or list(rows)
-    without = sum(r.dice for r in clean) / len(clean)
-    with_largest = sum(r.dice_largest_component for r in clean) / len(clean)
-    keep = with_largest > without if mode == "auto" else mode == "yes"
-    record = {"largest_component": keep, "mode": mode, "clean_dice_without": round(without, 4),
-              "clean_dice_with_largest_component": round(with_largest, 4)}
-    return Postprocessing(largest_component=keep), record
 
 
 def _judge(nqm: float, calibration) -> dict:

@@ -5,7 +5,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -74,8 +74,13 @@ def split_names(names: Sequence[str], validation_fraction: float, seed: int) -> 
     return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}
 
 
-def load_split(path: Path) -> Optional[Dict[str, List[str]]]:
-    return json.loads(path.read_text()) if path.is_file() else None
+def read_split(path: Path) -> Dict[str, List[str]]:
+    """A run's split.json: 'train' and 'validation' lists of case names (and notes)."""
+    try:
+        split = json.loads(Path(path).read_text())
+        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists ({error})") from None
 
 
 def one_hot(label: np.ndarray, classes: int) -> np.ndarray:

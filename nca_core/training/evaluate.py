@@ -56,7 +56,8 @@ def evaluate_cases(
             case=case.name, artifact=artifact,
             dice=mean_foreground_dice(result.labels, case.label, classes),
             nqm=result.nqm,
-            dice_largest_component=mean_foreground_dice(largest_component(result.labels), case.label, classes), quality=quality.light, predicted_dice=quality.predicted_dice,
+            dice_largest_component=mean_foreground_dice(largest_component(result.labels), case.label, classes),
+            quality=quality.light, predicted_dice=quality.predicted_dice,
         ))
     return rows
 

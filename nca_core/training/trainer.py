@@ -1,7 +1,6 @@
 """The training loop: progress bar, TensorBoard, checkpoints, resume, best model."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -25,7 +24,7 @@ from ..model import LevelPlan, M3DNCA
 from ..modelfile import ModelBundle, save_model
 from ..preprocessing import Preprocessing, pad_end, prepare
 from .augment import augmenter
-from .data import Case, find_pairs, load_cases, one_hot, split_names
+from .data import Case, find_pairs, load_cases, one_hot, read_split, split_names
 from .loss import dice_bce_loss
 from .settings import TrainSettings
 
@@ -83,11 +82,11 @@ class Trainer:
         pairs = find_pairs(self.data_dir)
         cases = load_cases(pairs, self.settings.merge_labels)
         split_path = self.run_dir / "split.json"
-        if not split_path.is_file() and self.split_file is not None:
-            split = _read_split(self.split_file)
-            write_json(split_path, split)
         if split_path.is_file():
-            split = _read_split(split_path)
+            split = read_split(split_path)
+        elif self.split_file is not None:
+            split = read_split(self.split_file)
+            write_json(split_path, split)
         else:
             split = split_names([c.name for c in cases], self.settings.validation_fraction, self.settings.seed)
             split["data"] = str(self.data_dir.resolve())
@@ -266,14 +265,6 @@ class Trainer:
         image = case.image[:, :, middle]
         image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
         return np.concatenate([image, case.label[:, :, middle] > 0, labels[:, :, middle] > 0], axis=1).astype(np.float32)
-
-
-def _read_split(path: Path) -> Dict[str, List[str]]:
-    try:
-        split = json.loads(Path(path).read_text())
-        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists ({error})") from None
 
 
 def _tensorboard(run_dir: Path):
