@@ -54,9 +54,10 @@ def test_loss_falls_and_dice_rises(hippocampus_dir, tmp_path):
     assert after > before + 0.3, (before, after)
 
 
-def test_resume_reproduces_the_uninterrupted_run(hippocampus_dir, tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_reproduces_the_uninterrupted_run(hippocampus_dir, tmp_path, ema_decay):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 5)
-    settings = quick_settings(iterations=6)
+    settings = quick_settings(iterations=6, ema_decay=ema_decay)
     straight = Trainer(data, tmp_path / "straight", settings, device="cpu")
     straight.fit(log=False)
     interrupted = Trainer(data, tmp_path / "resumed", replace(settings, iterations=3), device="cpu")
@@ -67,6 +68,8 @@ def test_resume_reproduces_the_uninterrupted_run(hippocampus_dir, tmp_path):
     assert resumed.iteration == straight.iteration == 6
     for name, tensor in straight.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    for name, tensor in straight.result_model.state_dict().items():
+        assert torch.equal(tensor, resumed.result_model.state_dict()[name]), name
     assert (tmp_path / "resumed" / BEST_MODEL).is_file()
     load_model(tmp_path / "resumed" / BEST_MODEL)
 
@@ -86,6 +89,30 @@ def test_fine_tuning_starts_from_the_model_and_reuses_the_split(hippocampus_dir,
     other = quick_settings(model=TrainSettings.for_preset("hippocampus-2class").model)
     with pytest.raises(NCAError, match="config differs"):
         Trainer(data, tmp_path / "mismatch", other, device="cpu", initial=start)
+
+
+def test_weight_averaging_validates_and_saves_the_moving_average(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 4)
+    decay = 0.75
+    trainer = Trainer(data, tmp_path / "run", quick_settings(ema_decay=decay), device="cpu")
+    trainer.run_dir.mkdir()
+    trainer.load_data()
+    expected = None
+    for _ in range(3):
+        trainer.train_step()
+        current = {n: t.detach().clone() for n, t in trainer.model.named_parameters()}
+        expected = current if expected is None else {
+            n: decay * expected[n] + (1 - decay) * current[n] for n in current}
+    averaged = dict(trainer.result_model.named_parameters())
+    saved = trainer.bundle({}).weights
+    changed = 0
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value)
+        torch.testing.assert_close(saved[name], value)
+        changed += not torch.allclose(value, current[name])
+    assert changed > 0  # the average is not simply the last weights
+    with pytest.raises(NCAError, match="ema_decay"):
+        TrainSettings.from_dict({**quick_settings().to_dict(), "ema_decay": 1.0})
 
 
 def test_existing_run_needs_resume(hippocampus_dir, tmp_path):

@@ -14,7 +14,9 @@ from ..errors import NCAError
 @dataclass
 class TrainSettings:
     """How a model is trained. ``patch_sizes`` has one entry per level: None trains
-    that level on the whole (downscaled) volume, [x, y, z] on a random patch."""
+    that level on the whole (downscaled) volume, [x, y, z] on a random patch.
+    ``ema_decay`` > 0 validates and saves an exponential moving average of the weights
+    (Polyak averaging) instead of the last weights; 0 turns it off."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -30,6 +32,7 @@ class TrainSettings:
     validation_runs: int = 2
     checkpoint_every: int = 50
     augment: bool = False
+    ema_decay: float = 0.0
     time_limit_minutes: Optional[float] = None
 
     @property
@@ -47,6 +50,8 @@ class TrainSettings:
         settings = cls(**data)
         if len(settings.patch_sizes) != settings.config.levels:
             raise NCAError("patch_sizes needs one entry per level")
+        if not 0.0 <= settings.ema_decay < 1.0:
+            raise NCAError("ema_decay must be in [0, 1)")
         return settings
 
     @classmethod

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import __version__
@@ -71,6 +72,9 @@ class Trainer:
             betas=tuple(settings.betas),
         )
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, settings.lr_gamma)
+        self.averaged: Optional[AveragedModel] = None
+        if settings.ema_decay > 0:
+            self.averaged = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
         self.iteration = 0
         self.best_dice = -1.0
         self.best_iteration = 0
@@ -118,6 +122,8 @@ class Trainer:
             "elapsed": self.elapsed,
             "history": self.history,
         }
+        if self.averaged is not None:
+            state["averaged"] = self.averaged.state_dict()
         with atomic_path(self.run_dir / CHECKPOINT) as temporary:
             torch.save(state, temporary)
 
@@ -131,6 +137,8 @@ class Trainer:
         self.best_iteration = int(state["best_iteration"])
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
+        if self.averaged is not None and "averaged" in state:
+            self.averaged.load_state_dict(state["averaged"])
 
     # ---- one iteration ----------------------------------------------------------
     def _case_for(self, iteration: int) -> Case:
@@ -166,10 +174,17 @@ class Trainer:
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
         self.iteration += 1
         return float(loss.detach())
 
     # ---- validation -------------------------------------------------------------
+    @property
+    def result_model(self) -> M3DNCA:
+        """The weights that are validated and saved: the moving average when enabled."""
+        return self.model if self.averaged is None else self.averaged.module
+
     def validate(self, runs: int) -> Dict[str, float]:
         """Mean ± std hard Dice over the validation cases."""
         return self._validate(runs)[0]
@@ -178,7 +193,7 @@ class Trainer:
         """The validation summary and the first case's label map (for TensorBoard)."""
         dices, labels = [], []
         for case in self.validation_cases:
-            result = run_ensemble(self.model, case.image, self.preprocessing, runs=runs, seed=0, device=self.device)
+            result = run_ensemble(self.result_model, case.image, self.preprocessing, runs=runs, seed=0, device=self.device)
             dices.append(mean_foreground_dice(result.labels, case.label, self.config.output_channels))
             labels.append(result.labels)
         summary = {"dice_mean": float(np.mean(dices)), "dice_std": float(np.std(dices)), "cases": len(dices)}
@@ -199,7 +214,7 @@ class Trainer:
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "software": f"nca_core {__version__}, torch {torch.__version__}",
         }
-        return ModelBundle.from_model(self.model, preprocessing=self.preprocessing, provenance=provenance)
+        return ModelBundle.from_model(self.result_model, preprocessing=self.preprocessing, provenance=provenance)
 
     # ---- the loop ---------------------------------------------------------------
     def fit(self, resume: bool = False, log: bool = True) -> TrainingResult:
