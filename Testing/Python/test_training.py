@@ -161,3 +161,27 @@ def test_cross_validated_rates_judge_each_case_once_on_held_out_fits():
 def test_calibration_refuses_a_rising_line():
     with pytest.raises(ValueError, match="does not fall"):
         fit_calibration([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8])
+
+
+def test_augmentation_moves_image_and_label_together():
+    import random
+
+    from nca_core.training.augment import augmenter
+
+    target = torch.zeros(1, 40, 56, 40)
+    target[0, 10:30, 15:40, 12:28] = 1
+    image = 0.2 + 0.6 * target[0]
+    augment = augmenter()
+    moved = 0
+    for seed in range(8):
+        augmented, label = augment(image, target, random.Random(seed))
+        again, _ = augment(image, target, random.Random(seed))
+        assert torch.equal(augmented, again)  # reproducible from the iteration's generator
+        assert augmented.shape == image.shape and label.shape == target.shape
+        assert set(torch.unique(label).tolist()) <= {0.0, 1.0}
+        assert augmented.min() >= 0 and augmented.max() <= 1
+        bright = (augmented > 0.5).float()
+        overlap = 2 * float((bright * label[0]).sum()) / float(bright.sum() + label[0].sum())
+        assert overlap > 0.95, seed  # an unmoved label would overlap about 0.88 after a rotation
+        moved += not torch.equal(label, target)
+    assert moved > 0  # the affine did act on some draws

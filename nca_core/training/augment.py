@@ -1,4 +1,8 @@
-"""Optional training augmentation with TorchIO (intensity only; anatomy keeps its orientation)."""
+"""Optional training augmentation with TorchIO: a small affine and intensity changes.
+
+No flips: the anatomy keeps its orientation. The label follows the affine with
+nearest-neighbour interpolation; intensity transforms touch the image only.
+"""
 from __future__ import annotations
 
 import random
@@ -10,18 +14,23 @@ Pair = Tuple[torch.Tensor, torch.Tensor]
 
 
 def augmenter() -> Callable[[torch.Tensor, torch.Tensor, random.Random], Pair]:
-    """Random gamma, bias field and noise on the normalised image; the label is untouched."""
+    """Random rotation (±10°) and scaling (±10%), gamma, bias field and noise."""
     import torchio as tio
 
     transform = tio.Compose([
+        tio.RandomAffine(scales=0.1, degrees=10, default_pad_value=0, p=0.5),
         tio.RandomGamma(log_gamma=(-0.3, 0.3), p=0.5),
         tio.RandomBiasField(coefficients=0.3, p=0.3),
         tio.RandomNoise(std=(0, 0.05), p=0.3),
     ])
 
     def apply(image: torch.Tensor, target: torch.Tensor, rng: random.Random) -> Pair:
+        """``image`` (X, Y, Z) in [0, 1] and its one-hot ``target`` (K, X, Y, Z), transformed alike."""
         torch.manual_seed(rng.getrandbits(31))
-        augmented = transform(image[None].float())[0]
-        return augmented.clamp(0, 1), target
+        subject = transform(tio.Subject(
+            image=tio.ScalarImage(tensor=image[None].float()),
+            target=tio.LabelMap(tensor=target),
+        ))
+        return subject["image"].data[0].clamp(0, 1), subject["target"].data.to(target.dtype)
 
     return apply

@@ -144,7 +144,7 @@ def add_training_commands(commands) -> None:
     train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
     train.add_argument("--iterations", type=int)
     train.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop (resumably) after this much training")
-    train.add_argument("--augment", action="store_true", help="TorchIO intensity augmentation")
+    train.add_argument("--augment", action="store_true", help="TorchIO augmentation: small rotation and scaling, gamma, bias field, noise")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
     train.add_argument("--split", type=Path, help="reuse another run's split.json")
