@@ -13,7 +13,7 @@ from nca_core.modelfile import load_model
 from nca_core.training.calibrate import fit_calibration
 from nca_core.training.data import find_pairs, split_names
 from nca_core.training.settings import TrainSettings
-from nca_core.training.trainer import BEST_MODEL, CHECKPOINT, Trainer
+from nca_core.training.trainer import BEST_MODEL, CHECKPOINT, LAST_MODEL, Trainer
 
 
 def small_dataset(hippocampus_dir: Path, root: Path, count: int) -> Path:
@@ -86,6 +86,9 @@ def test_fine_tuning_starts_from_the_model_and_reuses_the_split(hippocampus_dir,
     tuned.fit(log=False)
     assert tuned.split["validation"] == first.split["validation"]
     assert load_model(tmp_path / "tuned" / BEST_MODEL).provenance["initialised_from"]
+    resumed = Trainer(data, tmp_path / "tuned", quick_settings(iterations=2, seed=9), device="cpu")
+    resumed.fit(resume=True, log=False)
+    assert load_model(tmp_path / "tuned" / LAST_MODEL).provenance["initialised_from"]  # kept on resume
     other = quick_settings(model=TrainSettings.for_preset("hippocampus-2class").model)
     with pytest.raises(NCAError, match="config differs"):
         Trainer(data, tmp_path / "mismatch", other, device="cpu", initial=start)

@@ -121,6 +121,7 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "elapsed": self.elapsed,
             "history": self.history,
+            "initialised_from": self.initialised_from,
         }
         if self.averaged is not None:
             state["averaged"] = self.averaged.state_dict()
@@ -137,6 +138,7 @@ class Trainer:
         self.best_iteration = int(state["best_iteration"])
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
+        self.initialised_from = state.get("initialised_from", self.initialised_from)
         if self.averaged is not None and "averaged" in state:
             self.averaged.load_state_dict(state["averaged"])
 
