@@ -1,7 +1,6 @@
 """Training, resume, evaluation and calibration on real hippocampus cases."""
 from __future__ import annotations
 
-import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -117,29 +116,6 @@ def test_weight_averaging_validates_and_saves_the_moving_average(hippocampus_dir
     assert changed > 0  # the average is not simply the last weights
     with pytest.raises(NCAError, match="ema_decay"):
         TrainSettings.from_dict({**quick_settings().to_dict(), "ema_decay": 1.0})
-
-
-def test_several_cases_per_step_are_padded_to_one_batch(hippocampus_dir, tmp_path):
-    data = small_dataset(hippocampus_dir, tmp_path / "data", 8)
-    settings = quick_settings(cases_per_step=3, batch_duplication=2, patch_sizes=[None, None])
-    trainer = Trainer(data, tmp_path / "run", settings, device="cpu")
-    trainer.run_dir.mkdir()
-    trainer.load_data()
-    images, targets = trainer._batch(random.Random(0))
-    names = [trainer._case_for(i).name for i in range(3)]
-    prepared = [trainer._prepared[name] for name in names]
-    assert len(set(names)) == 3 and len({image.shape for image, _ in prepared}) > 1  # real sizes differ
-    assert images.shape[:2] == (6, 1) and targets.shape[:2] == (6, 1)
-    assert list(images.shape[2:]) == [max(s) for s in zip(*(image.shape for image, _ in prepared))]
-    for index, (image, target) in enumerate(prepared):
-        region = tuple(slice(0, size) for size in image.shape)
-        for copy in (2 * index, 2 * index + 1):
-            assert torch.equal(images[copy, 0][region], image)
-            assert torch.equal(targets[copy][(slice(None),) + region], target)
-        assert images[2 * index, 0].sum() == image.sum()  # the padding is zeros
-    assert np.isfinite(trainer.train_step())
-    with pytest.raises(NCAError, match="cases_per_step"):
-        TrainSettings.from_dict({**settings.to_dict(), "cases_per_step": 0})
 
 
 def test_existing_run_needs_resume(hippocampus_dir, tmp_path):

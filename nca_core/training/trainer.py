@@ -150,27 +150,15 @@ class Trainer:
         random.Random(self.settings.seed * 1_000_003 + epoch).shuffle(order)
         return self.train_cases[order[index]]
 
-    def _batch(self, rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor]:
-        """This iteration's cases, each duplicated: images (B, 1, X, Y, Z), targets (B, K, X, Y, Z).
-
-        Cases of different sizes are zero-padded at the end to the largest in the batch."""
-        count, copies = self.settings.cases_per_step, self.settings.batch_duplication
-        pairs = []
-        for index in range(count):
-            image, target = self._prepared[self._case_for(self.iteration * count + index).name]
-            if self._augment is not None:
-                image, target = self._augment(image, target, rng)
-            pairs.append((image, target))
-        shape = [max(sizes) for sizes in zip(*(image.shape for image, _ in pairs))]
-        images = torch.stack([_pad_end(image, shape) for image, _ in pairs])[:, None]
-        targets = torch.stack([_pad_end(target, shape) for _, target in pairs])
-        return images.repeat_interleave(copies, 0), targets.repeat_interleave(copies, 0)
-
     def train_step(self) -> float:
-        """One optimiser step on ``cases_per_step`` cases (duplicated); deterministic in the iteration."""
+        """One optimiser step on one case (duplicated); deterministic in the iteration."""
         rng = random.Random(self.settings.seed * 7_919 + self.iteration)
-        images, targets = self._batch(rng)
-        batch = images.to(self.device)
+        case = self._case_for(self.iteration)
+        image, target = self._prepared[case.name]
+        if self._augment is not None:
+            image, target = self._augment(image, target, rng)
+        copies = self.settings.batch_duplication
+        batch = image[None, None].to(self.device).expand(copies, -1, -1, -1, -1)
         plan = LevelPlan(
             steps=self.config.steps,
             fire_rate=self.config.fire_rate,
@@ -182,7 +170,7 @@ class Trainer:
         self.model.train()
         state, origins = self.model(batch, plan)
         logits = state[:, self.model.output_slice()]
-        truth = M3DNCA._gather(targets.to(self.device), origins, logits.shape[2:])
+        truth = M3DNCA._gather(target[None].to(self.device).expand(copies, -1, -1, -1, -1), origins, logits.shape[2:])
         loss = dice_bce_loss(logits, truth)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -306,11 +294,3 @@ def _hardware(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
-
-
-def _pad_end(volume: torch.Tensor, shape: List[int]) -> torch.Tensor:
-    """Zero-pad the last three axes at their end up to ``shape``."""
-    widths: List[int] = []
-    for size, target in reversed(list(zip(volume.shape[-3:], shape))):
-        widths += [0, target - size]
-    return torch.nn.functional.pad(volume, widths)
