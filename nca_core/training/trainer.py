@@ -293,4 +293,5 @@ def _tensorboard(run_dir: Path):
 def _hardware(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {threads} thread{'s' * (threads != 1)}"
