@@ -27,6 +27,9 @@ class LevelPlan:
     rng: Optional[random.Random] = None  # patch positions
     on_step: Optional[Callable[[], None]] = None  # called after every step (progress, cancel)
     reference: bool = False  # the plain formulation (NCARule.delta_reference), for comparisons
+    # training only: per batch element, the full-resolution size of its case before
+    # zero padding; each element's normalisation statistics then skip its padding
+    extents: Optional[Sequence[Sequence[int]]] = None
 
 
 class M3DNCA(nn.Module):
@@ -91,12 +94,27 @@ class M3DNCA(nn.Module):
                     dim=1,
                 )
             keys = self._keys(plan, batch, level, image.device)
+            valid = None
+            if plan.extents is not None:
+                valid = self.valid_mask(plan.extents, origins, state.shape[2:], level).to(state).flatten(2)
             for step in range(plan.steps[level]):
                 state = rule.step(state, keys[step], plan.fire_rate, plan.per_sample_stats,
-                                  reference=plan.reference)
+                                  reference=plan.reference, valid=valid)
                 if plan.on_step is not None:
                     plan.on_step()
         return state, origins
+
+    def valid_mask(self, extents: Sequence[Sequence[int]], origins: torch.Tensor, shape,
+                   level: int) -> torch.Tensor:
+        """(B, 1, *shape) bool: true where a cell of ``level``, in the region at ``origins``,
+        lies inside its case's full-resolution ``extents`` (a coarse cell if any of its voxels does)."""
+        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        masks = []
+        for extent, origin in zip(extents, origins.tolist()):
+            axes = [(torch.arange(size) + start) < -(-int(real) // factor)
+                    for size, start, real in zip(shape, origin, extent)]
+            masks.append(axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :])
+        return torch.stack(masks)[:, None]
 
     def _crop_patches(self, state, origins, level, plan: LevelPlan):
         if not plan.patch_sizes or plan.patch_sizes[level] is None:

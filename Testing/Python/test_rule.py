@@ -76,6 +76,47 @@ def test_folded_batchnorm_equals_the_literal_rule(per_sample):
     assert torch.allclose(rule.delta(state, per_sample), rule.delta_reference(state, per_sample), atol=1e-10)
 
 
+def test_masked_statistics_fold_like_the_literal_rule_and_all_valid_changes_nothing():
+    rule = random_model(preset("prostate"), scale=0.3).levels[0].double()
+    state = torch.rand(2, 16, 9, 8, 7, dtype=torch.float64)
+    valid = (torch.rand(2, 1, 9 * 8 * 7) < 0.6).double()
+    assert torch.allclose(rule.delta(state, True, valid), rule.delta_reference(state, True, valid), atol=1e-10)
+    everywhere = torch.ones_like(valid)
+    assert torch.allclose(rule.delta(state, True, everywhere), rule.delta(state, True), atol=1e-10)
+    with pytest.raises(ValueError, match="per-sample"):
+        rule.delta(state, False, valid)
+
+
+def test_masked_statistics_ignore_what_the_padding_holds():
+    # With a 1^3 kernel a cell sees only itself, so a case padded into a larger volume
+    # must update exactly as the case alone, whatever the padding holds.
+    rule = NCARule(16, 64, 1, 1).double()
+    torch.manual_seed(0)
+    for parameter in rule.parameters():
+        parameter.data.normal_(0, 0.3)
+    case = torch.rand(1, 16, 5, 6, 4, dtype=torch.float64)
+    padded = torch.rand(1, 16, 8, 7, 6, dtype=torch.float64) * 5
+    padded[:, :, :5, :6, :4] = case
+    valid = torch.zeros(1, 1, 8, 7, 6, dtype=torch.float64)
+    valid[:, :, :5, :6, :4] = 1
+    alone = rule.delta(case, True).reshape(1, 16, 5, 6, 4)
+    inside = rule.delta(padded, True, valid.flatten(2)).reshape(1, 16, 8, 7, 6)[:, :, :5, :6, :4]
+    assert torch.allclose(inside, alone, atol=1e-10)
+    unmasked = rule.delta(padded, True).reshape(1, 16, 8, 7, 6)[:, :, :5, :6, :4]
+    assert not torch.allclose(unmasked, alone, atol=1e-3)
+
+
+def test_valid_mask_marks_each_case_at_every_level():
+    model = M3DNCA(preset("hippocampus"))  # downscale 2
+    origins = torch.tensor([[0, 0, 0], [2, 1, 0]])
+    fine = model.valid_mask([[5, 6, 4], [5, 6, 4]], origins, (6, 6, 4), level=1)
+    assert fine.shape == (2, 1, 6, 6, 4) and fine.dtype == torch.bool
+    assert int(fine[0].sum()) == 5 * 6 * 4 and bool(fine[0, 0, :5, :6, :4].all())
+    assert int(fine[1].sum()) == 3 * 5 * 4  # the patch starts at (2, 1, 0)
+    coarse = model.valid_mask([[5, 6, 4]], torch.zeros(1, 3, dtype=torch.long), (4, 4, 3), level=0)
+    assert int(coarse.sum()) == 3 * 3 * 2  # a coarse cell counts when any of its voxels does
+
+
 @pytest.mark.parametrize("fire_rate", [0.25, 0.5, 0.75])
 def test_share_of_firing_cells_is_one_minus_fire_rate(fire_rate):
     cells = 200_000

@@ -1,6 +1,7 @@
 """Training, resume, evaluation and calibration on real hippocampus cases."""
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from nca_core.errors import NCAError
 from nca_core.modelfile import load_model
 from nca_core.training.calibrate import fit_calibration
 from nca_core.training.data import find_pairs, split_names
+from nca_core.training.loss import dice_bce_loss
 from nca_core.training.settings import TrainSettings
 from nca_core.training.trainer import BEST_MODEL, CHECKPOINT, LAST_MODEL, Trainer
 
@@ -116,6 +118,44 @@ def test_weight_averaging_validates_and_saves_the_moving_average(hippocampus_dir
     assert changed > 0  # the average is not simply the last weights
     with pytest.raises(NCAError, match="ema_decay"):
         TrainSettings.from_dict({**quick_settings().to_dict(), "ema_decay": 1.0})
+
+
+def test_several_cases_per_step_are_padded_and_the_padding_is_masked(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 8)
+    settings = quick_settings(cases_per_step=3, batch_duplication=2, patch_sizes=[None, None])
+    trainer = Trainer(data, tmp_path / "run", settings, device="cpu")
+    trainer.run_dir.mkdir()
+    trainer.load_data()
+    images, targets, extents = trainer._batch(random.Random(0))
+    names = [trainer._case_for(i).name for i in range(3)]
+    prepared = [trainer._prepared[name] for name in names]
+    assert len(set(names)) == 3 and len({image.shape for image, _ in prepared}) > 1  # real sizes differ
+    assert images.shape[:2] == (6, 1) and targets.shape[:2] == (6, 1)
+    assert list(images.shape[2:]) == [max(s) for s in zip(*(image.shape for image, _ in prepared))]
+    for index, (image, target) in enumerate(prepared):
+        region = tuple(slice(0, size) for size in image.shape)
+        for copy in (2 * index, 2 * index + 1):
+            assert torch.equal(images[copy, 0][region], image)
+            assert torch.equal(targets[copy][(slice(None),) + region], target)
+            assert extents[copy] == list(image.shape)
+        assert images[2 * index, 0].sum() == image.sum()  # the padding is zeros
+    assert np.isfinite(trainer.train_step())
+    with pytest.raises(NCAError, match="cases_per_step"):
+        TrainSettings.from_dict({**settings.to_dict(), "cases_per_step": 0})
+
+
+def test_masked_loss_of_a_padded_case_equals_its_loss_alone():
+    torch.manual_seed(0)
+    logits, target = torch.randn(1, 2, 5, 6, 4), (torch.rand(1, 2, 5, 6, 4) < 0.3).float()
+    padded_logits = torch.randn(1, 2, 7, 8, 6) * 4
+    padded_logits[..., :5, :6, :4] = logits
+    padded_target = torch.zeros(1, 2, 7, 8, 6)
+    padded_target[..., :5, :6, :4] = target
+    valid = torch.zeros(1, 1, 7, 8, 6)
+    valid[..., :5, :6, :4] = 1
+    alone = dice_bce_loss(logits, target)
+    assert torch.allclose(dice_bce_loss(padded_logits, padded_target, valid), alone, atol=1e-6)
+    assert not torch.allclose(dice_bce_loss(padded_logits, padded_target), alone, atol=1e-2)
 
 
 def test_existing_run_needs_resume(hippocampus_dir, tmp_path):

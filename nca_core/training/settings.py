@@ -16,11 +16,15 @@ class TrainSettings:
     """How a model is trained. ``patch_sizes`` has one entry per level: None trains
     that level on the whole (downscaled) volume, [x, y, z] on a random patch.
     ``ema_decay`` > 0 validates and saves an exponential moving average of the weights
-    (Polyak averaging) instead of the last weights; 0 turns it off."""
+    (Polyak averaging) instead of the last weights; 0 turns it off. Each step trains on
+    ``cases_per_step`` cases, each repeated ``batch_duplication`` times; cases of
+    different sizes are zero-padded, and the padding is left out of the normalisation
+    statistics and the loss."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
     batch_duplication: int = 2
+    cases_per_step: int = 1
     learning_rate: float = 16e-4
     betas: List[float] = field(default_factory=lambda: [0.5, 0.5])
     lr_gamma: float = 0.9995
@@ -50,6 +54,8 @@ class TrainSettings:
         settings = cls(**data)
         if len(settings.patch_sizes) != settings.config.levels:
             raise NCAError("patch_sizes needs one entry per level")
+        if settings.cases_per_step < 1 or settings.batch_duplication < 1:
+            raise NCAError("cases_per_step and batch_duplication must be at least 1")
         if not 0.0 <= settings.ema_decay < 1.0:
             raise NCAError("ema_decay must be in [0, 1)")
         return settings

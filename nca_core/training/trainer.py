@@ -150,15 +150,27 @@ class Trainer:
         random.Random(self.settings.seed * 1_000_003 + epoch).shuffle(order)
         return self.train_cases[order[index]]
 
+    def _batch(self, rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor, List[List[int]]]:
+        """This iteration's cases, each duplicated: images (B, 1, X, Y, Z), targets
+        (B, K, X, Y, Z), and each element's size before zero padding to the largest."""
+        count, copies = self.settings.cases_per_step, self.settings.batch_duplication
+        pairs = []
+        for index in range(count):
+            image, target = self._prepared[self._case_for(self.iteration * count + index).name]
+            if self._augment is not None:
+                image, target = self._augment(image, target, rng)
+            pairs.append((image, target))
+        shape = [max(sizes) for sizes in zip(*(image.shape for image, _ in pairs))]
+        images = torch.stack([_pad_end(image, shape) for image, _ in pairs])[:, None]
+        targets = torch.stack([_pad_end(target, shape) for _, target in pairs])
+        extents = [list(image.shape) for image, _ in pairs for _ in range(copies)]
+        return images.repeat_interleave(copies, 0), targets.repeat_interleave(copies, 0), extents
+
     def train_step(self) -> float:
-        """One optimiser step on one case (duplicated); deterministic in the iteration."""
+        """One optimiser step on ``cases_per_step`` cases (duplicated); deterministic in the iteration."""
         rng = random.Random(self.settings.seed * 7_919 + self.iteration)
-        case = self._case_for(self.iteration)
-        image, target = self._prepared[case.name]
-        if self._augment is not None:
-            image, target = self._augment(image, target, rng)
-        copies = self.settings.batch_duplication
-        batch = image[None, None].to(self.device).expand(copies, -1, -1, -1, -1)
+        images, targets, extents = self._batch(rng)
+        padded = any(list(images.shape[2:]) != extent for extent in extents)
         plan = LevelPlan(
             steps=self.config.steps,
             fire_rate=self.config.fire_rate,
@@ -166,12 +178,16 @@ class Trainer:
             per_sample_stats=True,
             patch_sizes=self.settings.patch_sizes,
             rng=rng,
+            extents=extents if padded else None,
         )
         self.model.train()
-        state, origins = self.model(batch, plan)
+        state, origins = self.model(images.to(self.device), plan)
         logits = state[:, self.model.output_slice()]
-        truth = M3DNCA._gather(target[None].to(self.device).expand(copies, -1, -1, -1, -1), origins, logits.shape[2:])
-        loss = dice_bce_loss(logits, truth)
+        truth = M3DNCA._gather(targets.to(self.device), origins, logits.shape[2:])
+        valid = None
+        if padded:
+            valid = self.model.valid_mask(extents, origins, logits.shape[2:], self.config.levels - 1).to(logits)
+        loss = dice_bce_loss(logits, truth, valid)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -295,3 +311,11 @@ def _hardware(device: str) -> str:
         return torch.cuda.get_device_name(0)
     threads = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {threads} thread{'s' * (threads != 1)}"
+
+
+def _pad_end(volume: torch.Tensor, shape: List[int]) -> torch.Tensor:
+    """Zero-pad the last three axes at their end up to ``shape``."""
+    widths: List[int] = []
+    for size, target in reversed(list(zip(volume.shape[-3:], shape))):
+        widths += [0, target - size]
+    return torch.nn.functional.pad(volume, widths)
