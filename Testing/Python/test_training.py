@@ -138,8 +138,14 @@ def test_several_cases_per_step_are_padded_and_the_padding_is_masked(hippocampus
             assert torch.equal(images[copy, 0][region], image)
             assert torch.equal(targets[copy][(slice(None),) + region], target)
             assert extents[copy] == list(image.shape)
-        assert images[2 * index, 0].sum() == image.sum()  # the padding is zeros
+        padding = images[2 * index, 0].clone()
+        padding[region] = 0
+        assert int(torch.count_nonzero(padding)) == 0  # the padding is zeros
+    plans = []
+    forward = trainer.model.forward
+    trainer.model.forward = lambda image, plan: (plans.append(plan), forward(image, plan))[1]
     assert np.isfinite(trainer.train_step())
+    assert plans[0].extents == extents  # the step masks each case's padding
     with pytest.raises(NCAError, match="cases_per_step"):
         TrainSettings.from_dict({**settings.to_dict(), "cases_per_step": 0})
 
