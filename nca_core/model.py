@@ -108,13 +108,17 @@ class M3DNCA(nn.Module):
                    level: int) -> torch.Tensor:
         """(B, 1, *shape) bool: true where a cell of ``level``, in the region at ``origins``,
         lies inside its case's full-resolution ``extents`` (a coarse cell if any of its voxels does)."""
-        factor = self.config.downscale ** (self.config.levels - 1 - level)
         masks = []
         for extent, origin in zip(extents, origins.tolist()):
-            axes = [(torch.arange(size) + start) < -(-int(real) // factor)
-                    for size, start, real in zip(shape, origin, extent)]
+            axes = [(torch.arange(size) + start) < cells
+                    for size, start, cells in zip(shape, origin, self._cells(extent, level))]
             masks.append(axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :])
         return torch.stack(masks)[:, None]
+
+    def _cells(self, extent: Sequence[int], level: int) -> List[int]:
+        """Cells of ``level`` that a full-resolution ``extent`` covers, per axis."""
+        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        return [-(-int(size) // factor) for size in extent]
 
     def _crop_patches(self, state, origins, level, plan: LevelPlan):
         if not plan.patch_sizes or plan.patch_sizes[level] is None:
@@ -123,7 +127,11 @@ class M3DNCA(nn.Module):
         patch = [min(p, s) for p, s in zip(plan.patch_sizes[level], state.shape[2:])]
         crops, new_origins = [], []
         for b in range(state.shape[0]):
-            offset = [rng.randint(0, s - p) for s, p in zip(state.shape[2:], patch)]
+            room = list(state.shape[2:])
+            if plan.extents is not None:  # keep the patch on the case, not its padding
+                room = [min(s, max(p, cells - o)) for s, p, cells, o in
+                        zip(room, patch, self._cells(plan.extents[b], level), origins[b].tolist())]
+            offset = [rng.randint(0, r - p) for r, p in zip(room, patch)]
             crops.append(state[b, :, offset[0] : offset[0] + patch[0],
                                offset[1] : offset[1] + patch[1], offset[2] : offset[2] + patch[2]])
             new_origins.append([o + d for o, d in zip(origins[b].tolist(), offset)])

@@ -117,6 +117,20 @@ def test_valid_mask_marks_each_case_at_every_level():
     assert int(coarse.sum()) == 3 * 3 * 2  # a coarse cell counts when any of its voxels does
 
 
+def test_patches_of_a_padded_case_stay_on_the_case():
+    model = M3DNCA(preset("hippocampus"))
+    extents = [[40, 40, 40], [10, 30, 12]]  # the second case is padded to 40^3
+    image = torch.rand(2, 1, 40, 40, 40)
+    for seed in range(20):
+        plan = LevelPlan(steps=[1, 1], fire_rate=0.5, seed=seed, patch_sizes=[None, [16, 16, 16]],
+                         extents=extents)
+        state, origins = model(image, plan)
+        assert state.shape[2:] == (16, 16, 16)
+        assert origins[1].tolist()[0] == 0 and origins[1].tolist()[2] == 0  # smaller than the patch
+        assert 0 <= origins[1].tolist()[1] <= 30 - 16
+        assert model.valid_mask(extents, origins, (16, 16, 16), level=1)[1].any()
+
+
 @pytest.mark.parametrize("fire_rate", [0.25, 0.5, 0.75])
 def test_share_of_firing_cells_is_one_minus_fire_rate(fire_rate):
     cells = 200_000
