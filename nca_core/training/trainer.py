@@ -161,8 +161,8 @@ class Trainer:
                 image, target = self._augment(image, target, rng)
             pairs.append((image, target))
         shape = [max(sizes) for sizes in zip(*(image.shape for image, _ in pairs))]
-        images = torch.stack([_pad_end(image, shape) for image, _ in pairs])[:, None]
-        targets = torch.stack([_pad_end(target, shape) for _, target in pairs])
+        images = torch.stack([torch.from_numpy(pad_end(image.numpy(), shape)) for image, _ in pairs])[:, None]
+        targets = torch.stack([torch.from_numpy(pad_end(target.numpy(), [len(target)] + shape)) for _, target in pairs])
         extents = [list(image.shape) for image, _ in pairs for _ in range(copies)]
         return images.repeat_interleave(copies, 0), targets.repeat_interleave(copies, 0), extents
 
@@ -312,10 +312,3 @@ def _hardware(device: str) -> str:
     threads = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {threads} thread{'s' * (threads != 1)}"
 
-
-def _pad_end(volume: torch.Tensor, shape: List[int]) -> torch.Tensor:
-    """Zero-pad the last three axes at their end up to ``shape``."""
-    widths: List[int] = []
-    for size, target in reversed(list(zip(volume.shape[-3:], shape))):
-        widths += [0, target - size]
-    return torch.nn.functional.pad(volume, widths)
