@@ -5,7 +5,7 @@ import os
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -61,8 +61,9 @@ class Trainer:
             self.model = M3DNCA(self.config).to(self.device)
         self.initialised_from = None
         if initial is not None:
-            if initial.config != self.config:
-                raise NCAError("--init: the model's config differs from the training settings' model")
+            if replace(initial.config, steps=self.config.steps) != self.config:
+                raise NCAError("--init: the model's config differs from the training settings' model "
+                               "(only the steps may differ)")
             self.model.load_state_dict(initial.weights)
             self.initialised_from = initial.provenance.get("description") or "a model file"
         self.split_file = Path(split_file) if split_file else None
