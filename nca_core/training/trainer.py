@@ -312,4 +312,3 @@ def _hardware(device: str) -> str:
         return torch.cuda.get_device_name(0)
     threads = torch.get_num_threads()
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, {threads} thread{'s' * (threads != 1)}"
-
