@@ -144,7 +144,6 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._jobInput = None
         self._jobStarted = 0.0
-        self._updatingModels = False
         self._previousModelIndex = 0
 
     def setup(self) -> None:
@@ -230,20 +229,18 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- models -----------------------------------------------------------------------------
 
     def populateModels(self) -> None:
-        self._updatingModels = True
-        try:
-            combo = self.ui.modelComboBox
-            combo.clear()
-            for info in self.logic.modelCatalog():
-                combo.addItem(info.name, info.path)
-                combo.setItemData(combo.count - 1, info.summary(), qt.Qt.ToolTipRole)
-            combo.addItem(LOAD_MODEL_ITEM, "")
-        finally:
-            self._updatingModels = False
+        combo = self.ui.modelComboBox
+        combo.clear()
+        for info in self.logic.modelCatalog():
+            combo.addItem(info.name, info.path)
+            combo.setItemData(combo.count - 1, info.summary(), qt.Qt.ToolTipRole)
+        combo.addItem(LOAD_MODEL_ITEM, "")
         self.selectModel(self._parameterNode.model if self._parameterNode else DEFAULT_MODEL)
 
     def selectModel(self, model: str) -> None:
-        """Select a model by name or file path in the combo box, adding a file if needed."""
+        """Select a model by name or file path in the combo box, adding a file if needed.
+        A model that cannot be found (a moved file from a saved scene) falls back to the first
+        one, and the parameter node is updated to match what the combo box shows."""
         combo = self.ui.modelComboBox
         index = -1
         for i in range(combo.count - 1):
@@ -253,11 +250,17 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if index < 0 and model and os.path.isfile(model):
             combo.insertItem(combo.count - 1, os.path.basename(model), model)
             index = combo.count - 2
-        if index < 0 and combo.count > 1:
+        found = index >= 0
+        if not found and combo.count > 1:
             index = 0
         if index >= 0:
             combo.currentIndex = index
             self._previousModelIndex = index
+        if self._parameterNode and self._parameterNode.model != self.currentModel():
+            if model and not found:
+                slicer.util.showStatusMessage(
+                    _("Model {model} not found; using {current}.").format(model=model, current=combo.currentText), 5000)
+            self._parameterNode.model = self.currentModel()
         self.updateModelDescription()
 
     def onModelActivated(self, index: int) -> None:
@@ -578,8 +581,9 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
             "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(f"{baseName} M3D-NCA segmentation"))
         created.append(segmentationNode)
         segmentationNode.CreateDefaultDisplayNodes()
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        # Transform first: the reference geometry is stored relative to the node's parent transform.
         segmentationNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
         labelsKJI = geometry.ijk_to_kji(np.asarray(outputs.labels))
         expected = tuple(reversed(inputVolume.GetImageData().GetDimensions()))
         if labelsKJI.shape != expected:
@@ -631,10 +635,13 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
 
 
 class M3DNCASegmentTest(ScriptedLoadableModuleTest):
-    """Runs the real workflow on a small synthetic volume (needs torch and a shipped model)."""
+    """Runs the real workflow on a small synthetic volume with a shipped model."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        # Install what is missing (torch, ...), as a clean Slicer needs it. Under ctest (--testing)
+        # slicer.util answers the confirmation itself, so no dialog waits.
+        self.assertTrue(M3DNCASegmentLogic().setupPythonRequirements(interactive=True))
 
     def runTest(self):
         self.setUp()

@@ -9,10 +9,12 @@ or cancel.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
 import sys
 import types
+import unittest
 from pathlib import Path
 
 import numpy as np
@@ -107,12 +109,15 @@ class FakeSegmentationNode(FakeNode):
         self.segmentation = FakeSegmentation()
         self.masks = {}
         self.reference = None
+        self.transformAtReference = None
 
     def GetSegmentation(self):
         return self.segmentation
 
     def SetReferenceImageGeometryParameterFromVolumeNode(self, volume):
+        # Slicer stores this geometry relative to the node's parent transform at call time.
         self.reference = volume
+        self.transformAtReference = self.transformID
 
 
 class FakeScene:
@@ -145,6 +150,7 @@ class FakeSlicer:
         self.scene = FakeScene()
         self.layers = []
         self.dialogs = []
+        self.statusMessages = []
         self.failVarianceVolume = False
         fake = self
 
@@ -174,7 +180,9 @@ class FakeSlicer:
         util.updateSegmentBinaryLabelmapFromArray = updateSegmentBinaryLabelmapFromArray
         util.addVolumeFromArray = addVolumeFromArray
         util.setSliceViewerLayers = lambda **kwargs: fake.layers.append(kwargs)
+        util.showStatusMessage = lambda message, duration=0: fake.statusMessages.append(message)
         util.confirmOkCancelDisplay = dialog
+        util.WaitCursor = contextlib.nullcontext
         util.errorDisplay = dialog
         util.pip_install = dialog
 
@@ -198,9 +206,9 @@ class FakeSlicer:
         i18n.translate = lambda context, text: text
 
         scripted = types.ModuleType("slicer.ScriptedLoadableModule")
-        for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget",
-                     "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest"):
+        for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic"):
             setattr(scripted, name, type(name, (), {"__init__": lambda self, *args: None}))
+        scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (unittest.TestCase,), {})
 
         wrapper = types.ModuleType("slicer.parameterNodeWrapper")
         wrapper.parameterNodeWrapper = lambda cls: cls
@@ -264,6 +272,7 @@ def test_process_builds_segments_and_overlay_in_slicer_order(fake, two_class_mod
     assert progress[-1] == (2, 2) and not fake.dialogs
     seg, var = result.segmentationNode, result.varianceNode
     assert seg.reference is volume and seg.GetTransformNodeID() == volume.GetTransformNodeID()
+    assert seg.transformAtReference == volume.GetTransformNodeID()  # not baked in twice
     names = [s.name for s in seg.segmentation.segments.values()]
     assert names == ["Anterior hippocampus", "Posterior hippocampus"]
     assert all("5366008" in s.tags["TerminologyEntry"] for s in seg.segmentation.segments.values())
@@ -326,3 +335,66 @@ def test_bad_steps_are_rejected_before_running(fake, two_class_model):
 def test_unknown_model_is_a_clear_error(fake):
     with pytest.raises(ValueError, match="unknown model"):
         fake.module.M3DNCASegmentLogic().process(_input(fake), model="no-such-model")
+
+
+class FakeComboBox:
+    """The few QComboBox members the widget's model selection uses."""
+
+    def __init__(self, items):
+        self.items = list(items)  # (text, data)
+        self.currentIndex = -1
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    @property
+    def currentText(self):
+        return self.items[self.currentIndex][0]
+
+    def itemText(self, index):
+        return self.items[index][0]
+
+    def itemData(self, index):
+        return self.items[index][1]
+
+    def insertItem(self, index, text, data):
+        self.items.insert(index, (text, data))
+
+
+def _widget_with_models(fake, model):
+    logic = fake.module.M3DNCASegmentLogic()
+    names = [(info.name, info.path) for info in logic.modelCatalog()]
+    widget = fake.module.M3DNCASegmentWidget()
+    widget.logic = logic
+    widget.ui = types.SimpleNamespace(modelComboBox=FakeComboBox(names + [(fake.module.LOAD_MODEL_ITEM, "")]),
+                                      modelDescriptionLabel=types.SimpleNamespace(text=""))
+    widget._parameterNode = types.SimpleNamespace(model=model)
+    return widget, names
+
+
+def test_missing_model_file_falls_back_and_updates_the_parameter_node(fake, tmp_path):
+    widget, names = _widget_with_models(fake, str(tmp_path / "moved-away.m3dnca"))
+    widget.selectModel(widget._parameterNode.model)
+    assert widget.ui.modelComboBox.currentIndex == 0
+    assert widget._parameterNode.model == names[0][0]  # what Apply will run is what the box shows
+    assert "moved-away.m3dnca" in fake.statusMessages[-1]
+
+
+def test_model_file_is_added_and_kept(fake, two_class_model):
+    widget, names = _widget_with_models(fake, str(two_class_model))
+    widget.selectModel(widget._parameterNode.model)
+    assert widget.ui.modelComboBox.currentText == "two.m3dnca"
+    assert widget._parameterNode.model == str(two_class_model) and not fake.statusMessages
+
+
+def test_self_test_installs_missing_packages_without_waiting_for_a_click(fake, monkeypatch):
+    logic = fake.module.M3DNCASegmentLogic
+    monkeypatch.setattr(logic, "missingDependencies", staticmethod(lambda: (False, ["safetensors>=0.4,<1"])))
+    installed = []
+    util = fake.modules["slicer.util"]
+    monkeypatch.setattr(util, "confirmOkCancelDisplay", lambda *args, **kwargs: True)  # Slicer with --testing
+    monkeypatch.setattr(util, "pip_install", installed.append)
+    fake.scene.Clear = lambda: None
+    fake.module.M3DNCASegmentTest().setUp()
+    assert installed == [["safetensors>=0.4,<1"]]
