@@ -1,6 +1,7 @@
 """Training, resume, evaluation and calibration on real hippocampus cases."""
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from nca_core.errors import NCAError
+from nca_helpers import model_file, run_cli
 from nca_core.modelfile import load_model
 from nca_core.training.calibrate import fit_calibration
 from nca_core.training.data import find_pairs, split_names
@@ -174,6 +176,46 @@ def test_existing_run_needs_resume(hippocampus_dir, tmp_path):
     Trainer(data, tmp_path / "run", quick_settings(iterations=1), device="cpu").fit(log=False)
     with pytest.raises(NCAError, match="--resume"):
         Trainer(data, tmp_path / "run", quick_settings(iterations=2), device="cpu").fit(log=False)
+
+
+@pytest.mark.parametrize("missing, command", [
+    ("tensorboard", ["train", "--preset", "hippocampus", "--iterations", "1"]),
+    ("torchio", ["train", "--preset", "hippocampus", "--iterations", "1", "--augment"]),
+    ("torchio", ["evaluate", "--model", "MODEL", "--artifacts", "--limit", "1"]),
+    ("torchio", ["calibrate", "--model", "MODEL", "--limit", "1"]),
+])
+def test_missing_training_extras_stop_in_one_line_before_any_work(hippocampus_dir, tmp_path, capsys, monkeypatch,
+                                                                   missing, command):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    model = model_file(tmp_path / "model.m3dnca")
+    output = tmp_path / "out"
+    args = [str(model) if a == "MODEL" else a for a in command]
+    code, out, err = run_cli(capsys, *args, "--data", hippocampus_dir, "-o", output)
+    assert code == 1 and len(err) == 1 and missing in err[0] and "setup.sh train" in err[0]
+    assert not output.exists()
+
+
+def test_resuming_a_run_with_nothing_left_says_how_to_extend_it(hippocampus_dir, tmp_path):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 4)
+    timed = quick_settings(time_limit_minutes=1e-5)  # stops after the first iteration
+    first = Trainer(data, tmp_path / "timed", timed, device="cpu").fit(log=False)
+    assert first.iterations == 1
+    with pytest.raises(NCAError, match="time limit .* used up.*--time-limit"):
+        Trainer(data, tmp_path / "timed", timed, device="cpu").fit(resume=True, log=False)
+    more = Trainer(data, tmp_path / "timed", replace(timed, iterations=2, time_limit_minutes=60), device="cpu")
+    assert more.fit(resume=True, log=False).iterations == 2
+    with pytest.raises(NCAError, match="all 2 iterations are done.*--iterations"):
+        Trainer(data, tmp_path / "timed", replace(timed, iterations=2, time_limit_minutes=60),
+                device="cpu").fit(resume=True, log=False)
+
+
+def test_a_run_stopped_before_its_first_validation_names_no_missing_model(hippocampus_dir, tmp_path, capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 4)
+    code, out, err = run_cli(capsys, "train", "--data", data, "--preset", "hippocampus", "-o", tmp_path / "run",
+                             "--time-limit", "0.00001")
+    assert code == 0 and not (tmp_path / "run" / BEST_MODEL).exists()
+    assert "no model yet" in out and "--resume" in out and "best.m3dnca" not in out
 
 
 def test_calibration_recovers_a_known_line():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import signal
 from dataclasses import replace
@@ -16,6 +17,15 @@ from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, find_pairs, load_cases, read_split
 
 EXIT_OK = 0
+TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install 'm3dnca[train]'"
+
+
+def _require(*packages: str) -> None:
+    """Stop before any work, in one line, when an optional training package is missing."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise NCAError(f"{' and '.join(missing)} not installed: this command needs the training extras "
+                       f"({TRAINING_EXTRAS})")
 
 
 def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
@@ -45,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("iterations", args.iterations), ("time_limit_minutes", args.time_limit),
                                    ("augment", args.augment or None)) if v is not None}
     settings = replace(settings, **overrides)
+    _require("tensorboard", *(["torchio"] if settings.augment else []))
     initial = None
     if args.init:
         from ..registry import load
@@ -53,8 +64,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run saves its checkpoint like Ctrl+C
     trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
     result = trainer.fit(resume=args.resume)
-    print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; best validation Dice "
-          f"{result.best_dice:.4f} at iteration {result.best_iteration}; model: {run_dir / BEST_MODEL}")
+    done = f"{result.iterations} iterations, {result.seconds / 60:.1f} min"
+    if (run_dir / BEST_MODEL).is_file():
+        print(f"{done}; best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; "
+              f"model: {run_dir / BEST_MODEL}")
+    else:
+        print(f"{done}; no model yet (the first is saved at the first validation, iteration "
+              f"{min(settings.validate_every, settings.iterations)}); continue with --resume")
     return EXIT_OK
 
 
@@ -69,6 +85,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
+    if args.artifacts:
+        _require("torchio")
     artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
                           artifacts=artifacts)
@@ -87,6 +105,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
+    if not args.no_artifacts:
+        _require("torchio")
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
                           artifacts=artifacts, postprocessing=Postprocessing())
@@ -143,7 +163,8 @@ def add_training_commands(commands) -> None:
     source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run)")
     train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
     train.add_argument("--iterations", type=int)
-    train.add_argument("--time-limit", type=float, metavar="MINUTES", help="stop (resumably) after this much training")
+    train.add_argument("--time-limit", type=float, metavar="MINUTES",
+                       help="stop (resumably) after this much training time in all, counting earlier sittings")
     train.add_argument("--augment", action="store_true", help="TorchIO augmentation: small rotation and scaling, gamma, bias field, noise")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")

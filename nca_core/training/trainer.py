@@ -242,6 +242,7 @@ class Trainer:
             if not resume:
                 raise NCAError(f"{self.run_dir}: holds a training run already; pass --resume to continue it")
             self.load_checkpoint()
+            self._check_work_left()
         write_json(self.run_dir / "settings.json", self.settings.to_dict())
         self.load_data()
         writer = _tensorboard(self.run_dir) if log else None
@@ -270,6 +271,17 @@ class Trainer:
             if writer:
                 writer.close()
         return TrainingResult(self.run_dir, self.iteration, self.best_dice, self.best_iteration, self.elapsed)
+
+    def _check_work_left(self) -> None:
+        """A resumed run with nothing left to do says, in one line, how to extend it."""
+        if self.iteration >= self.settings.iterations:
+            raise NCAError(f"{self.run_dir}: all {self.iteration} iterations are done; "
+                           "pass a larger --iterations to train on")
+        limit = self.settings.time_limit_minutes
+        if limit is not None and self.elapsed >= limit * 60:
+            raise NCAError(f"{self.run_dir}: its time limit of {limit:g} min (training time in all, over "
+                           f"every sitting) is used up at {self.elapsed / 60:.1f} min; "
+                           "pass a larger --time-limit to train on")
 
     def _validation_round(self, writer) -> None:
         if not self.validation_cases:
