@@ -199,18 +199,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"machine: {_machine()}")
     print("GFLOP/s are nominal: FLOPs of the plain formulation (conv 2k^3C + fc0 4CH + fc1 2HC per voxel-step)"
           " over wall time, for both implementations. CPU s: user+system time of the worker (all threads).")
-    header = f"{'workload':22} {'impl':10} {'runs x cases':>12} {'wall s':>9} {'s/case':>8} " \
+    header = f"{'workload':26} {'impl':10} {'runs x cases':>12} {'wall s':>9} {'s/case':>8} " \
              f"{'CPU s':>8} {'peak MB':>8} {'GFLOP/s':>8}  target"
     print(header)
     print("-" * len(header))
     failed = False
     for name in names:
         workload = WORKLOADS[name]
-        if args.quick:
-            workload = replace(workload, shape=QUICK_SHAPES[name], cases=min(workload.cases, 2),
-                               real_hippocampus=False)
+        if args.quick:  # a smoke test: named by its own size, judged against no target
+            shape = QUICK_SHAPES[name]
+            workload = replace(workload, name=f"quick-{workload.preset}-{'x'.join(map(str, shape))}", shape=shape,
+                               cases=min(workload.cases, 2), real_hippocampus=False,
+                               seconds_target=None, memory_target_mb=None)
         if args.runs:
-            workload = replace(workload, runs=args.runs)
+            workload = replace(workload, runs=args.runs, reference_runs=min(workload.reference_runs, args.runs))
         if args.fast_steps:
             workload = replace(workload, fast_steps=args.fast_steps)
         impls = ["fast"] + ([] if args.no_reference else ["reference"])
@@ -219,12 +221,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     "chunk_voxels": args.chunk_voxels, "bf16": args.bf16}
             result = _run_worker(spec)
             if "error" in result:
-                print(f"{name:22} {impl:10} failed: {result['error']}")
+                print(f"{name:26} {impl:10} failed: {result['error']}")
                 failed = True
                 continue
             print(_row(workload, impl, result))
             for note in _notes(workload, impl, result):
-                print(f"{'':34}{note}")
+                print(f"{'':38}{note}")
     return 1 if failed else 0
 
 
@@ -237,7 +239,7 @@ def _row(workload: Workload, impl: str, r: Dict) -> str:
         target.append(f"<= {workload.memory_target_mb:g} MB {'met' if r['peak_mb'] <= workload.memory_target_mb else 'MISSED'}")
     mark = "~" if r["extrapolated"] else " "
     label = f"{workload.runs} x {r['cases']}"
-    return (f"{workload.name:22} {impl:10} {label:>12} {mark}{r['seconds']:8.2f} {per_case:8.3f} "
+    return (f"{workload.name:26} {impl:10} {label:>12} {mark}{r['seconds']:8.2f} {per_case:8.3f} "
             f"{r['cpu_seconds']:8.1f} {r['peak_mb']:8.0f} {r['gflops']:8.1f}  {'; '.join(target) if impl == 'fast' else ''}")
 
 
