@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv with the CPU PyTorch build and this package. Usage: scripts/setup.sh [EXTRAS]
+# Create .venv with the pinned PyTorch (torch==2.13.0, from pip's index) and this package. Usage: scripts/setup.sh [EXTRAS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="${1:-}"
