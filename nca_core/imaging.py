@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import os
 import struct
@@ -292,6 +293,20 @@ def write_image(image: sitk.Image, filename: str) -> None:
     """Write ``image`` to ``filename`` (compressed), in place: callers stage it
     (``atomic.atomic_group``) so that the target appears only when complete."""
     sitk.WriteImage(image, filename, useCompression=True)
+    if filename.lower().endswith(".gz") and not _gzip_complete(filename):
+        raise OSError(errno.EIO, "written incompletely (disk full or file size limit?)", filename)
+
+
+def _gzip_complete(filename: str) -> bool:
+    """Whether a gzip file is whole: ITK's NIfTI writer reports a short write (a full disk,
+    a file size limit) only on stderr, and its reader fills the missing voxels with zeros."""
+    try:
+        with gzip.open(filename, "rb") as stream:  # a cut stream fails its length and CRC check
+            while stream.read(1 << 24):
+                pass
+        return True
+    except (OSError, EOFError, zlib.error):
+        return False
 
 
 def volume_suffix(path: Path) -> str:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import csv
 import errno
 import os
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -227,6 +230,21 @@ def test_full_disk_leaves_no_partial_files(tmp_path, capsys, model, inputs, monk
     code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, *fast(model))
     assert code == 1 and len(err) == 1
     assert err[0] == f"m3dnca: error: {outdir / 'good_variance.nii.gz'}: cannot write output (No space left on device)"
+    assert list(outdir.iterdir()) == []
+
+
+def test_short_write_under_a_file_size_limit_is_caught(tmp_path, hippocampus_dir):
+    """ITK's NIfTI writer only prints a short write; the output must still not be published."""
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    outdir = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "nca_core", "segment", hippocampus_dir / "imagesTr" / "hippocampus_004.nii.gz",
+                           "-o", outdir, "--runs", "2"], capture_output=True, text=True, preexec_fn=limit_file_size)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("m3dnca")]
+    assert done.returncode == 1 and errors == [
+        f"m3dnca: error: {outdir / 'hippocampus_004_variance.nii.gz'}: cannot write output "
+        "(written incompletely (disk full or file size limit?))"]
     assert list(outdir.iterdir()) == []
 
 
