@@ -9,9 +9,19 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, List, Tuple
 
 
+@contextlib.contextmanager
+def _errors_naming(path: Path) -> Iterator[None]:
+    """OS errors on a temporary file name the file the user asked for instead."""
+    try:
+        yield
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def _temporary_beside(path: Path, suffix: str) -> str:
     """A new empty file beside ``path`` with the permissions a plain ``open`` would give."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    with _errors_naming(path):
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     umask = os.umask(0)
     os.umask(umask)
@@ -28,7 +38,8 @@ def atomic_path(path: Path, suffix: str = "") -> Iterator[str]:
     temporary = _temporary_beside(Path(path), suffix)
     try:
         yield temporary
-        os.replace(temporary, path)
+        with _errors_naming(path):
+            os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -53,7 +64,8 @@ def atomic_group() -> Iterator[Callable[[Path, str], str]]:
     try:
         yield stage
         for temporary, path in staged:
-            os.replace(temporary, path)
+            with _errors_naming(path):
+                os.replace(temporary, path)
     finally:
         for temporary, _ in staged:
             if os.path.exists(temporary):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -98,6 +99,8 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     from .model import M3DNCA
     from .modelfile import ModelBundle, save_model
 
+    if args.output.exists() and not args.overwrite:
+        raise NCAError(f"{args.output}: exists; pass --overwrite to replace it with an untrained model")
     model = M3DNCA(preset(args.preset))
     provenance = {"description": f"untrained {args.preset} preset", "preset": args.preset,
                   "software": f"nca_core {__version__}"}
@@ -168,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
     new_model.add_argument("--preset", required=True)
     new_model.add_argument("-o", "--output", type=Path, required=True)
+    new_model.add_argument("--overwrite", action="store_true", help="replace an existing file")
     new_model.set_defaults(run=cmd_new_model)
 
     info = commands.add_parser("info", help="describe a model file or shipped model")
@@ -185,10 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed command cleans up like Ctrl+C
     try:
+        args = build_parser().parse_args(argv)
         return args.run(args)
     except NCAError as error:
         print(f"m3dnca: error: {error}", file=sys.stderr)
@@ -203,6 +211,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("m3dnca: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -82,6 +82,21 @@ def test_new_model_writes_a_loadable_untrained_model(tmp_path, capsys):
     assert not (tmp_path / "x.m3dnca").exists()
 
 
+def test_new_model_keeps_an_existing_file_and_names_the_target_in_errors(tmp_path, capsys):
+    trained = model_file(tmp_path / "trained.m3dnca", trained_like=True)
+    before = trained.read_bytes()
+    code, out, err = run_cli(capsys, "new-model", "--preset", "hippocampus", "-o", trained)
+    assert code == 1 and err == [f"m3dnca: error: {trained}: exists; pass --overwrite to replace it with an untrained model"]
+    assert trained.read_bytes() == before
+    assert run_cli(capsys, "new-model", "--preset", "hippocampus", "-o", trained, "--overwrite")[0] == 0
+    assert trained.read_bytes() != before
+    for target, reason in [(tmp_path / "no-folder" / "x.m3dnca", "No such file or directory"),
+                           (tmp_path, "Is a directory")]:
+        code, out, err = run_cli(capsys, "new-model", "--preset", "hippocampus", "-o", target, "--overwrite")
+        assert code == 1 and err == [f"m3dnca: error: {target}: {reason}"]  # not the temporary's name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trained.m3dnca"]
+
+
 def test_info_json(tmp_path, capsys):
     path = model_file(tmp_path / "h.m3dnca")
     code, out, err = run_cli(capsys, "info", path, "--json")

@@ -265,6 +265,32 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model, inputs,
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_termination_while_writing_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
+    import signal
+
+    original = nca_core.pipeline.write_image
+
+    def terminated(image, filename):
+        Path(filename).write_bytes(b"partial")
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a batch scheduler would
+        original(image, filename)
+
+    monkeypatch.setattr(nca_core.pipeline, "write_image", terminated)
+    ignored = []  # without the command's own handler the run would go on, and this test fail
+
+    def record(signum, frame):
+        ignored.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", tmp_path / "out", *fast(model))
+        assert signal.getsignal(signal.SIGTERM) is record  # the caller's handler is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 130 and err == ["m3dnca: interrupted"] and not ignored
+    assert list((tmp_path / "out").iterdir()) == []
+
+
 def test_output_equal_to_an_input_is_refused(tmp_path, capsys, model, inputs):
     shutil.copy(inputs / "good.nii.gz", inputs / "good_seg.nii.gz")
     before = hashes(inputs)
