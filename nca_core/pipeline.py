@@ -16,8 +16,9 @@ from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
 from .errors import NCAError
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
+from .config import NCAConfig
 from .modelfile import ModelBundle
-from .quality import Quality, assess
+from .quality import Quality, assess_segmentation
 
 
 @dataclass
@@ -39,7 +40,7 @@ class SegmentationResult:
         nqm = self.ensemble.nqm
         return {
             "nqm": None if math.isinf(nqm) else round(nqm, 6),
-            "empty_segmentation": math.isinf(nqm),
+            "empty_segmentation": not self.ensemble.labels.any(),
             "quality": self.quality.light,
             "predicted_dice": None if self.quality.predicted_dice is None else round(self.quality.predicted_dice, 4),
             "explanation": self.quality.explanation,
@@ -88,12 +89,25 @@ def segment_array(
         raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
     return SegmentationResult(
         ensemble=ensemble,
-        quality=assess(ensemble.nqm, bundle.calibration),
+        quality=judge(ensemble, bundle, runs, fire_rate, steps),
         model_name=model_name,
         device=device,
         seconds=time.perf_counter() - started,
         largest_component_only=bundle.postprocessing.largest_component,
     )
+
+
+def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None,
+          steps: Optional[Sequence[int]] = None) -> Quality:
+    """The traffic light of one pseudo-ensemble run with these options."""
+    return assess_segmentation(ensemble.nqm, int(np.count_nonzero(ensemble.labels)),
+                               runs_can_disagree(bundle.config, runs, fire_rate, steps), bundle.calibration)
+
+
+def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float], steps: Optional[Sequence[int]]) -> bool:
+    """Whether the pseudo-ensemble is stochastic at all: 2+ runs, cells that may skip a step, any step."""
+    rate = config.fire_rate if fire_rate is None else fire_rate
+    return runs >= 2 and rate > 0 and sum(config.steps if steps is None else steps) > 0
 
 
 def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]]) -> None:

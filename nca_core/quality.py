@@ -14,6 +14,9 @@ EXPLANATIONS = {
     "red": "quality likely below the calibrated threshold: review carefully",
     "unknown": "this model has no NQM calibration: judge the segmentation yourself",
 }
+EMPTY = "the segmentation is empty: nothing was found"
+NO_SPREAD = ("the runs cannot disagree (a single run, fire rate 0 or no steps), so NQM measures nothing: "
+             "use 2 or more runs (10 recommended)")
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,14 @@ def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
     else:
         light = "yellow"
     return Quality(light, predicted, EXPLANATIONS[light])
+
+
+def assess_segmentation(nqm: float, foreground_voxels: int, runs_can_disagree: bool,
+                        calibration: Optional[Calibration]) -> Quality:
+    """The light of one segmentation: red when a calibrated model found nothing, unknown
+    when its runs cannot disagree (NQM is then 0 whatever the quality), else by NQM."""
+    if foreground_voxels == 0 and calibration is not None:
+        return Quality("red", 0.0, EMPTY)
+    if not runs_can_disagree:
+        return Quality("unknown", None, NO_SPREAD)
+    return assess(nqm, calibration)

@@ -57,7 +57,7 @@ LIGHT_TITLES = {
     "green": "Good",
     "yellow": "Check",
     "red": "Review carefully",
-    "unknown": "Not calibrated",
+    "unknown": "No verdict",  # an uncalibrated model, or runs that cannot disagree: see the explanation
 }
 
 
@@ -89,7 +89,7 @@ def format_nqm(nqm: Optional[float]) -> str:
 
 def format_predicted_dice(dice: Optional[float]) -> str:
     if dice is None:
-        return "Predicted Dice: n/a (model not calibrated)"
+        return "Predicted Dice: n/a"
     return f"Predicted Dice: {dice:.2f}"
 
 

@@ -52,22 +52,39 @@ def test_segment_a_real_hippocampus_case(hippocampus_dir, tmp_path):
     assert "hippocampus_001: NQM" in result.stdout
 
 
+@pytest.mark.parametrize("options, light, empty", [
+    (["--runs", "1"], "unknown", False),
+    (["--runs", "2", "--fire-rate", "0"], "unknown", False),
+    (["--runs", "2", "--steps", "0,0"], "red", True),  # nothing found: red even though the runs agree
+    (["--runs", "3"], "green", False),
+])
+def test_light_is_not_green_when_the_runs_cannot_disagree(hippocampus_dir, tmp_path, capsys, options, light, empty):
+    case = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
+    code, out, err = run_cli(capsys, "segment", case, "-o", tmp_path, "--model", "hippocampus", *options)
+    report = json.loads((tmp_path / "hippocampus_001_report.json").read_text())
+    assert code == 0 and report["quality"] == light and report["empty_segmentation"] is empty
+    assert (report["foreground_voxels"] == 0) is empty
+    if light == "unknown":
+        assert report["predicted_dice"] is None and "cannot disagree" in report["explanation"]
+
+
 def test_report_of_a_calibrated_model_predicts_dice(tmp_path, capsys):
-    from nca_core.model import M3DNCA
-    from nca_core.modelfile import ModelBundle, save_model
+    from dataclasses import replace
+
+    from nca_core.modelfile import save_model
     from nca_core.quality import Calibration
-    from nca_helpers import smooth_volume, write_volume
+    from nca_core.registry import load
 
     path = tmp_path / "calibrated.m3dnca"
-    calibration = Calibration(slope=-2.0, intercept=0.9)
-    save_model(ModelBundle.from_model(M3DNCA(preset("hippocampus")), calibration=calibration), path)
-    volume = write_volume(tmp_path / "v.nii.gz", smooth_volume())
-    code, out, err = run_cli(capsys, "segment", volume, "-o", tmp_path / "out", "--model", path, "--runs", "1",
-                             "--steps", "1,1")
+    calibration = Calibration(slope=-0.1, intercept=0.99)
+    save_model(replace(load("hippocampus"), calibration=calibration), path)
+    sample = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
+    code, out, err = run_cli(capsys, "segment", sample, "-o", tmp_path / "out", "--model", path, "--runs", "2")
     assert code == 0, err
-    report = json.loads((tmp_path / "out" / "v_report.json").read_text())
+    report = json.loads((tmp_path / "out" / "mni152_hippocampus_right_report.json").read_text())
+    assert report["nqm"] > 0 and report["foreground_voxels"] > 0
     assert report["predicted_dice"] == pytest.approx(calibration.predicted_dice(report["nqm"]), abs=1e-4)
-    assert report["quality"] == "green"
+    assert report["quality"] == "green"  # predicted 0.99 - 0.1 * NQM >= target 0.8 + margin 0.05
 
 
 def test_new_model_writes_a_loadable_untrained_model(tmp_path, capsys):

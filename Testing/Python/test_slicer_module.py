@@ -144,7 +144,7 @@ def test_light_text():
     assert "empty" in display.format_nqm(math.inf)
     assert "empty" in display.format_nqm(None)
     assert display.format_predicted_dice(0.834) == "Predicted Dice: 0.83"
-    assert "not calibrated" in display.format_predicted_dice(None)
+    assert display.format_predicted_dice(None) == "Predicted Dice: n/a"
     line = display.light_summary("red", 0.3, 0.5, "quality likely below the calibrated threshold: review carefully")
     assert line.startswith("Review carefully (red)") and "review carefully" in line and "\n" not in line
     assert display.progress_text(3, 10) == "Runs done: 3 / 10"

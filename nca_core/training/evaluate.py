@@ -15,7 +15,7 @@ from ..ensemble import run_ensemble
 from ..metrics import mean_foreground_dice
 from ..modelfile import ModelBundle
 from ..postprocessing import Postprocessing, largest_component
-from ..quality import assess
+from ..pipeline import judge
 from .artifacts import degrade
 from .data import Case
 
@@ -51,7 +51,7 @@ def evaluate_cases(
         image = case.image if artifact == "none" else degrade(case.image, artifact, seed + index)
         result = run_ensemble(model, image, bundle.preprocessing, runs=runs, seed=seed, device=device,
                               postprocessing=postprocessing)
-        quality = assess(result.nqm, bundle.calibration)
+        quality = judge(result, bundle, runs)
         rows.append(CaseEvaluation(
             case=case.name, artifact=artifact,
             dice=mean_foreground_dice(result.labels, case.label, classes),
