@@ -6,7 +6,7 @@ import io
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from .atomic import write_text
 from .errors import NCAError
@@ -70,6 +70,16 @@ def check_outputs_are_not_inputs(inputs: Sequence[Path], given: Sequence[Path], 
                 raise NCAError(f"{output}: output would overwrite an input; choose another output folder")
 
 
+def check_case_names_unique(inputs: Sequence[Path]) -> None:
+    """Refuse two inputs whose outputs would share names (``a/x.nii.gz`` and ``b/x.nrrd``)."""
+    first: Dict[str, Path] = {}
+    for path in inputs:
+        other = first.setdefault(case_name(path), path)
+        if other is not path:
+            raise NCAError(f"{other} and {path}: both would write the outputs of case '{case_name(path)}'; "
+                           "segment them into separate output folders")
+
+
 def prepare_output_folder(outdir: Path) -> None:
     """Create ``outdir`` and prove that files can be created in it."""
     try:
@@ -100,6 +110,7 @@ def segment_inputs(
     given = [Path(p) for p in inputs]
     paths = list_inputs(given)
     outdir = Path(outdir)
+    check_case_names_unique(paths)
     check_outputs_are_not_inputs(paths, given, outdir)
     prepare_output_folder(outdir)
     outcomes = []

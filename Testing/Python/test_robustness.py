@@ -304,6 +304,16 @@ def test_output_equal_to_an_input_is_refused(tmp_path, capsys, model, inputs):
     assert hashes(inputs) == before
 
 
+def test_inputs_whose_outputs_would_collide_are_refused(tmp_path, capsys, model, inputs):
+    write_volume(inputs / "good.nrrd", smooth_volume())
+    (tmp_path / "other").mkdir()
+    shutil.copy(inputs / "good.nii.gz", tmp_path / "other" / "good.nii.gz")
+    for given in ([inputs], [inputs / "good.nii.gz", tmp_path / "other" / "good.nii.gz"]):
+        code, out, err = run_cli(capsys, "segment", *given, "-o", tmp_path / "out", "--overwrite", *fast(model))
+        assert code == 1 and len(err) == 1 and "both would write the outputs of case 'good'" in err[0]
+        assert not (tmp_path / "out").exists()
+
+
 def test_rerun_skips_and_overwrite_redoes(tmp_path, capsys, model, inputs):
     outdir = tmp_path / "out"
     assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
