@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .atomic import write_text
+from .devices import pick_device
 from .errors import NCAError
 from .imaging import case_name, is_dicom_folder, list_inputs, read_volume
+from .limits import memory_limit
 from .modelfile import ModelBundle
 from .pipeline import check_options, output_paths, segment_array, write_outputs
 
@@ -107,6 +109,7 @@ def segment_inputs(
     fails is reported and skipped, and leaves no output files.
     """
     check_options(bundle, options.runs, options.steps)
+    memory_limit(pick_device(options.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
     paths = list_inputs(given)
     outdir = Path(outdir)

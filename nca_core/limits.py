@@ -71,14 +71,14 @@ def memory_limit(device: str) -> Tuple[int, str]:
     return physical, "this machine's memory"
 
 
-def _parse_bytes(text: str) -> int:
-    text = text.strip().upper().rstrip("B").rstrip("I")
+def _parse_bytes(given: str) -> int:
+    text = given.strip().upper().rstrip("B").rstrip("I")
     try:
         if text and text[-1] in _UNITS:
             return int(float(text[:-1]) * _UNITS[text[-1]])
         return int(float(text))
     except ValueError:
-        raise NCAError(f"{MEMORY_LIMIT_VARIABLE}={text!r}: not a size (e.g. 8G, 512M)") from None
+        raise NCAError(f"{MEMORY_LIMIT_VARIABLE}={given!r}: not a size (e.g. 8G, 512M)") from None
 
 
 def _cgroup_limit() -> Optional[int]:

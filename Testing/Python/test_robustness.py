@@ -187,6 +187,14 @@ def test_volume_too_large_for_memory_is_refused_with_need_and_limit(tmp_path, ca
     assert case_files(tmp_path / "out", "good") == []
 
 
+def test_a_bad_memory_limit_is_reported_once_not_per_case(tmp_path, capsys, model, inputs, monkeypatch):
+    write_volume(inputs / "second.nii.gz", smooth_volume())
+    monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", "lots")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", *fast(model))
+    assert code == 1 and err == ["m3dnca: error: M3DNCA_MEMORY_LIMIT='lots': not a size (e.g. 8G, 512M)"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_output_folder_that_cannot_be_created(tmp_path, capsys, model, inputs):
     blocker = tmp_path / "file"
     blocker.write_text("x")
