@@ -116,7 +116,7 @@ def test_unknown_postprocessing_is_refused(tmp_path):
     path = tmp_path / "m.m3dnca"
     save_model(bundle(), path)
     rewrite(path, {"postprocessing": json.dumps({"smooth": True})})
-    with pytest.raises(ModelFileError, match="metadata is incomplete"):
+    with pytest.raises(ModelFileError, match="invalid postprocessing: unknown keys \\['smooth'\\]"):
         load_model(path)
 
 
