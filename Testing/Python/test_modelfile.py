@@ -178,6 +178,14 @@ def test_bad_metadata_with_a_matching_checksum_is_refused(tmp_path, section, val
     assert str(raised.value).startswith(f"{path}: {words}")
 
 
+def test_config_asking_for_huge_weights_allocates_nothing(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    rewrite(path, {"config": json.dumps(dict(CONFIG, kernel_sizes=[4095, 3]))})  # 4.4 TB
+    with pytest.raises(ModelFileError, match="weights do not match the config"):
+        load_model(path)
+
+
 @pytest.mark.parametrize("command", ["info", "segment"])
 def test_bad_metadata_is_one_error_line_in_every_command(tmp_path, capsys, command):
     path = tmp_path / "m.m3dnca"
