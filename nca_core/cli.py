@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
+from .config import MAX_STEPS
 from .errors import NCAError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -19,8 +20,8 @@ def _steps(text: str) -> List[int]:
         values = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError("steps are comma-separated integers, e.g. 10,10") from None
-    if any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError("steps must not be negative")
+    if any(not 0 <= v <= MAX_STEPS for v in values):
+        raise argparse.ArgumentTypeError(f"steps must be between 0 and {MAX_STEPS}")
     return values
 
 

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
 from .errors import ModelFileError, NCAError
+from .fields import checked_fields
+
+MAX_STEPS = 1000  # per level: 25 times the presets' longest schedule, still finishes
+MAX_LEVELS = 8
+MAX_SIZE = 4096  # channels, hidden units and kernel size: far above any M3D-NCA
 
 
 @dataclass(frozen=True)
@@ -34,10 +39,17 @@ class NCAConfig:
     def validate(self) -> "NCAConfig":
         """Raise ModelFileError when the numbers cannot form a model."""
         problems = []
+        if not 1 <= self.levels <= MAX_LEVELS:
+            problems.append(f"kernel_sizes needs 1 to {MAX_LEVELS} entries, one per level")
         if len(self.steps) != self.levels:
             problems.append("steps and kernel_sizes need one entry per level")
-        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            problems.append("kernel sizes must be odd and positive")
+        if any(not 0 <= s <= MAX_STEPS for s in self.steps):
+            problems.append(f"steps must be between 0 and {MAX_STEPS}")
+        if any(not 1 <= k <= MAX_SIZE or k % 2 == 0 for k in self.kernel_sizes):
+            problems.append(f"kernel sizes must be odd, 1 to {MAX_SIZE}")
+        widths = {"channels": self.channels, "hidden": self.hidden,
+                  "input_channels": self.input_channels, "output_channels": self.output_channels}
+        problems.extend(f"{name} must be 1 to {MAX_SIZE}" for name, n in widths.items() if not 1 <= n <= MAX_SIZE)
         if self.input_channels + self.output_channels >= self.channels + 1:
             problems.append("channels must exceed input_channels + output_channels")
         if self.downscale < 1:
@@ -54,16 +66,9 @@ class NCAConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "NCAConfig":
-        unknown = unknown_fields(cls, data)
-        if unknown:
-            raise ModelFileError(f"unknown config keys: {unknown}")
-        return cls(**data).validate()
-
-
-def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
-    """Keys of ``data`` that are not fields of the dataclass ``cls``."""
-    return sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    def from_dict(cls, data: Any) -> "NCAConfig":
+        """A checked config from JSON data; raises ModelFileError naming the bad field."""
+        return cls(**checked_fields(cls, data, "model config")).validate()
 
 
 PRESETS: Dict[str, NCAConfig] = {

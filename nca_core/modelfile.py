@@ -17,6 +17,7 @@ from safetensors.torch import save as save_tensors
 from .atomic import write_bytes
 from .config import NCAConfig
 from .errors import ModelFileError
+from .fields import json_object
 from .model import M3DNCA
 from .postprocessing import Postprocessing
 from .preprocessing import Preprocessing
@@ -94,7 +95,7 @@ def _read_metadata(data: bytes, path: Path) -> Dict[str, str]:
         raise ModelFileError(f"{path}: not an M3D-NCA model file (truncated or not safetensors)")
     try:
         header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ModelFileError(f"{path}: not an M3D-NCA model file (unreadable header)") from None
     metadata = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
@@ -105,7 +106,8 @@ def _read_metadata(data: bytes, path: Path) -> Dict[str, str]:
 
 
 def load_model(path: Path) -> ModelBundle:
-    """Read and verify a model file: format, version, checksum, config and shapes."""
+    """Read and verify a model file: format, version, checksum, every metadata section
+    (structure, types, ranges) and the weights' shapes."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: model file not found")
@@ -127,27 +129,40 @@ def load_model(path: Path) -> ModelBundle:
     if stored != digest(metadata, weights):
         raise ModelFileError(f"{path}: checksum mismatch; the model file is corrupt or was modified")
     try:
-        config = NCAConfig.from_dict(json.loads(metadata["config"]))
-        preprocessing = Preprocessing.from_dict(json.loads(metadata["preprocessing"]))
-        postprocessing = Postprocessing.from_dict(json.loads(metadata.get("postprocessing", "{}")))
-        calibration_data = json.loads(metadata["calibration"])
-        provenance = json.loads(metadata["provenance"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path}: model metadata is incomplete ({error})") from None
-    bundle = ModelBundle(
-        config=config,
-        weights=weights,
-        preprocessing=preprocessing,
-        postprocessing=postprocessing,
-        calibration=Calibration.from_dict(calibration_data) if calibration_data else None,
-        provenance=provenance,
-    )
+        bundle = _bundle(metadata, weights)
+    except ModelFileError as error:
+        raise ModelFileError(f"{path}: {error}") from None
     _check_shapes(bundle, path)
     return bundle
 
 
+def _bundle(metadata: Dict[str, str], weights: Dict[str, torch.Tensor]) -> ModelBundle:
+    """The bundle described by verified metadata; ModelFileError names the bad section or field."""
+    calibration = _section(metadata, "calibration")
+    return ModelBundle(
+        config=NCAConfig.from_dict(_section(metadata, "config")),
+        weights=weights,
+        preprocessing=Preprocessing.from_dict(_section(metadata, "preprocessing")),
+        postprocessing=Postprocessing.from_dict(_section(metadata, "postprocessing", default="{}")),
+        calibration=None if calibration is None else Calibration.from_dict(calibration),
+        provenance=json_object(_section(metadata, "provenance"), "provenance"),
+    )
+
+
+def _section(metadata: Dict[str, str], name: str, default: Optional[str] = None) -> Any:
+    """The parsed JSON of one metadata section."""
+    text = metadata.get(name, default)
+    if text is None:
+        raise ModelFileError(f"model metadata is incomplete (no {name})")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise ModelFileError(f"invalid {name}: not JSON") from None
+
+
 def _check_shapes(bundle: ModelBundle, path: Path) -> None:
-    expected = {k: tuple(v.shape) for k, v in M3DNCA(bundle.config).state_dict().items()}
+    with torch.device("meta"):  # shapes only: a config asking for huge sizes allocates nothing
+        expected = {k: tuple(v.shape) for k, v in M3DNCA(bundle.config).state_dict().items()}
     found = {k: tuple(v.shape) for k, v in bundle.weights.items()}
     if expected != found:
         missing = sorted(set(expected) - set(found))

@@ -8,6 +8,8 @@ from typing import Any, Dict
 import numpy as np
 import SimpleITK as sitk
 
+from .fields import checked_fields
+
 
 @dataclass(frozen=True)
 class Postprocessing:
@@ -23,8 +25,9 @@ class Postprocessing:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Postprocessing":
-        return cls(**data)  # unknown keys raise TypeError: the model file is refused
+    def from_dict(cls, data: Any) -> "Postprocessing":
+        """Checked postprocessing from JSON data; raises ModelFileError naming the bad field."""
+        return cls(**checked_fields(cls, data, "postprocessing"))
 
 
 def largest_component(labels: np.ndarray) -> np.ndarray:

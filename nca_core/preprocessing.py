@@ -3,12 +3,14 @@ training and inference."""
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import InputImageError
+from .errors import InputImageError, ModelFileError
+from .fields import checked_fields
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,20 @@ class Preprocessing:
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def validate(self) -> "Preprocessing":
+        """Raise ModelFileError when the percentiles or padding cannot be used."""
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ModelFileError(f"invalid preprocessing: percentiles must be [low, high] with "
+                                 f"0 <= low < high <= 100, found {reprlib.repr(self.percentiles)}")
+        if self.pad_to is not None and (len(self.pad_to) != 3 or min(self.pad_to) < 1):
+            raise ModelFileError(f"invalid preprocessing: pad_to must be 3 positive sizes, "
+                                 f"found {reprlib.repr(self.pad_to)}")
+        return self
+
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Preprocessing":
-        return cls(**data)
+    def from_dict(cls, data: Any) -> "Preprocessing":
+        """Checked preprocessing from JSON data; raises ModelFileError naming the bad field."""
+        return cls(**checked_fields(cls, data, "preprocessing")).validate()
 
 
 def rescale_percentiles(array: np.ndarray, percentiles: List[float]) -> np.ndarray:

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
+from .errors import ModelFileError
+from .fields import checked_fields
+
 DEFAULT_TARGET_DICE = 0.8
 
 EXPLANATIONS = {
@@ -51,10 +54,26 @@ class Calibration:
         data["nqm_threshold"] = self.nqm_threshold
         return data
 
+    def validate(self) -> "Calibration":
+        """Raise ModelFileError when the light cannot be judged with these numbers."""
+        problems = []
+        if not 0 <= self.target_dice <= 1:
+            problems.append("target_dice must be in [0, 1]")
+        if not 0 <= self.margin <= 1:
+            problems.append("margin must be in [0, 1]")
+        if self.cases < 0:
+            problems.append("cases must not be negative")
+        if problems:
+            raise ModelFileError("invalid calibration: " + "; ".join(problems))
+        return self
+
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "Calibration":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in fields})
+    def from_dict(cls, data: Any) -> "Calibration":
+        """A checked calibration from JSON data (as written by ``to_dict``); raises
+        ModelFileError naming the bad field."""
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "nqm_threshold"}  # derived, recomputed
+        return cls(**checked_fields(cls, data, "calibration")).validate()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from nca_core.postprocessing import Postprocessing
 from nca_core.preprocessing import Preprocessing
 from nca_core.quality import Calibration
 
-from nca_helpers import random_model
+from nca_helpers import REPOSITORY, fast, random_model, run_cli, smooth_volume, write_volume
 
 
 def bundle(name: str = "hippocampus") -> ModelBundle:
@@ -116,7 +116,7 @@ def test_unknown_postprocessing_is_refused(tmp_path):
     path = tmp_path / "m.m3dnca"
     save_model(bundle(), path)
     rewrite(path, {"postprocessing": json.dumps({"smooth": True})})
-    with pytest.raises(ModelFileError, match="metadata is incomplete"):
+    with pytest.raises(ModelFileError, match="invalid postprocessing: unknown keys \\['smooth'\\]"):
         load_model(path)
 
 
@@ -129,11 +129,90 @@ def test_invalid_config_is_refused(tmp_path):
         load_model(path)
 
 
+CONFIG = preset("hippocampus").to_dict()
+CALIBRATION = bundle().calibration.to_dict()
+PREPROCESSING = Preprocessing().to_dict()
+
+# id: (metadata section, its new value, the error after the file name); text is written as is
+BAD_METADATA = {
+    "calibration-list": ("calibration", [1, 2], "invalid calibration: expected a JSON object"),
+    "calibration-no-slope": ("calibration", {"intercept": 1}, "invalid calibration: slope is missing"),
+    "calibration-text-slope": ("calibration", dict(CALIBRATION, slope="x"),
+                               "invalid calibration: slope must be float, found 'x'"),
+    "calibration-nan-slope": ("calibration", dict(CALIBRATION, slope=float("nan")), "invalid calibration: slope"),
+    "calibration-huge-int": ("calibration", dict(CALIBRATION, intercept=10**400), "invalid calibration: intercept"),
+    "calibration-target": ("calibration", dict(CALIBRATION, target_dice=2), "invalid calibration: target_dice"),
+    "calibration-margin": ("calibration", dict(CALIBRATION, margin=-0.1), "invalid calibration: margin"),
+    "calibration-unknown": ("calibration", dict(CALIBRATION, tilt=1), "invalid calibration: unknown keys"),
+    "provenance-list": ("provenance", [1, 2], "invalid provenance: expected a JSON object"),
+    "provenance-deep": ("provenance", "[" * 100_000 + "]" * 100_000, "invalid provenance: not JSON"),
+    "config-not-json": ("config", "{", "invalid config: not JSON"),
+    "config-list": ("config", [1, 2], "invalid model config: expected a JSON object"),
+    "config-negative-steps": ("config", dict(CONFIG, steps=[-5, 10]), "invalid model config: steps"),
+    "config-huge-steps": ("config", dict(CONFIG, steps=[10**9, 10]), "invalid model config: steps"),
+    "config-float-steps": ("config", dict(CONFIG, steps=[1.5, 10]), "invalid model config: steps"),
+    "config-float-channels": ("config", dict(CONFIG, channels=16.5), "invalid model config: channels"),
+    "config-bool-hidden": ("config", dict(CONFIG, hidden=True), "invalid model config: hidden"),
+    "config-huge-hidden": ("config", dict(CONFIG, hidden=2**62), "invalid model config: hidden"),
+    "config-no-levels": ("config", dict(CONFIG, kernel_sizes=[], steps=[]), "invalid model config: kernel_sizes"),
+    "config-label-number": ("config", dict(CONFIG, labels=[1]), "invalid model config: labels"),
+    "percentiles-200": ("preprocessing", dict(PREPROCESSING, percentiles=[0, 200]),
+                        "invalid preprocessing: percentiles"),
+    "percentiles-one": ("preprocessing", dict(PREPROCESSING, percentiles=[1]), "invalid preprocessing: percentiles"),
+    "percentiles-text": ("preprocessing", dict(PREPROCESSING, percentiles="0,100"),
+                         "invalid preprocessing: percentiles"),
+    "pad-to-zero": ("preprocessing", dict(PREPROCESSING, pad_to=[0, 8, 8]), "invalid preprocessing: pad_to"),
+    "largest-component-text": ("postprocessing", {"largest_component": "no"},
+                               "invalid postprocessing: largest_component must be bool"),
+}
+
+
+@pytest.mark.parametrize("section, value, words", BAD_METADATA.values(), ids=BAD_METADATA.keys())
+def test_bad_metadata_with_a_matching_checksum_is_refused(tmp_path, section, value, words):
+    """Anyone can recompute the checksum: the metadata itself is checked, field by field."""
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    rewrite(path, {section: value if isinstance(value, str) else json.dumps(value)})
+    with pytest.raises(ModelFileError) as raised:
+        load_model(path)
+    assert str(raised.value).startswith(f"{path}: {words}")
+
+
+def test_config_asking_for_huge_weights_allocates_nothing(tmp_path):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    rewrite(path, {"config": json.dumps(dict(CONFIG, kernel_sizes=[4095, 3]))})  # 4.4 TB
+    with pytest.raises(ModelFileError, match="weights do not match the config"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("command", ["info", "segment"])
+def test_bad_metadata_is_one_error_line_in_every_command(tmp_path, capsys, command):
+    path = tmp_path / "m.m3dnca"
+    save_model(bundle(), path)
+    rewrite(path, {"calibration": "[1, 2]"})
+    volume = write_volume(tmp_path / "v.nii.gz", smooth_volume())
+    arguments = [path] if command == "info" else [volume, "-o", tmp_path / "out", *fast(path)]
+    code, _, err = run_cli(capsys, command, *arguments)
+    assert code == 1
+    assert err == [f"m3dnca: error: {path}: invalid calibration: expected a JSON object, found [1, 2]"]
+
+
+@pytest.mark.parametrize("name", ["hippocampus", "hippocampus-2class"])
+def test_shipped_models_pass_verification_unchanged(name):
+    """Loading keeps every metadata section as stored (only the checksum is left out)."""
+    path = REPOSITORY / "Resources" / "Models" / f"{name}.m3dnca"
+    header, _ = header_and_data(path)
+    stored = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
+    assert load_model(path).metadata() == stored
+
+
 @pytest.mark.parametrize("content, words", [
     (b"", "too short"),
     (b"hello world, not a model", "truncated or not safetensors"),
     (struct.pack("<Q", 2) + b"{}", "no m3dnca metadata"),
     (struct.pack("<Q", 4) + b"\xff\xfe{}", "unreadable header"),
+    (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "unreadable header"),
 ])
 def test_not_a_model_file(tmp_path, content, words):
     path = tmp_path / "bad.m3dnca"

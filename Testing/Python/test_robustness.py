@@ -21,6 +21,7 @@ import SimpleITK as sitk
 import nca_core.batch
 import nca_core.pipeline
 from nca_core.cli import main
+from nca_core.config import MAX_STEPS
 
 from nca_helpers import fast, hashes, model_file, run_cli, smooth_volume, write_volume
 
@@ -127,7 +128,8 @@ def test_missing_input_among_good_ones(tmp_path, capsys, model, inputs):
 
 def test_usage_errors_exit_2(tmp_path, model, inputs):
     for args in (["segment", str(inputs), "-o", str(tmp_path), "--runs", "0"],
-                 ["segment", str(inputs)], ["segment", str(inputs), "-o", str(tmp_path), "--channel", "-1"]):
+                 ["segment", str(inputs)], ["segment", str(inputs), "-o", str(tmp_path), "--channel", "-1"],
+                 ["segment", str(inputs), "-o", str(tmp_path), "--steps", f"{MAX_STEPS + 1},1"]):
         with pytest.raises(SystemExit) as raised:
             main(args)
         assert raised.value.code == 2

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..config import NCAConfig, preset, unknown_fields
+from ..config import NCAConfig, preset
 from ..errors import NCAError
+from ..fields import unknown_fields
 
 
 @dataclass

@@ -1,0 +1,73 @@
+"""Checking JSON data (model file metadata, settings) against a dataclass's fields."""
+from __future__ import annotations
+
+import dataclasses
+import reprlib
+import sys
+from typing import Any, Dict, List, Union, get_args, get_origin, get_type_hints
+
+from .errors import ModelFileError
+
+
+def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
+    """Keys of ``data`` that are not fields of the dataclass ``cls``."""
+    return sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+
+
+def checked_fields(cls: type, data: Any, section: str) -> Dict[str, Any]:
+    """``data`` as keyword arguments for the dataclass ``cls``: a JSON object with no
+    unknown keys, every required field and every value of its field's type.
+
+    Raises ModelFileError naming ``section`` and the offending field.
+    """
+    json_object(data, section)
+    unknown = unknown_fields(cls, data)
+    if unknown:
+        raise ModelFileError(f"invalid {section}: unknown keys {unknown}")
+    hints = get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        _check_field(field, hints[field.name], data, section)
+    return data
+
+
+def json_object(data: Any, section: str) -> Dict[str, Any]:
+    """``data`` if it is a JSON object, else ModelFileError naming ``section``."""
+    if not isinstance(data, dict):
+        raise ModelFileError(f"invalid {section}: expected a JSON object, found {reprlib.repr(data)}")
+    return data
+
+
+def _check_field(field: dataclasses.Field, hint: Any, data: Dict[str, Any], section: str) -> None:
+    if field.name not in data:
+        if _is_required(field):
+            raise ModelFileError(f"invalid {section}: {field.name} is missing")
+        return
+    value = data[field.name]
+    if not _matches(value, hint):
+        raise ModelFileError(f"invalid {section}: {field.name} must be {field.type}, found {reprlib.repr(value)}")
+
+
+def _is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    """Whether the JSON ``value`` has the type ``hint`` (int, float, bool, str, List, Optional)."""
+    origin = get_origin(hint)
+    if origin is Union:
+        return any(_matches(value, option) for option in get_args(hint))
+    if origin is list:
+        return isinstance(value, list) and all(_matches(item, get_args(hint)[0]) for item in value)
+    if hint is float:
+        return _is_finite_number(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    return isinstance(value, hint)
+
+
+def _is_finite_number(value: Any) -> bool:
+    """An int or float that converts to a finite float (no NaN, infinity or huge int)."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return is_number and abs(value) <= sys.float_info.max
