@@ -30,9 +30,7 @@ def find_pairs(root: Path) -> List[Tuple[Path, Path]]:
     root = Path(root)
     manifest = root / "dataset.json"
     if manifest.is_file():
-        entries = json.loads(manifest.read_text()).get("training", [])
-        pairs = [(root / e["image"], root / e["label"]) for e in entries]
-        pairs = [(i, l) for i, l in pairs if i.is_file() and l.is_file()]
+        pairs = [(i, l) for i, l in _manifest_pairs(manifest) if i.is_file() and l.is_file()]
         if pairs:
             return pairs
     for images, labels in FOLDER_PAIRS:
@@ -49,6 +47,24 @@ def find_pairs(root: Path) -> List[Tuple[Path, Path]]:
         f"{root}: no labelled cases found (expected dataset.json, imagesTr/+labelsTr/ "
         "or images/+labels/ with matching file names)"
     )
+
+
+def _manifest_pairs(manifest: Path) -> List[Tuple[Path, Path]]:
+    """The (image, label) paths a dataset.json lists under 'training'; NCAError if malformed."""
+    try:
+        content = json.loads(manifest.read_text())
+    except ValueError as error:
+        raise NCAError(f"{manifest}: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise NCAError(f"{manifest}: must be a JSON object with a 'training' list")
+    entries = content.get("training", [])
+    if not isinstance(entries, list):
+        raise NCAError(f"{manifest}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for index, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("image", "label"))):
+            raise NCAError(f"{manifest}: training entry {index} needs 'image' and 'label' paths, "
+                           f"found {json.dumps(entry)[:80]}")
+    return [(manifest.parent / e["image"], manifest.parent / e["label"]) for e in entries]
 
 
 def load_case(image_path: Path, label_path: Path, merge_labels: bool) -> Case:

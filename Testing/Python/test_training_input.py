@@ -1,0 +1,70 @@
+"""Bad input to train, evaluate and calibrate: one error line, no traceback, nothing written."""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nca_core.cli import main
+from nca_core.config import NCAConfig, preset
+from nca_core.errors import ModelFileError
+from nca_core.training.trainer import CHECKPOINT, Trainer
+from nca_helpers import hashes, model_file, run_cli, smooth_volume, write_volume
+from test_training import quick_settings, small_dataset
+
+
+def write_json_file(path: Path, content) -> Path:
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def assert_one_error_line(code: int, err: list, *words: str) -> None:
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith("m3dnca: error: ")
+    for word in words:
+        assert word in err[0], (word, err[0])
+
+
+def assert_usage_error(capsys, args: list, words: str) -> None:
+    """argparse refuses the option: exit 2, its last stderr line names it."""
+    with pytest.raises(SystemExit) as raised:
+        main([str(a) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert raised.value.code == 2
+    assert words in err[-1], err
+
+
+def case_names(data: Path) -> list:
+    return sorted(p.name[: -len(".nii.gz")] for p in (data / "imagesTr").iterdir())
+
+
+def train_args(data: Path, run: Path, *extra) -> list:
+    return ["train", "--data", data, "-o", run, "--device", "cpu", *extra]
+
+
+# ---- dataset.json ------------------------------------------------------------------
+@pytest.mark.parametrize("content, words", [
+    ("{not json", "not valid JSON"),
+    ([1, 2], "a JSON object"),
+    ({"training": "abc"}, "'training' must be a list"),
+    ({"training": [{"img": "x"}]}, "training entry 0 needs 'image' and 'label'"),
+    ({"training": [{"image": 3, "label": "y"}]}, "training entry 0 needs 'image' and 'label'"),
+    ({"training": ["x"]}, "training entry 0 needs 'image' and 'label'"),
+])
+@pytest.mark.parametrize("command", ["train", "evaluate", "calibrate"])
+def test_a_bad_dataset_json_stops_in_one_line(tmp_path, capsys, content, words, command):
+    data = tmp_path / "data"
+    data.mkdir()
+    manifest = write_json_file(data / "dataset.json", content)
+    before = manifest.read_bytes()
+    output = tmp_path / "out"
+    args = [command, "--data", data, "-o", output]
+    if command != "train":
+        args += ["--model", model_file(tmp_path / "model.m3dnca")]
+    code, out, err = run_cli(capsys, *args)
+    assert_one_error_line(code, err, str(manifest), words)
+    assert not output.exists() and manifest.read_bytes() == before
