@@ -68,3 +68,68 @@ def test_a_bad_dataset_json_stops_in_one_line(tmp_path, capsys, content, words, 
     code, out, err = run_cli(capsys, *args)
     assert_one_error_line(code, err, str(manifest), words)
     assert not output.exists() and manifest.read_bytes() == before
+
+
+# ---- no training cases -------------------------------------------------------------
+def test_a_single_case_dataset_leaves_nothing_to_train_on(hippocampus_dir, tmp_path, capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 1)
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *train_args(data, run, "--iterations", "2"))
+    assert_one_error_line(code, err, str(data), "1 case", "no case to train on", "validation_fraction")
+    assert not run.exists()
+
+
+def test_a_split_without_training_cases_is_refused_before_any_checkpoint(hippocampus_dir, tmp_path, capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
+    split = write_json_file(tmp_path / "split.json", {"train": [], "validation": case_names(data)})
+    run = tmp_path / "run"
+    for _ in range(2):  # a second try gives the same answer, not "holds a training run already"
+        code, out, err = run_cli(capsys, *train_args(data, run, "--split", split, "--iterations", "2"))
+        assert_one_error_line(code, err, str(split), "no case to train on")
+        assert not run.exists()
+
+
+# ---- split files -------------------------------------------------------------------
+def test_evaluate_names_the_cases_of_a_split_that_are_missing(hippocampus_dir, tmp_path, capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
+    first, second = case_names(data)
+    split = write_json_file(tmp_path / "split.json", {"train": [first], "validation": [second, "hippocampus_999"]})
+    output = tmp_path / "out"
+    code, out, err = run_cli(capsys, "evaluate", "--data", data, "--model", "hippocampus", "--split", split,
+                             "-o", output)
+    assert_one_error_line(code, err, str(split), "cases not found", "hippocampus_999")
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("content", [
+    {"train": "hippocampus_001", "validation": "hippocampus_003"},
+    {"train": [1], "validation": []},
+    {"train": []},
+    ["hippocampus_001"],
+    "{not json",
+])
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_malformed_split_is_refused_naming_the_file(hippocampus_dir, tmp_path, capsys, content, command):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
+    split = write_json_file(tmp_path / "split.json", content)
+    output = tmp_path / "out"
+    args = [command, "--data", data, "--split", split, "-o", output]
+    if command == "evaluate":
+        args += ["--model", "hippocampus"]
+    code, out, err = run_cli(capsys, *args)
+    assert_one_error_line(code, err, str(split), "not a split file")
+    assert not output.exists()
+
+
+def test_train_checks_the_users_split_before_copying_it(hippocampus_dir, tmp_path, capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
+    first, second = case_names(data)
+    bad = write_json_file(tmp_path / "bad.json", {"train": [first], "validation": ["hippocampus_999"]})
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *train_args(data, run, "--split", bad, "--iterations", "1"))
+    assert_one_error_line(code, err, str(bad), "cases not found", "hippocampus_999")
+    assert not run.exists()
+    good = write_json_file(tmp_path / "good.json", {"train": [first], "validation": [second]})
+    code, out, err = run_cli(capsys, *train_args(data, run, "--split", good, "--iterations", "1"))
+    assert code == 0, err
+    assert json.loads((run / "split.json").read_text())["validation"] == [second]

@@ -14,7 +14,7 @@ from ..imaging import case_name
 from ..modelfile import save_model
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
-from .data import Case, find_pairs, load_cases, read_split
+from .data import Case, check_cases_found, find_pairs, load_cases, read_split
 
 EXIT_OK = 0
 TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install 'm3dnca[train]'"
@@ -31,7 +31,8 @@ def _require(*packages: str) -> None:
 def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
     pairs = find_pairs(args.data)
     if args.split:
-        names = set(read_split(args.split)[args.subset])
+        names = read_split(args.split)[args.subset]
+        check_cases_found(names, {case_name(image) for image, _ in pairs}, args.split, args.data)
         pairs = [(image, label) for image, label in pairs if case_name(image) in names]
     if args.limit:
         pairs = pairs[: args.limit]

@@ -5,7 +5,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -90,13 +90,39 @@ def split_names(names: Sequence[str], validation_fraction: float, seed: int) -> 
     return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}
 
 
+SPLIT_LISTS = ("train", "validation")
+
+
 def read_split(path: Path) -> Dict[str, List[str]]:
     """A run's split.json: 'train' and 'validation' lists of case names (and notes)."""
     try:
         split = json.loads(Path(path).read_text())
-        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists ({error})") from None
+    except (OSError, ValueError) as error:
+        raise NCAError(f"{path}: not a split file ({error})") from None
+    problem = _split_problem(split)
+    if problem:
+        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists of case names ({problem})")
+    return split
+
+
+def _split_problem(split: Any) -> str:
+    """What keeps ``split`` from being a split, or '' when it is one."""
+    if not isinstance(split, dict):
+        return "the file holds no JSON object"
+    for key in SPLIT_LISTS:
+        names = split.get(key)
+        if not isinstance(names, list):
+            return f"'{key}' is {'missing' if names is None else 'not a list'}"
+        if not all(isinstance(name, str) for name in names):
+            return f"'{key}' holds something other than names"
+    return ""
+
+
+def check_cases_found(names: Sequence[str], found: Collection[str], split_path: Path, data_dir: Path) -> None:
+    """Refuse a split that names cases the data folder lacks."""
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise NCAError(f"{split_path}: cases not found in {data_dir}: {missing[:5]}")
 
 
 def one_hot(label: np.ndarray, classes: int) -> np.ndarray:
