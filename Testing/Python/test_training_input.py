@@ -89,6 +89,17 @@ def test_a_split_without_training_cases_is_refused_before_any_checkpoint(hippoca
         assert not run.exists()
 
 
+# ---- without validation cases -----------------------------------------------------
+def test_without_validation_cases_the_last_weights_are_saved_and_no_dice_is_claimed(hippocampus_dir, tmp_path,
+                                                                                     capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
+    config = write_json_file(tmp_path / "config.json", {**quick_settings().to_dict(), "validation_fraction": 0})
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *train_args(data, run, "--config", config, "--iterations", "1"))
+    assert code == 0 and (run / "best.m3dnca").is_file()
+    assert "no validation cases" in out and "-1.0000" not in out
+
+
 # ---- split files -------------------------------------------------------------------
 def test_evaluate_names_the_cases_of_a_split_that_are_missing(hippocampus_dir, tmp_path, capsys):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 2)

@@ -7,7 +7,7 @@ import json
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, List
 
 from ..errors import NCAError
 from ..imaging import case_name
@@ -15,6 +15,9 @@ from ..modelfile import save_model
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, check_cases_found, find_pairs, load_cases, read_split
+
+if TYPE_CHECKING:
+    from .trainer import Trainer, TrainingResult
 
 EXIT_OK = 0
 TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install 'm3dnca[train]'"
@@ -43,7 +46,7 @@ def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .settings import TrainSettings
-    from .trainer import BEST_MODEL, Trainer
+    from .trainer import Trainer
 
     run_dir = Path(args.output)
     saved = run_dir / "settings.json"
@@ -65,14 +68,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run saves its checkpoint like Ctrl+C
     trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
     result = trainer.fit(resume=args.resume)
-    done = f"{result.iterations} iterations, {result.seconds / 60:.1f} min"
-    if (run_dir / BEST_MODEL).is_file():
-        print(f"{done}; best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; "
-              f"model: {run_dir / BEST_MODEL}")
-    else:
-        print(f"{done}; no model yet (the first is saved at the first validation, iteration "
-              f"{min(settings.validate_every, settings.iterations)}); continue with --resume")
+    print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; {_outcome(trainer, result)}")
     return EXIT_OK
+
+
+def _outcome(trainer: Trainer, result: TrainingResult) -> str:
+    """Where the model is and how it validated, or when the first one appears."""
+    from .trainer import BEST_MODEL
+
+    model = trainer.run_dir / BEST_MODEL
+    settings = trainer.settings
+    if not model.is_file():
+        return (f"no model yet (the first is saved at the first validation, iteration "
+                f"{min(settings.validate_every, settings.iterations)}); continue with --resume")
+    if not trainer.validation_cases:
+        return f"no validation cases, so no validation Dice; model (the latest weights): {model}"
+    return f"best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; model: {model}"
 
 
 def _interrupt(signum, frame) -> None:
