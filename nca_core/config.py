@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
@@ -32,12 +35,35 @@ class NCAConfig:
         return len(self.kernel_sizes)
 
     def validate(self) -> "NCAConfig":
-        """Raise ModelFileError when the numbers cannot form a model."""
+        """Raise ModelFileError when the values cannot form a model."""
+        problems = self._type_problems() or self._range_problems()
+        if problems:
+            raise ModelFileError("invalid model config: " + "; ".join(problems))
+        return self
+
+    def _type_problems(self) -> List[str]:
+        problems = [f"{name} must be a whole number (found {reprlib.repr(getattr(self, name))})"
+                    for name in WHOLE_NUMBER_FIELDS if not is_whole_number(getattr(self, name))]
+        for name in ("kernel_sizes", "steps"):
+            value = getattr(self, name)
+            if not (isinstance(value, (list, tuple)) and value and all(map(is_whole_number, value))):
+                problems.append(f"{name} must be a list of whole numbers, one per level (found {reprlib.repr(value)})")
+        if not is_real_number(self.fire_rate):
+            problems.append(f"fire_rate must be a number (found {reprlib.repr(self.fire_rate)})")
+        if not (isinstance(self.labels, (list, tuple)) and all(isinstance(label, str) for label in self.labels)):
+            problems.append(f"labels must be a list of names (found {reprlib.repr(self.labels)})")
+        return problems
+
+    def _range_problems(self) -> List[str]:
         problems = []
         if len(self.steps) != self.levels:
             problems.append("steps and kernel_sizes need one entry per level")
         if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
             problems.append("kernel sizes must be odd and positive")
+        if any(step < 0 for step in self.steps):
+            problems.append("steps must not be negative")
+        if min(self.hidden, self.input_channels, self.output_channels) < 1:
+            problems.append("hidden, input_channels and output_channels must be at least 1")
         if self.input_channels + self.output_channels >= self.channels + 1:
             problems.append("channels must exceed input_channels + output_channels")
         if self.downscale < 1:
@@ -46,19 +72,32 @@ class NCAConfig:
             problems.append("fire_rate must be in [0, 1)")
         if len(self.labels) != self.output_channels:
             problems.append("labels need one name per output channel")
-        if problems:
-            raise ModelFileError("invalid model config: " + "; ".join(problems))
-        return self
+        return problems
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "NCAConfig":
+        if not isinstance(data, dict):
+            raise ModelFileError(f"invalid model config: must be a JSON object (found {reprlib.repr(data)})")
         unknown = unknown_fields(cls, data)
         if unknown:
             raise ModelFileError(f"unknown config keys: {unknown}")
         return cls(**data).validate()
+
+
+WHOLE_NUMBER_FIELDS = ("channels", "hidden", "input_channels", "output_channels", "downscale")
+
+
+def is_whole_number(value: Any) -> bool:
+    """An int (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real_number(value: Any) -> bool:
+    """A finite int or float (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:

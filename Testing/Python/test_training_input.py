@@ -100,6 +100,62 @@ def test_without_validation_cases_the_last_weights_are_saved_and_no_dice_is_clai
     assert "no validation cases" in out and "-1.0000" not in out
 
 
+# ---- training settings -------------------------------------------------------------
+BAD_SETTINGS = [
+    ({"iterations": "two"}, "iterations"),
+    ({"iterations": True}, "iterations"),
+    ({"patch_sizes": [None, [24, 24]]}, "patch_sizes"),
+    ({"patch_sizes": [None]}, "patch_sizes"),
+    ({"patch_sizes": "none"}, "patch_sizes"),
+    ({"validate_every": 0}, "validate_every"),
+    ({"checkpoint_every": 0}, "checkpoint_every"),
+    ({"validation_runs": 0}, "validation_runs"),
+    ({"learning_rate": -1}, "learning_rate"),
+    ({"learning_rate": "fast"}, "learning_rate"),
+    ({"betas": [0.5]}, "betas"),
+    ({"betas": [0.5, 1.5]}, "betas"),
+    ({"lr_gamma": 0}, "lr_gamma"),
+    ({"merge_labels": "yes"}, "merge_labels"),
+    ({"augment": 1}, "augment"),
+    ({"validation_fraction": 1.0}, "validation_fraction"),
+    ({"seed": -1}, "seed"),
+    ({"time_limit_minutes": 0}, "time_limit_minutes"),
+    ({"ema_decay": 1.0}, "ema_decay"),
+    ({"cases_per_step": 0}, "cases_per_step"),
+    ({"model": "hippocampus"}, "model"),
+    ({"model": {**preset("hippocampus").to_dict(), "channels": "x"}}, "channels"),
+    ({"model": {**preset("hippocampus").to_dict(), "kernel_sizes": [7, "3"]}}, "kernel_sizes"),
+    ({"model": {**preset("hippocampus").to_dict(), "kernel_sizes": []}}, "kernel_sizes"),
+    ({"model": {**preset("hippocampus").to_dict(), "steps": [10, -1]}}, "steps"),
+    ({"model": {**preset("hippocampus").to_dict(), "hidden": 0}}, "hidden"),
+    ({"model": {**preset("hippocampus").to_dict(), "labels": [1]}}, "labels"),
+    ({"model": {**preset("hippocampus").to_dict(), "fire_rate": "half"}}, "fire_rate"),
+    ({"model": {**preset("hippocampus").to_dict(), "extra": 1}}, "extra"),
+]
+
+
+@pytest.mark.parametrize("change, field", BAD_SETTINGS)
+def test_a_malformed_training_config_names_the_file_and_the_field(tmp_path, capsys, change, field):
+    config = write_json_file(tmp_path / "config.json", {**quick_settings().to_dict(), **change})
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *train_args(tmp_path, run, "--config", config))
+    assert_one_error_line(code, err, str(config), field)
+    assert not run.exists()
+
+
+def test_a_training_config_that_is_not_an_object_is_refused(tmp_path, capsys):
+    config = write_json_file(tmp_path / "config.json", [1, 2])
+    code, out, err = run_cli(capsys, *train_args(tmp_path, tmp_path / "run", "--config", config))
+    assert_one_error_line(code, err, str(config), "JSON object")
+
+
+@pytest.mark.parametrize("change", [{"channels": "x"}, {"channels": 16.5}, {"steps": "10"}, {"labels": "fg"},
+                                    {"downscale": None}, {"input_channels": 0}, {"output_channels": 0, "labels": []}])
+def test_model_configs_of_the_wrong_type_are_model_file_errors(change):
+    with pytest.raises(ModelFileError, match="invalid model config"):
+        NCAConfig.from_dict({**preset("hippocampus").to_dict(), **change})
+
+
 # ---- split files -------------------------------------------------------------------
 def test_evaluate_names_the_cases_of_a_split_that_are_missing(hippocampus_dir, tmp_path, capsys):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
