@@ -156,6 +156,35 @@ def test_model_configs_of_the_wrong_type_are_model_file_errors(change):
         NCAConfig.from_dict({**preset("hippocampus").to_dict(), **change})
 
 
+# ---- corrupt checkpoints -----------------------------------------------------------
+class NotAllowed:
+    """A class a weights-only load refuses to rebuild."""
+
+
+def truncated(checkpoint: Path) -> None:
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+
+
+@pytest.mark.parametrize("corrupt", [
+    truncated,
+    lambda checkpoint: checkpoint.write_bytes(b"junk" * 100),
+    lambda checkpoint: torch.save({"model": {}}, checkpoint),
+    lambda checkpoint: checkpoint.write_bytes(pickle.dumps(NotAllowed())),
+    lambda checkpoint: torch.save([1, 2], checkpoint),
+], ids=["truncated", "junk", "no-state", "pickle", "list"])
+def test_a_corrupt_checkpoint_on_resume_is_one_line(tmp_path, capsys, recwarn, corrupt):
+    run = tmp_path / "run"
+    run.mkdir()
+    Trainer(tmp_path, run, quick_settings(), device="cpu").save_checkpoint()
+    write_json_file(run / "settings.json", quick_settings().to_dict())
+    corrupt(run / CHECKPOINT)
+    before = hashes(run)
+    code, out, err = run_cli(capsys, *train_args(tmp_path, run, "--resume"))
+    assert_one_error_line(code, err, f"{run / CHECKPOINT}: corrupt or not a checkpoint of this run (")
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # a warning would be a second line
+    assert hashes(run) == before
+
+
 # ---- split files -------------------------------------------------------------------
 def test_evaluate_names_the_cases_of_a_split_that_are_missing(hippocampus_dir, tmp_path, capsys):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 2)

@@ -5,6 +5,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -135,7 +136,19 @@ class Trainer:
             torch.save(state, temporary)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
+        """Continue from the run's checkpoint; NCAError if it is corrupt or of another run."""
+        path = self.run_dir / CHECKPOINT
+        try:
+            with warnings.catch_warnings():  # e.g. about the pickle protocol of a file that is no checkpoint
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location=self.device, weights_only=True)
+            self._restore(state)
+        except OSError:
+            raise
+        except Exception as error:  # torch raises zip, pickle, runtime and key errors alike
+            raise NCAError(f"{path}: corrupt or not a checkpoint of this run ({_first_sentence(error)})") from None
+
+    def _restore(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -317,6 +330,13 @@ class Trainer:
         image = case.image[:, :, middle]
         image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
         return np.concatenate([image, case.label[:, :, middle] > 0, labels[:, :, middle] > 0], axis=1).astype(np.float32)
+
+
+def _first_sentence(error: Exception) -> str:
+    """The error's type and the first sentence of its message."""
+    lines = str(error).strip().splitlines()
+    first = lines[0].split(". ")[0].rstrip(".:") if lines else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _tensorboard(run_dir: Path):
