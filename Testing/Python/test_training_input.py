@@ -185,6 +185,28 @@ def test_a_corrupt_checkpoint_on_resume_is_one_line(tmp_path, capsys, recwarn, c
     assert hashes(run) == before
 
 
+# ---- calibrate ---------------------------------------------------------------------
+def test_calibrating_on_too_few_cases_for_cross_validation_is_one_line(hippocampus_dir, tmp_path, capsys):
+    output = tmp_path / "calibrated.m3dnca"
+    code, out, err = run_cli(capsys, "calibrate", "--data", hippocampus_dir, "--model", "hippocampus",
+                             "--limit", "1", "--runs", "2", "--device", "cpu", "-o", output)
+    progress = [line for line in err if line.startswith("evaluating:")]
+    assert_one_error_line(code, [line for line in err if line not in progress], "cross-validation",
+                          "--cross-validate")
+    assert err[-1].startswith("m3dnca: error: ")
+    assert not output.exists() and not (tmp_path / "calibrated.m3dnca.calibration").exists()
+
+
+def test_calibrate_refuses_to_overwrite_its_input_model(tmp_path, capsys):
+    model = model_file(tmp_path / "model.m3dnca")
+    (tmp_path / "link.m3dnca").symlink_to(model)
+    before = model.read_bytes()
+    for output in (model, tmp_path / "link.m3dnca", tmp_path / "." / "model.m3dnca"):
+        code, out, err = run_cli(capsys, "calibrate", "--data", tmp_path / "absent", "--model", model, "-o", output)
+        assert_one_error_line(code, err, str(output), "is the input model")
+    assert model.read_bytes() == before
+
+
 # ---- split files -------------------------------------------------------------------
 def test_evaluate_names_the_cases_of_a_split_that_are_missing(hippocampus_dir, tmp_path, capsys):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 2)

@@ -4,10 +4,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, List
+from typing import TYPE_CHECKING, Dict, List
 
 from ..errors import NCAError
 from ..imaging import case_name
@@ -17,6 +18,7 @@ from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, check_cases_found, find_pairs, load_cases, read_split
 
 if TYPE_CHECKING:
+    from .evaluate import CaseEvaluation
     from .trainer import Trainer, TrainingResult
 
 EXIT_OK = 0
@@ -112,9 +114,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..registry import load
-    from .calibrate import choose_postprocessing, cross_validated_rates, fit_calibration, plot_calibration
+    from .calibrate import choose_postprocessing, fit_calibration, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
+    _refuse_to_overwrite_the_model(args.model, args.output)
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if not args.no_artifacts:
@@ -135,7 +138,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
     summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict(), postprocessing=choice)
     if args.cross_validate > 1:
-        summary["held_out"] = cross_validated_rates(rows, args.cross_validate, args.target_dice)
+        summary["held_out"] = _held_out_rates(rows, args.cross_validate, args.target_dice)
     bundle.calibration = calibration
     bundle.provenance = dict(bundle.provenance, calibration_report=summary)
     out = Path(args.output)
@@ -146,6 +149,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
     return EXIT_OK
+
+
+def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
+    """calibrate writes a new model file; its input is never replaced."""
+    from ..registry import resolve
+
+    if output.exists() and os.path.samefile(resolve(model), output):
+        raise NCAError(f"{output}: is the input model (--model {model}); write the calibrated model to another file")
+
+
+def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) -> Dict:
+    """The light's detection rates on held-out cases, or NCAError when a fold cannot be fitted."""
+    from .calibrate import cross_validated_rates
+
+    try:
+        return cross_validated_rates(rows, folds, target_dice)
+    except ValueError as error:
+        raise NCAError(f"cross-validation with {folds} folds failed ({error}); calibrate on more cases "
+                       "or pass --cross-validate 1 to skip it") from None
 
 
 def _judge(nqm: float, calibration) -> dict:
