@@ -207,6 +207,31 @@ def test_calibrate_refuses_to_overwrite_its_input_model(tmp_path, capsys):
     assert model.read_bytes() == before
 
 
+# ---- option ranges -----------------------------------------------------------------
+@pytest.mark.parametrize("command, option, value, words", [
+    ("evaluate", "--runs", "0", "argument --runs: must be at least 1"),
+    ("evaluate", "--runs", "-1", "argument --runs: must be at least 1"),
+    ("calibrate", "--runs", "0", "argument --runs: must be at least 1"),
+    ("evaluate", "--limit", "-1", "argument --limit: must be at least 1"),
+    ("calibrate", "--limit", "0", "argument --limit: must be at least 1"),
+    ("calibrate", "--target-dice", "5", "argument --target-dice: must be in (0, 1)"),
+    ("calibrate", "--target-dice", "-1", "argument --target-dice: must be in (0, 1)"),
+    ("calibrate", "--target-dice", "1", "argument --target-dice: must be in (0, 1)"),
+    ("train", "--iterations", "0", "argument --iterations: must be at least 1"),
+    ("train", "--iterations", "-1", "argument --iterations: must be at least 1"),
+    ("train", "--time-limit", "0", "argument --time-limit: must be a number greater than 0"),
+    ("train", "--time-limit", "-1", "argument --time-limit: must be a number greater than 0"),
+    ("train", "--time-limit", "nan", "argument --time-limit: must be a number greater than 0"),
+])
+def test_out_of_range_options_are_usage_errors(tmp_path, capsys, command, option, value, words):
+    output = tmp_path / "out"
+    args = [command, "--data", tmp_path, "-o", output, option, value]
+    if command != "train":
+        args += ["--model", "hippocampus"]
+    assert_usage_error(capsys, args, words)
+    assert not output.exists()
+
+
 # ---- split files -------------------------------------------------------------------
 def test_evaluate_names_the_cases_of_a_split_that_are_missing(hippocampus_dir, tmp_path, capsys):
     data = small_dataset(hippocampus_dir, tmp_path / "data", 2)
