@@ -276,3 +276,22 @@ def test_train_checks_the_users_split_before_copying_it(hippocampus_dir, tmp_pat
     code, out, err = run_cli(capsys, *train_args(data, run, "--split", good, "--iterations", "1"))
     assert code == 0, err
     assert json.loads((run / "split.json").read_text())["validation"] == [second]
+
+
+# ---- multi-channel training data ---------------------------------------------------
+@pytest.mark.parametrize("four_d", ["image", "label"])
+def test_a_4d_training_volume_suggests_no_missing_option(tmp_path, capsys, four_d):
+    data = tmp_path / "data"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+    volume = smooth_volume()
+    image = write_volume(data / "imagesTr" / "case.nii.gz", volume)
+    label = write_volume(data / "labelsTr" / "case.nii.gz", (volume > 50).astype("uint8"))
+    path = image if four_d == "image" else label
+    single = sitk.ReadImage(str(path))
+    sitk.WriteImage(sitk.JoinSeries([single, single]), str(path))
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *train_args(data, run))
+    assert_one_error_line(code, err, str(path), "is 4D with 2 channels", "single-channel 3D")
+    assert "--channel" not in err[0]
+    assert not run.exists()

@@ -13,6 +13,8 @@ from ..errors import NCAError
 from ..imaging import Volume, case_name, is_volume_file, read_volume
 
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
+# The advice for a 4D or vector volume: the training commands have no --channel.
+SINGLE_CHANNEL_ONLY = "training reads single-channel 3D volumes: save the one to use (0 to {last}) as a 3D file"
 
 
 @dataclass
@@ -68,8 +70,8 @@ def _manifest_pairs(manifest: Path) -> List[Tuple[Path, Path]]:
 
 
 def load_case(image_path: Path, label_path: Path, merge_labels: bool) -> Case:
-    volume = read_volume(image_path)
-    label = read_volume(label_path).array
+    volume = read_volume(image_path, choose_channel=SINGLE_CHANNEL_ONLY)
+    label = read_volume(label_path, choose_channel=SINGLE_CHANNEL_ONLY).array
     if label.shape != volume.array.shape:
         raise NCAError(f"{label_path}: label shape {label.shape} != image shape {volume.array.shape}")
     label = np.rint(label).astype(np.uint8)
