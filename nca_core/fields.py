@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import reprlib
 import sys
 from typing import Any, Dict, List, Union, get_args, get_origin, get_type_hints
@@ -71,3 +73,13 @@ def _is_finite_number(value: Any) -> bool:
     """An int or float that converts to a finite float (no NaN, infinity or huge int)."""
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     return is_number and abs(value) <= sys.float_info.max
+
+
+def is_whole_number(value: Any) -> bool:
+    """An int (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real_number(value: Any) -> bool:
+    """A finite int or float (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

@@ -22,6 +22,7 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Intensities are scaled by a power of two (exact) when their magnitude leaves this
 # range, so that float32 neither overflows nor loses them to underflow.
 SAFE_MAGNITUDE = (2.0**-100, 2.0**100)
+CHOOSE_CHANNEL = "choose one with --channel N (0 to {last})"
 _NIFTI_BITS = {2: 8, 4: 16, 8: 32, 16: 32, 64: 64, 256: 8, 512: 16, 768: 32, 1024: 64, 1280: 64}
 
 
@@ -184,18 +185,19 @@ def _nifti_bytes_needed(header: bytes) -> Optional[int]:
     return None
 
 
-def _select_channel(image: sitk.Image, channel: Optional[int], path: Path) -> sitk.Image:
+def _select_channel(image: sitk.Image, channel: Optional[int], path: Path, choose_channel: str) -> sitk.Image:
     """One scalar 3D channel of a vector or 4D image (``--channel``)."""
     components = image.GetNumberOfComponentsPerPixel()
     dimension = image.GetDimension()
     if components > 1:
-        _check_channel(channel, components, f"has {components} components per voxel (a vector image)", path)
+        _check_channel(channel, components, f"has {components} components per voxel (a vector image)", path,
+                       choose_channel)
         return sitk.VectorIndexSelectionCast(image, channel)
     if dimension == 4:
         count = image.GetSize()[3]
         if count == 1 and channel in (None, 0):
             channel = 0
-        _check_channel(channel, count, f"is 4D with {count} channels or time points", path)
+        _check_channel(channel, count, f"is 4D with {count} channels or time points", path, choose_channel)
         size = list(image.GetSize()[:3]) + [0]
         return sitk.Extract(image, size, [0, 0, 0, channel])
     if channel not in (None, 0):
@@ -203,21 +205,22 @@ def _select_channel(image: sitk.Image, channel: Optional[int], path: Path) -> si
     return image
 
 
-def _check_channel(channel: Optional[int], count: int, what: str, path: Path) -> None:
+def _check_channel(channel: Optional[int], count: int, what: str, path: Path, choose_channel: str) -> None:
     if channel is None:
-        raise InputImageError(f"{path}: {what}; choose one with --channel N (0 to {count - 1})")
+        raise InputImageError(f"{path}: {what}; {choose_channel.format(last=count - 1)}")
     if not 0 <= channel < count:
         raise InputImageError(f"{path}: {what}; --channel {channel} is out of range (0 to {count - 1})")
 
 
-def read_volume(path: Path, channel: Optional[int] = None) -> Volume:
+def read_volume(path: Path, channel: Optional[int] = None, choose_channel: str = CHOOSE_CHANNEL) -> Volume:
     """Read a 3D scalar volume from a file or a DICOM series folder.
 
     ``channel`` picks one channel of a 4D or vector image; such images are refused
-    without it. Raises InputImageError naming the file and the problem.
+    without it, with ``choose_channel`` as the advice ({last}: the last channel's index).
+    Raises InputImageError naming the file and the problem.
     """
     path = Path(path)
-    image = _select_channel(_read_image(path), channel, path)
+    image = _select_channel(_read_image(path), channel, path, choose_channel)
     if image.GetDimension() != 3:
         kind = "2D (a single slice)" if image.GetDimension() == 2 else f"{image.GetDimension()}D"
         raise InputImageError(f"{path}: is {kind}; a 3D volume is needed")

@@ -4,17 +4,23 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import signal
 from dataclasses import replace
 from pathlib import Path
-from typing import List
+from typing import TYPE_CHECKING, Dict, List
 
+from ..cli import _between_zero_and_one, _positive, _positive_number
 from ..errors import NCAError
 from ..imaging import case_name
 from ..modelfile import save_model
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
-from .data import Case, find_pairs, load_cases, read_split
+from .data import Case, check_cases_found, find_pairs, load_cases, read_split
+
+if TYPE_CHECKING:
+    from .evaluate import CaseEvaluation
+    from .trainer import Trainer, TrainingResult
 
 EXIT_OK = 0
 TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install 'm3dnca[train]'"
@@ -31,7 +37,8 @@ def _require(*packages: str) -> None:
 def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
     pairs = find_pairs(args.data)
     if args.split:
-        names = set(read_split(args.split)[args.subset])
+        names = read_split(args.split)[args.subset]
+        check_cases_found(names, {case_name(image) for image, _ in pairs}, args.split, args.data)
         pairs = [(image, label) for image, label in pairs if case_name(image) in names]
     if args.limit:
         pairs = pairs[: args.limit]
@@ -42,7 +49,7 @@ def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .settings import TrainSettings
-    from .trainer import BEST_MODEL, Trainer
+    from .trainer import Trainer
 
     run_dir = Path(args.output)
     saved = run_dir / "settings.json"
@@ -64,14 +71,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # a killed run saves its checkpoint like Ctrl+C
     trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
     result = trainer.fit(resume=args.resume)
-    done = f"{result.iterations} iterations, {result.seconds / 60:.1f} min"
-    if (run_dir / BEST_MODEL).is_file():
-        print(f"{done}; best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; "
-              f"model: {run_dir / BEST_MODEL}")
-    else:
-        print(f"{done}; no model yet (the first is saved at the first validation, iteration "
-              f"{min(settings.validate_every, settings.iterations)}); continue with --resume")
+    print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; {_outcome(trainer, result)}")
     return EXIT_OK
+
+
+def _outcome(trainer: Trainer, result: TrainingResult) -> str:
+    """Where the model is and how it validated, or when the first one appears."""
+    from .trainer import BEST_MODEL
+
+    model = trainer.run_dir / BEST_MODEL
+    settings = trainer.settings
+    if not model.is_file():
+        return (f"no model yet (the first is saved at the first validation, iteration "
+                f"{min(settings.validate_every, settings.iterations)}); continue with --resume")
+    if not trainer.validation_cases:
+        return f"no validation cases, so no validation Dice; model (the latest weights): {model}"
+    return f"best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; model: {model}"
 
 
 def _interrupt(signum, frame) -> None:
@@ -100,9 +115,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..registry import load
-    from .calibrate import choose_postprocessing, cross_validated_rates, fit_calibration, plot_calibration
+    from .calibrate import choose_postprocessing, fit_calibration, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
+    _refuse_to_overwrite_the_model(args.model, args.output)
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if not args.no_artifacts:
@@ -123,7 +139,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
     summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict(), postprocessing=choice)
     if args.cross_validate > 1:
-        summary["held_out"] = cross_validated_rates(rows, args.cross_validate, args.target_dice)
+        summary["held_out"] = _held_out_rates(rows, args.cross_validate, args.target_dice)
     bundle.calibration = calibration
     bundle.provenance = dict(bundle.provenance, calibration_report=summary)
     out = Path(args.output)
@@ -134,6 +150,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
     return EXIT_OK
+
+
+def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
+    """calibrate writes a new model file; its input is never replaced."""
+    from ..registry import resolve
+
+    if output.exists() and os.path.samefile(resolve(model), output):
+        raise NCAError(f"{output}: is the input model (--model {model}); write the calibrated model to another file")
+
+
+def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) -> Dict:
+    """The light's detection rates on held-out cases, or NCAError when a fold cannot be fitted."""
+    from .calibrate import cross_validated_rates
+
+    try:
+        return cross_validated_rates(rows, folds, target_dice)
+    except ValueError as error:
+        raise NCAError(f"cross-validation with {folds} folds failed ({error}); calibrate on more cases "
+                       "or pass --cross-validate 1 to skip it") from None
 
 
 def _judge(nqm: float, calibration) -> dict:
@@ -148,8 +183,8 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="shipped model name or model file")
     parser.add_argument("--split", type=Path, help="a run's split.json to pick cases from")
     parser.add_argument("--subset", default="validation", choices=["train", "validation"])
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N cases")
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--limit", type=_positive, metavar="N", help="use only the first N cases")
+    parser.add_argument("--runs", type=_positive, default=10, help="pseudo-ensemble size (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -162,8 +197,8 @@ def add_training_commands(commands) -> None:
     source.add_argument("--preset", default="hippocampus")
     source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run)")
     train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
-    train.add_argument("--iterations", type=int)
-    train.add_argument("--time-limit", type=float, metavar="MINUTES",
+    train.add_argument("--iterations", type=_positive)
+    train.add_argument("--time-limit", type=_positive_number, metavar="MINUTES",
                        help="stop (resumably) after this much training time in all, counting earlier sittings")
     train.add_argument("--augment", action="store_true", help="TorchIO augmentation: small rotation and scaling, gamma, bias field, noise")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
@@ -179,7 +214,7 @@ def add_training_commands(commands) -> None:
 
     calibrate = commands.add_parser("calibrate", help="fit Dice ~ NQM and store it in a model file")
     _add_case_selection(calibrate)
-    calibrate.add_argument("--target-dice", type=float, default=DEFAULT_TARGET_DICE)
+    calibrate.add_argument("--target-dice", type=_between_zero_and_one, default=DEFAULT_TARGET_DICE)
     calibrate.add_argument("--no-artifacts", action="store_true", help="clean images only")
     calibrate.add_argument("--largest-component", choices=["auto", "yes", "no"], default="auto",
                            help="keep only the largest foreground component (auto: if it raises the clean "

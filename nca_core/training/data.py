@@ -5,7 +5,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Collection, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -13,6 +13,8 @@ from ..errors import NCAError
 from ..imaging import Volume, case_name, is_volume_file, read_volume
 
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
+# The advice for a 4D or vector volume: the training commands have no --channel.
+SINGLE_CHANNEL_ONLY = "training reads single-channel 3D volumes: save the one to use (0 to {last}) as a 3D file"
 
 
 @dataclass
@@ -30,9 +32,7 @@ def find_pairs(root: Path) -> List[Tuple[Path, Path]]:
     root = Path(root)
     manifest = root / "dataset.json"
     if manifest.is_file():
-        entries = json.loads(manifest.read_text()).get("training", [])
-        pairs = [(root / e["image"], root / e["label"]) for e in entries]
-        pairs = [(i, l) for i, l in pairs if i.is_file() and l.is_file()]
+        pairs = [(i, l) for i, l in _manifest_pairs(manifest) if i.is_file() and l.is_file()]
         if pairs:
             return pairs
     for images, labels in FOLDER_PAIRS:
@@ -51,9 +51,27 @@ def find_pairs(root: Path) -> List[Tuple[Path, Path]]:
     )
 
 
+def _manifest_pairs(manifest: Path) -> List[Tuple[Path, Path]]:
+    """The (image, label) paths a dataset.json lists under 'training'; NCAError if malformed."""
+    try:
+        content = json.loads(manifest.read_text())
+    except ValueError as error:
+        raise NCAError(f"{manifest}: not valid JSON ({error})") from None
+    if not isinstance(content, dict):
+        raise NCAError(f"{manifest}: must be a JSON object with a 'training' list")
+    entries = content.get("training", [])
+    if not isinstance(entries, list):
+        raise NCAError(f"{manifest}: 'training' must be a list of {{\"image\": ..., \"label\": ...}} entries")
+    for index, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and all(isinstance(entry.get(key), str) for key in ("image", "label"))):
+            raise NCAError(f"{manifest}: training entry {index} needs 'image' and 'label' paths, "
+                           f"found {json.dumps(entry)[:80]}")
+    return [(manifest.parent / e["image"], manifest.parent / e["label"]) for e in entries]
+
+
 def load_case(image_path: Path, label_path: Path, merge_labels: bool) -> Case:
-    volume = read_volume(image_path)
-    label = read_volume(label_path).array
+    volume = read_volume(image_path, choose_channel=SINGLE_CHANNEL_ONLY)
+    label = read_volume(label_path, choose_channel=SINGLE_CHANNEL_ONLY).array
     if label.shape != volume.array.shape:
         raise NCAError(f"{label_path}: label shape {label.shape} != image shape {volume.array.shape}")
     label = np.rint(label).astype(np.uint8)
@@ -74,13 +92,39 @@ def split_names(names: Sequence[str], validation_fraction: float, seed: int) -> 
     return {"train": sorted(shuffled[count:]), "validation": sorted(shuffled[:count])}
 
 
+SPLIT_LISTS = ("train", "validation")
+
+
 def read_split(path: Path) -> Dict[str, List[str]]:
     """A run's split.json: 'train' and 'validation' lists of case names (and notes)."""
     try:
         split = json.loads(Path(path).read_text())
-        return {**split, "train": list(split["train"]), "validation": list(split["validation"])}
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists ({error})") from None
+    except (OSError, ValueError) as error:
+        raise NCAError(f"{path}: not a split file ({error})") from None
+    problem = _split_problem(split)
+    if problem:
+        raise NCAError(f"{path}: not a split file with 'train' and 'validation' lists of case names ({problem})")
+    return split
+
+
+def _split_problem(split: Any) -> str:
+    """What keeps ``split`` from being a split, or '' when it is one."""
+    if not isinstance(split, dict):
+        return "the file holds no JSON object"
+    for key in SPLIT_LISTS:
+        names = split.get(key)
+        if not isinstance(names, list):
+            return f"'{key}' is {'missing' if names is None else 'not a list'}"
+        if not all(isinstance(name, str) for name in names):
+            return f"'{key}' holds something other than names"
+    return ""
+
+
+def check_cases_found(names: Sequence[str], found: Collection[str], split_path: Path, data_dir: Path) -> None:
+    """Refuse a split that names cases the data folder lacks."""
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise NCAError(f"{split_path}: cases not found in {data_dir}: {missing[:5]}")
 
 
 def one_hot(label: np.ndarray, classes: int) -> np.ndarray:

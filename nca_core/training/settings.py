@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..config import NCAConfig, preset
 from ..errors import NCAError
-from ..fields import unknown_fields
+from ..fields import is_real_number, is_whole_number, unknown_fields
 
 
 @dataclass
@@ -49,24 +50,35 @@ class TrainSettings:
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainSettings":
+        """Settings from a dict; NCAError names the first unknown, mistyped or out-of-range field."""
+        if not isinstance(data, dict):
+            raise NCAError("training settings must be a JSON object")
         unknown = unknown_fields(cls, data)
         if unknown:
             raise NCAError(f"unknown training settings: {unknown}")
-        settings = cls(**data)
-        if len(settings.patch_sizes) != settings.config.levels:
-            raise NCAError("patch_sizes needs one entry per level")
-        if settings.cases_per_step < 1 or settings.batch_duplication < 1:
-            raise NCAError("cases_per_step and batch_duplication must be at least 1")
-        if not 0.0 <= settings.ema_decay < 1.0:
-            raise NCAError("ema_decay must be in [0, 1)")
-        return settings
+        return cls(**data).checked()
+
+    def checked(self) -> "TrainSettings":
+        """These settings, or NCAError naming the first one of a wrong type or out of range."""
+        for name, (is_valid, expected) in RULES.items():
+            value = getattr(self, name)
+            if not is_valid(value):
+                raise NCAError(f"{name} must be {expected} (found {reprlib.repr(value)})")
+        levels = self.config.levels
+        if len(self.patch_sizes) != levels:
+            raise NCAError(f"patch_sizes needs one entry per level ({levels})")
+        return self
 
     @classmethod
     def from_file(cls, path: Path) -> "TrainSettings":
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
             raise NCAError(f"{path}: cannot read training settings ({error})") from None
+        try:
+            return cls.from_dict(data)
+        except NCAError as error:
+            raise NCAError(f"{path}: {error}") from None
 
     @classmethod
     def for_preset(cls, name: str, **overrides: Any) -> "TrainSettings":
@@ -77,3 +89,64 @@ class TrainSettings:
         if name.endswith("2class"):
             overrides.setdefault("merge_labels", False)
         return cls.from_dict({"model": config.to_dict(), "patch_sizes": patches, **overrides})
+
+
+def _at_least_one(value: Any) -> bool:
+    return is_whole_number(value) and value >= 1
+
+
+def _not_negative(value: Any) -> bool:
+    return is_whole_number(value) and value >= 0
+
+
+def _positive(value: Any) -> bool:
+    return is_real_number(value) and value > 0
+
+
+def _below_one(value: Any) -> bool:
+    """A number in [0, 1)."""
+    return is_real_number(value) and 0 <= value < 1
+
+
+def _decay_rate(value: Any) -> bool:
+    """A number in (0, 1]."""
+    return _positive(value) and value <= 1
+
+
+def _betas(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_below_one, value))
+
+
+def _patch_sizes(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        patch is None or (isinstance(patch, list) and len(patch) == 3 and all(map(_at_least_one, patch)))
+        for patch in value)
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _no_limit_or_positive(value: Any) -> bool:
+    return value is None or _positive(value)
+
+
+# Every setting but ``model`` (checked by NCAConfig): a test and what it expects.
+RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
+    "iterations": (_at_least_one, "a whole number >= 1"),
+    "batch_duplication": (_at_least_one, "a whole number >= 1"),
+    "cases_per_step": (_at_least_one, "a whole number >= 1"),
+    "learning_rate": (_positive, "a number > 0"),
+    "betas": (_betas, "two numbers in [0, 1), e.g. [0.5, 0.5]"),
+    "lr_gamma": (_decay_rate, "a number in (0, 1]"),
+    "patch_sizes": (_patch_sizes, "a list with, per level, null (whole volume) or [x, y, z] (whole numbers >= 1)"),
+    "merge_labels": (_boolean, "true or false"),
+    "validation_fraction": (_below_one, "a number in [0, 1)"),
+    "seed": (_not_negative, "a whole number >= 0"),
+    "validate_every": (_at_least_one, "a whole number >= 1"),
+    "validation_runs": (_at_least_one, "a whole number >= 1"),
+    "checkpoint_every": (_at_least_one, "a whole number >= 1"),
+    "augment": (_boolean, "true or false"),
+    "ema_decay": (_below_one, "a number in [0, 1)"),
+    "time_limit_minutes": (_no_limit_or_positive, "null (no limit) or a number > 0"),
+}

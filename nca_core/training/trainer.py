@@ -5,6 +5,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,11 +26,12 @@ from ..model import LevelPlan, M3DNCA
 from ..modelfile import ModelBundle, save_model
 from ..preprocessing import Preprocessing, pad_end, prepare
 from .augment import augmenter
-from .data import Case, find_pairs, load_cases, one_hot, read_split, split_names
+from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
 from .loss import dice_bce_loss
 from .settings import TrainSettings
 
 CHECKPOINT = "checkpoint.pt"
+SPLIT = "split.json"
 BEST_MODEL = "best.m3dnca"
 LAST_MODEL = "last.m3dnca"
 
@@ -84,27 +86,31 @@ class Trainer:
 
     # ---- data -------------------------------------------------------------------
     def load_data(self) -> None:
-        pairs = find_pairs(self.data_dir)
-        cases = load_cases(pairs, self.settings.merge_labels)
-        split_path = self.run_dir / "split.json"
-        if split_path.is_file():
-            split = read_split(split_path)
-        elif self.split_file is not None:
-            split = read_split(self.split_file)
-            write_json(split_path, split)
-        else:
-            split = split_names([c.name for c in cases], self.settings.validation_fraction, self.settings.seed)
-            split["data"] = str(self.data_dir.resolve())
-            write_json(split_path, split)
+        """Load the cases and the split and check both; nothing is written (``fit`` saves the split)."""
+        cases = load_cases(find_pairs(self.data_dir), self.settings.merge_labels)
         by_name = {c.name: c for c in cases}
-        missing = [n for n in split["train"] + split["validation"] if n not in by_name]
-        if missing:
-            raise NCAError(f"{split_path}: cases not found in {self.data_dir}: {missing[:5]}")
-        self.split = split
-        self.train_cases = [by_name[n] for n in split["train"]]
-        self.validation_cases = [by_name[n] for n in split["validation"]]
+        self.split = self._checked_split(list(by_name))
+        self.train_cases = [by_name[n] for n in self.split["train"]]
+        self.validation_cases = [by_name[n] for n in self.split["validation"]]
         self._prepared = {c.name: self._prepare(c) for c in self.train_cases}
         self._augment = augmenter() if self.settings.augment else None
+
+    def _checked_split(self, names: List[str]) -> Dict[str, List[str]]:
+        """The run's own split.json, else the split file passed in, else a new split; each
+        must leave at least one case to train on."""
+        source = self.run_dir / SPLIT if (self.run_dir / SPLIT).is_file() else self.split_file
+        if source is None:
+            split = split_names(names, self.settings.validation_fraction, self.settings.seed)
+            if not split["train"]:
+                raise NCAError(f"{self.data_dir}: {len(names)} case{'s' * (len(names) != 1)} and validation_fraction "
+                               f"{self.settings.validation_fraction:g} leave no case to train on; add cases, or "
+                               "train without validation (validation_fraction 0 in a --config file)")
+            return dict(split, data=str(self.data_dir.resolve()))
+        split = read_split(source)
+        check_cases_found(split["train"] + split["validation"], names, source, self.data_dir)
+        if not split["train"]:
+            raise NCAError(f"{source}: its 'train' list is empty, which leaves no case to train on")
+        return split
 
     def _prepare(self, case: Case):
         image = prepare(case.image, self.preprocessing, self.model.multiple)
@@ -130,7 +136,19 @@ class Trainer:
             torch.save(state, temporary)
 
     def load_checkpoint(self) -> None:
-        state = torch.load(self.run_dir / CHECKPOINT, map_location=self.device, weights_only=True)
+        """Continue from the run's checkpoint; NCAError if it is corrupt or of another run."""
+        path = self.run_dir / CHECKPOINT
+        try:
+            with warnings.catch_warnings():  # e.g. about the pickle protocol of a file that is no checkpoint
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location=self.device, weights_only=True)
+            self._restore(state)
+        except OSError:
+            raise
+        except Exception as error:  # torch raises zip, pickle, runtime and key errors alike
+            raise NCAError(f"{path}: corrupt or not a checkpoint of this run ({_first_sentence(error)})") from None
+
+    def _restore(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -237,14 +255,15 @@ class Trainer:
 
     # ---- the loop ---------------------------------------------------------------
     def fit(self, resume: bool = False, log: bool = True) -> TrainingResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         if (self.run_dir / CHECKPOINT).exists():
             if not resume:
                 raise NCAError(f"{self.run_dir}: holds a training run already; pass --resume to continue it")
             self.load_checkpoint()
             self._check_work_left()
-        write_json(self.run_dir / "settings.json", self.settings.to_dict())
         self.load_data()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "settings.json", self.settings.to_dict())
+        write_json(self.run_dir / SPLIT, self.split)
         writer = _tensorboard(self.run_dir) if log else None
         limit = self.settings.time_limit_minutes
         total = self.settings.iterations
@@ -311,6 +330,13 @@ class Trainer:
         image = case.image[:, :, middle]
         image = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
         return np.concatenate([image, case.label[:, :, middle] > 0, labels[:, :, middle] > 0], axis=1).astype(np.float32)
+
+
+def _first_sentence(error: Exception) -> str:
+    """The error's type and the first sentence of its message."""
+    lines = str(error).strip().splitlines()
+    first = lines[0].split(". ")[0].rstrip(".:") if lines else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def _tensorboard(run_dir: Path):
