@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nca_core.cli import main
 from nca_core.config import preset
 from nca_core.modelfile import load_model
 
@@ -161,3 +162,11 @@ def test_quick_bench_names_its_small_volumes_and_judges_no_target(capsys):
     assert code == 0 and not err and [row.split()[1] for row in rows] == ["fast", "reference"]
     assert not any(word in out for word in ("met", "MISSED"))
     assert "extrapolated from 1 run(s) x 1 case(s)" in out  # never more runs than asked for
+
+
+@pytest.mark.parametrize("option", ["--runs", "--fast-steps", "--threads", "--chunk-voxels"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_bench_refuses_counts_below_one(capsys, option, value):
+    with pytest.raises(SystemExit) as raised:
+        main(["bench", "--quick", option, value])
+    assert raised.value.code == 2 and option in capsys.readouterr().err

@@ -295,3 +295,22 @@ def test_a_4d_training_volume_suggests_no_missing_option(tmp_path, capsys, four_
     assert_one_error_line(code, err, str(path), "is 4D with 2 channels", "single-channel 3D")
     assert "--channel" not in err[0]
     assert not run.exists()
+
+
+@pytest.mark.parametrize("command, output, words", [
+    ("evaluate", "a-file", "output path exists and is not a folder"),
+    ("calibrate", "a-folder", "is a folder; give the calibrated model's file name"),
+    ("calibrate", "a-file/model.m3dnca", "output path exists and is not a folder"),
+])
+def test_an_unusable_output_is_refused_before_the_evaluation(hippocampus_dir, tmp_path, capsys, monkeypatch,
+                                                             command, output, words):
+    import nca_core.training.evaluate
+
+    (tmp_path / "a-file").write_text("mine")
+    (tmp_path / "a-folder").mkdir()
+    monkeypatch.setattr(nca_core.training.evaluate, "evaluate_cases",
+                        lambda *a, **k: pytest.fail("evaluated before checking the output"))
+    code, out, err = run_cli(capsys, command, "--data", hippocampus_dir, "--model", "hippocampus", "--limit", "1",
+                             "-o", tmp_path / output)
+    assert_one_error_line(code, err, words)
+    assert (tmp_path / "a-file").read_text() == "mine" and not any((tmp_path / "a-folder").iterdir())

@@ -5,12 +5,12 @@ import argparse
 import importlib.util
 import json
 import os
-import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
 from ..cli import _between_zero_and_one, _positive, _positive_number
+from ..batch import prepare_output_folder
 from ..errors import NCAError
 from ..imaging import case_name
 from ..modelfile import save_model
@@ -68,7 +68,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         from ..registry import load
 
         initial = load(args.init)
-    signal.signal(signal.SIGTERM, _interrupt)  # a killed run saves its checkpoint like Ctrl+C
     trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
     result = trainer.fit(resume=args.resume)
     print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; {_outcome(trainer, result)}")
@@ -89,15 +88,12 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
     return f"best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; model: {model}"
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..registry import load
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
+    prepare_output_folder(Path(args.output))  # before the evaluation, not after it
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if args.artifacts:
@@ -119,6 +115,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
     _refuse_to_overwrite_the_model(args.model, args.output)
+    if args.output.is_dir():
+        raise NCAError(f"{args.output}: is a folder; give the calibrated model's file name")
+    prepare_output_folder(args.output.parent)  # before the evaluation, not after it
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if not args.no_artifacts:
