@@ -93,12 +93,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..registry import load
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
-    prepare_output_folder(Path(args.output))  # before the evaluation, not after it
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if args.artifacts:
         _require("torchio")
     artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
+    prepare_output_folder(Path(args.output))  # before the evaluation, not after it
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
                           artifacts=artifacts)
     target = bundle.calibration.target_dice if bundle.calibration else DEFAULT_TARGET_DICE
@@ -117,12 +117,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     _refuse_to_overwrite_the_model(args.model, args.output)
     if args.output.is_dir():
         raise NCAError(f"{args.output}: is a folder; give the calibrated model's file name")
-    prepare_output_folder(args.output.parent)  # before the evaluation, not after it
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if not args.no_artifacts:
         _require("torchio")
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
+    prepare_output_folder(args.output.parent)  # before the evaluation, not after it
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
                           artifacts=artifacts, postprocessing=Postprocessing())
     bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
