@@ -72,14 +72,16 @@ def check_outputs_are_not_inputs(inputs: Sequence[Path], given: Sequence[Path], 
                 raise NCAError(f"{output}: output would overwrite an input; choose another output folder")
 
 
-def check_case_names_unique(inputs: Sequence[Path]) -> None:
-    """Refuse two inputs whose outputs would share names (``a/x.nii.gz`` and ``b/x.nrrd``)."""
+def unique_cases(inputs: Sequence[Path]) -> List[Path]:
+    """The inputs, each file once; refuses two files whose outputs would share names
+    (``a/x.nii.gz`` and ``b/x.nrrd``)."""
     first: Dict[str, Path] = {}
     for path in inputs:
         other = first.setdefault(case_name(path), path)
-        if other is not path:
+        if other is not path and other.resolve() != path.resolve():
             raise NCAError(f"{other} and {path}: both would write the outputs of case '{case_name(path)}'; "
                            "segment them into separate output folders")
+    return list(first.values())
 
 
 def prepare_output_folder(outdir: Path) -> None:
@@ -111,9 +113,8 @@ def segment_inputs(
     check_options(bundle, options.runs, options.steps)
     memory_limit(pick_device(options.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
-    paths = list_inputs(given)
+    paths = unique_cases(list_inputs(given))
     outdir = Path(outdir)
-    check_case_names_unique(paths)
     check_outputs_are_not_inputs(paths, given, outdir)
     prepare_output_folder(outdir)
     outcomes = []

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 import reprlib
 import sys
-from typing import Any, Dict, List, Union, get_args, get_origin, get_type_hints
+from typing import Any, Dict, List, Type, Union, get_args, get_origin, get_type_hints
 
-from .errors import ModelFileError
+from .errors import ModelFileError, NCAError
 
 
 def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
@@ -16,37 +15,38 @@ def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
     return sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
 
 
-def checked_fields(cls: type, data: Any, section: str) -> Dict[str, Any]:
+def checked_fields(cls: type, data: Any, section: str, error: Type[NCAError] = ModelFileError) -> Dict[str, Any]:
     """``data`` as keyword arguments for the dataclass ``cls``: a JSON object with no
     unknown keys, every required field and every value of its field's type.
 
-    Raises ModelFileError naming ``section`` and the offending field.
+    Raises ``error`` (ModelFileError for model files) naming ``section`` and the offending field.
     """
-    json_object(data, section)
+    json_object(data, section, error)
     unknown = unknown_fields(cls, data)
     if unknown:
-        raise ModelFileError(f"invalid {section}: unknown keys {unknown}")
+        raise error(f"invalid {section}: unknown keys {unknown}")
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        _check_field(field, hints[field.name], data, section)
+        _check_field(field, hints[field.name], data, section, error)
     return data
 
 
-def json_object(data: Any, section: str) -> Dict[str, Any]:
-    """``data`` if it is a JSON object, else ModelFileError naming ``section``."""
+def json_object(data: Any, section: str, error: Type[NCAError] = ModelFileError) -> Dict[str, Any]:
+    """``data`` if it is a JSON object, else ``error`` naming ``section``."""
     if not isinstance(data, dict):
-        raise ModelFileError(f"invalid {section}: expected a JSON object, found {reprlib.repr(data)}")
+        raise error(f"invalid {section}: expected a JSON object, found {reprlib.repr(data)}")
     return data
 
 
-def _check_field(field: dataclasses.Field, hint: Any, data: Dict[str, Any], section: str) -> None:
+def _check_field(field: dataclasses.Field, hint: Any, data: Dict[str, Any], section: str,
+                 error: Type[NCAError]) -> None:
     if field.name not in data:
         if _is_required(field):
-            raise ModelFileError(f"invalid {section}: {field.name} is missing")
+            raise error(f"invalid {section}: {field.name} is missing")
         return
     value = data[field.name]
     if not _matches(value, hint):
-        raise ModelFileError(f"invalid {section}: {field.name} must be {field.type}, found {reprlib.repr(value)}")
+        raise error(f"invalid {section}: {field.name} must be {field.type}, found {reprlib.repr(value)}")
 
 
 def _is_required(field: dataclasses.Field) -> bool:
@@ -54,25 +54,21 @@ def _is_required(field: dataclasses.Field) -> bool:
 
 
 def _matches(value: Any, hint: Any) -> bool:
-    """Whether the JSON ``value`` has the type ``hint`` (int, float, bool, str, List, Optional)."""
+    """Whether the JSON ``value`` has the type ``hint`` (int, float, bool, str, List, Dict, Optional)."""
     origin = get_origin(hint)
     if origin is Union:
         return any(_matches(value, option) for option in get_args(hint))
     if origin is list:
         return isinstance(value, list) and all(_matches(item, get_args(hint)[0]) for item in value)
+    if origin is dict:
+        return isinstance(value, dict)
     if hint is float:
-        return _is_finite_number(value)
+        return is_real_number(value)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_whole_number(value)
     if hint is type(None):
         return value is None
     return isinstance(value, hint)
-
-
-def _is_finite_number(value: Any) -> bool:
-    """An int or float that converts to a finite float (no NaN, infinity or huge int)."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return is_number and abs(value) <= sys.float_info.max
 
 
 def is_whole_number(value: Any) -> bool:
@@ -81,5 +77,5 @@ def is_whole_number(value: Any) -> bool:
 
 
 def is_real_number(value: Any) -> bool:
-    """A finite int or float (numpy's too), not a bool."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (numpy's too), not a bool; a huge int fails rather than overflows."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and abs(value) <= sys.float_info.max

@@ -74,11 +74,12 @@ def memory_limit(device: str) -> Tuple[int, str]:
 def _parse_bytes(given: str) -> int:
     text = given.strip().upper().rstrip("B").rstrip("I")
     try:
-        if text and text[-1] in _UNITS:
-            return int(float(text[:-1]) * _UNITS[text[-1]])
-        return int(float(text))
-    except ValueError:
-        raise NCAError(f"{MEMORY_LIMIT_VARIABLE}={given!r}: not a size (e.g. 8G, 512M)") from None
+        size = int(float(text[:-1]) * _UNITS[text[-1]]) if text and text[-1] in _UNITS else int(float(text))
+    except (ValueError, OverflowError):  # not a number, or inf
+        size = 0
+    if size <= 0:
+        raise NCAError(f"{MEMORY_LIMIT_VARIABLE}={given!r}: not a size (e.g. 8G, 512M)")
+    return size
 
 
 def _cgroup_limit() -> Optional[int]:

@@ -224,10 +224,11 @@ def test_memory_limit_variable(monkeypatch, text, expected):
     assert memory_limit("cpu")[0] == expected
 
 
-def test_bad_memory_limit_variable(monkeypatch):
+@pytest.mark.parametrize("value", ["lots", "inf", "1e999", "0", "-2G"])
+def test_bad_memory_limit_variable(monkeypatch, value):
     from nca_core.limits import memory_limit
 
-    monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", "lots")
+    monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", value)
     with pytest.raises(NCAError, match="not a size"):
         memory_limit("cpu")
 

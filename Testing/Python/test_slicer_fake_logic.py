@@ -388,7 +388,8 @@ def test_model_file_is_added_and_kept(fake, two_class_model):
     assert widget._parameterNode.model == str(two_class_model) and not fake.statusMessages
 
 
-def test_self_test_installs_missing_packages_without_waiting_for_a_click(fake, monkeypatch):
+def test_self_test_asks_to_install_missing_packages_in_set_up(fake, monkeypatch):
+    """Control flow only: the confirmation is stubbed to accept, as slicer.util does under --testing."""
     logic = fake.module.M3DNCASegmentLogic
     monkeypatch.setattr(logic, "missingDependencies", staticmethod(lambda: (False, ["safetensors>=0.4,<1"])))
     installed = []

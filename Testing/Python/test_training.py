@@ -215,7 +215,7 @@ def test_a_run_stopped_before_its_first_validation_names_no_missing_model(hippoc
     code, out, err = run_cli(capsys, "train", "--data", data, "--preset", "hippocampus", "-o", tmp_path / "run",
                              "--time-limit", "0.00001")
     assert code == 0 and not (tmp_path / "run" / BEST_MODEL).exists()
-    assert "no model yet" in out and "--resume" in out and "best.m3dnca" not in out
+    assert "no model yet" in out and "--resume and a larger --time-limit" in out and "best.m3dnca" not in out
 
 
 def test_calibration_recovers_a_known_line():

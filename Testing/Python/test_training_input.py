@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from pathlib import Path
 
@@ -111,6 +112,7 @@ BAD_SETTINGS = [
     ({"checkpoint_every": 0}, "checkpoint_every"),
     ({"validation_runs": 0}, "validation_runs"),
     ({"learning_rate": -1}, "learning_rate"),
+    ({"learning_rate": 10 ** 400}, "learning_rate"),  # beyond float: refused, not an OverflowError
     ({"learning_rate": "fast"}, "learning_rate"),
     ({"betas": [0.5]}, "betas"),
     ({"betas": [0.5, 1.5]}, "betas"),
@@ -201,7 +203,7 @@ def test_calibrate_refuses_to_overwrite_its_input_model(tmp_path, capsys):
     model = model_file(tmp_path / "model.m3dnca")
     (tmp_path / "link.m3dnca").symlink_to(model)
     before = model.read_bytes()
-    for output in (model, tmp_path / "link.m3dnca", tmp_path / "." / "model.m3dnca"):
+    for output in (model, tmp_path / "link.m3dnca", Path(os.path.join(str(tmp_path), ".", "model.m3dnca"))):
         code, out, err = run_cli(capsys, "calibrate", "--data", tmp_path / "absent", "--model", model, "-o", output)
         assert_one_error_line(code, err, str(output), "is the input model")
     assert model.read_bytes() == before
@@ -314,3 +316,12 @@ def test_an_unusable_output_is_refused_before_the_evaluation(hippocampus_dir, tm
                              "-o", tmp_path / output)
     assert_one_error_line(code, err, words)
     assert (tmp_path / "a-file").read_text() == "mine" and not any((tmp_path / "a-folder").iterdir())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command, output", [("evaluate", "out"), ("calibrate", "out/model.m3dnca")])
+def test_an_unavailable_device_leaves_no_output_folder(hippocampus_dir, tmp_path, capsys, command, output):
+    code, out, err = run_cli(capsys, command, "--data", hippocampus_dir, "--model", "hippocampus", "--limit", "1",
+                             "--device", "cuda", "-o", tmp_path / output)
+    assert_one_error_line(code, err, "--device cuda")
+    assert not (tmp_path / "out").exists()

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .trainer import Trainer, TrainingResult
 
 EXIT_OK = 0
-TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install 'm3dnca[train]'"
+TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install -e '.[train]' in the repository"
 
 
 def _require(*packages: str) -> None:
@@ -82,7 +82,8 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
     settings = trainer.settings
     if not model.is_file():
         return (f"no model yet (the first is saved at the first validation, iteration "
-                f"{min(settings.validate_every, settings.iterations)}); continue with --resume")
+                f"{min(settings.validate_every, settings.iterations)}); continue with --resume and a larger "
+                "--time-limit")
     if not trainer.validation_cases:
         return f"no validation cases, so no validation Dice; model (the latest weights): {model}"
     return f"best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; model: {model}"
@@ -98,9 +99,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.artifacts:
         _require("torchio")
     artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
+    device = pick_device(args.device)
     prepare_output_folder(Path(args.output))  # before the evaluation, not after it
-    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
-                          artifacts=artifacts)
+    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device, artifacts=artifacts)
     target = bundle.calibration.target_dice if bundle.calibration else DEFAULT_TARGET_DICE
     summary = summarise(rows, target)
     write_evaluation(rows, summary, args.output)
@@ -122,8 +123,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.no_artifacts:
         _require("torchio")
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
+    device = pick_device(args.device)
     prepare_output_folder(args.output.parent)  # before the evaluation, not after it
-    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=pick_device(args.device),
+    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device,
                           artifacts=artifacts, postprocessing=Postprocessing())
     bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
     if bundle.postprocessing.largest_component:

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..config import NCAConfig, preset
 from ..errors import NCAError
-from ..fields import is_real_number, is_whole_number, unknown_fields
+from ..fields import checked_fields, is_real_number, is_whole_number
 
 
 @dataclass
@@ -49,14 +49,9 @@ class TrainSettings:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "TrainSettings":
+    def from_dict(cls, data: Any) -> "TrainSettings":
         """Settings from a dict; NCAError names the first unknown, mistyped or out-of-range field."""
-        if not isinstance(data, dict):
-            raise NCAError("training settings must be a JSON object")
-        unknown = unknown_fields(cls, data)
-        if unknown:
-            raise NCAError(f"unknown training settings: {unknown}")
-        return cls(**data).checked()
+        return cls(**checked_fields(cls, data, "training settings", NCAError)).checked()
 
     def checked(self) -> "TrainSettings":
         """These settings, or NCAError naming the first one of a wrong type or out of range."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import platform
 import random
 import time
@@ -143,9 +144,8 @@ class Trainer:
                 warnings.simplefilter("ignore")
                 state = torch.load(path, map_location=self.device, weights_only=True)
             self._restore(state)
-        except OSError:
-            raise
-        except Exception as error:  # torch raises zip, pickle, runtime and key errors alike
+        except (RuntimeError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as error:
+            # a truncated zip, junk, a refused pickle, or content that is no checkpoint of this model
             raise NCAError(f"{path}: corrupt or not a checkpoint of this run ({_first_sentence(error)})") from None
 
     def _restore(self, state: Dict) -> None:
