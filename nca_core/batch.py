@@ -110,7 +110,7 @@ def segment_inputs(
     Problems common to all cases (options, output folder) raise NCAError; a case that
     fails is reported and skipped, and leaves no output files.
     """
-    check_options(bundle, options.runs, options.steps)
+    check_options(bundle, options.runs, options.steps, options.fire_rate)
     memory_limit(pick_device(options.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
     paths = unique_cases(list_inputs(given))

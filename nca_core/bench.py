@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .cli import _positive
+from .argtypes import positive_int
 
 HIPPOCAMPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
 
@@ -261,12 +261,12 @@ def add_bench_command(commands) -> None:
     bench = commands.add_parser("bench", help="time inference: fast path beside the plain reference")
     bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
                        help="measure only this workload (repeatable; default: all)")
-    bench.add_argument("--runs", type=_positive, default=None, help="runs per case instead of the workload's")
-    bench.add_argument("--fast-steps", type=_positive, default=None,
+    bench.add_argument("--runs", type=positive_int, default=None, help="runs per case instead of the workload's")
+    bench.add_argument("--fast-steps", type=positive_int, default=None,
                        help="time the fast path over this many steps per level and extrapolate")
     bench.add_argument("--quick", action="store_true", help="small volumes: a smoke test")
-    bench.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's choice)")
-    bench.add_argument("--chunk-voxels", type=_positive, default=None, help="fast path slab size (default: its own)")
+    bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    bench.add_argument("--chunk-voxels", type=positive_int, default=None, help="fast path slab size (default: its own)")
     bench.add_argument("--bf16", action="store_true", help="fast path dense layers in bfloat16")
     bench.add_argument("--no-reference", action="store_true", help="skip the reference implementation")
     bench.set_defaults(run=cmd_bench)

@@ -3,62 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import signal
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
-from .config import MAX_STEPS
+from .argtypes import channel_index, fire_rate_option, positive_int, steps_list
 from .errors import NCAError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _steps(text: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError("steps are comma-separated integers, e.g. 10,10") from None
-    if any(not 0 <= v <= MAX_STEPS for v in values):
-        raise argparse.ArgumentTypeError(f"steps must be between 0 and {MAX_STEPS}")
-    return values
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def _positive_number(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("must be a number greater than 0")
-    return value
-
-
-def _between_zero_and_one(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError("must be in (0, 1)")
-    return value
-
-
-def _channel(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def _fire_rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError("must be in [0, 1)")
-    return value
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -172,15 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     segment.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
     segment.add_argument("--model", default="hippocampus", help="shipped model name or model file")
-    segment.add_argument("--runs", type=_positive, default=10, help="pseudo-ensemble size (default 10)")
+    segment.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
     segment.add_argument("--seed", type=int, default=0)
     segment.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    segment.add_argument("--fire-rate", type=_fire_rate, default=None, help="default: the model's")
-    segment.add_argument("--steps", type=_steps, default=None, help="steps per level, e.g. 10,10")
+    segment.add_argument("--fire-rate", type=fire_rate_option, default=None, help="default: the model's")
+    segment.add_argument("--steps", type=steps_list, default=None, help="steps per level, e.g. 10,10")
     segment.add_argument("--save-probability", action="store_true")
     segment.add_argument("--preview", action="store_true", help="write a PNG of the middle slice")
     segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
-    segment.add_argument("--channel", type=_channel, default=None, metavar="N",
+    segment.add_argument("--channel", type=channel_index, default=None, metavar="N",
                          help="channel (0-based) of a 4D or vector image to segment")
     segment.set_defaults(run=cmd_segment)
 

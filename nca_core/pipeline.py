@@ -16,7 +16,7 @@ from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
 from .errors import NCAError
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
-from .config import NCAConfig
+from .config import MAX_STEPS, NCAConfig
 from .modelfile import ModelBundle
 from .quality import Quality, assess_segmentation
 
@@ -69,7 +69,7 @@ def segment_array(
 
     Raises NCAError subclasses (without a file name) for inputs the model cannot take.
     """
-    check_options(bundle, runs, steps)
+    check_options(bundle, runs, steps, fire_rate)
     array = intensity_array(array, "")
     check_not_constant(array, "")
     check_fits(array.shape, bundle.config, bundle.preprocessing)
@@ -110,12 +110,17 @@ def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float], 
     return runs >= 2 and rate > 0 and sum(config.steps if steps is None else steps) > 0
 
 
-def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]]) -> None:
-    """Refuse option values the model cannot run with."""
+def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]],
+                  fire_rate: Optional[float] = None) -> None:
+    """Refuse option values the model cannot run with (the API's callers skip argparse)."""
     if runs < 1:
         raise NCAError("--runs must be at least 1")
     if steps is not None and len(steps) != bundle.config.levels:
         raise NCAError(f"--steps needs {bundle.config.levels} values, one per level")
+    if steps is not None and any(not 0 <= step <= MAX_STEPS for step in steps):
+        raise NCAError(f"--steps must be between 0 and {MAX_STEPS} per level")
+    if fire_rate is not None and not 0.0 <= fire_rate < 1.0:
+        raise NCAError("--fire-rate must be in [0, 1)")
 
 
 def _out_of_memory(error: BaseException) -> bool:

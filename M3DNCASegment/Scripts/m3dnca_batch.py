@@ -57,8 +57,6 @@ def run(argv) -> int:
               "to install its dependencies", file=sys.stderr)
         return EXIT_ERROR
     try:
-        if args.runs < 1:
-            raise NCAError("--runs must be at least 1")
         steps = None
         if args.steps:
             try:

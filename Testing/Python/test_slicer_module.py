@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPOSITORY / "M3DNCASegment"
@@ -357,6 +358,20 @@ def test_batch_script_usage_error_exits_non_zero(tmp_path):
     proc = subprocess.run([sys.executable, str(BATCH_SCRIPT), "--output", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--runs", "0", "--runs must be at least 1"),
+    ("--fire-rate", "1.5", "--fire-rate must be in [0, 1)"),
+    ("--steps", "2000,1", "--steps must be between 0 and 1000 per level"),
+])
+def test_batch_script_checks_option_ranges_like_the_command_line(tiny_model, tmp_path, option, value, words):
+    image = tmp_path / "in.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((12, 14, 16), dtype=np.float32)), str(image))
+    proc = subprocess.run([sys.executable, str(BATCH_SCRIPT), "--input", str(image), "--output", str(tmp_path / "out"),
+                           "--model", str(tiny_model), option, value], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"m3dnca_batch: error: {words}"]
+    assert not (tmp_path / "out").exists()
 
 
 # --- static checks against Slicer's real API ------------------------------------------------------

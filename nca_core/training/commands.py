@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from ..cli import _between_zero_and_one, _positive, _positive_number
+from ..argtypes import open_unit_interval, positive_int, positive_number
 from ..batch import prepare_output_folder
 from ..errors import NCAError
 from ..imaging import case_name
@@ -184,8 +184,8 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="shipped model name or model file")
     parser.add_argument("--split", type=Path, help="a run's split.json to pick cases from")
     parser.add_argument("--subset", default="validation", choices=["train", "validation"])
-    parser.add_argument("--limit", type=_positive, metavar="N", help="use only the first N cases")
-    parser.add_argument("--runs", type=_positive, default=10, help="pseudo-ensemble size (default 10)")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N cases")
+    parser.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -198,8 +198,8 @@ def add_training_commands(commands) -> None:
     source.add_argument("--preset", default="hippocampus")
     source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run)")
     train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
-    train.add_argument("--iterations", type=_positive)
-    train.add_argument("--time-limit", type=_positive_number, metavar="MINUTES",
+    train.add_argument("--iterations", type=positive_int)
+    train.add_argument("--time-limit", type=positive_number, metavar="MINUTES",
                        help="stop (resumably) after this much training time in all, counting earlier sittings")
     train.add_argument("--augment", action="store_true", help="TorchIO augmentation: small rotation and scaling, gamma, bias field, noise")
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
@@ -215,7 +215,7 @@ def add_training_commands(commands) -> None:
 
     calibrate = commands.add_parser("calibrate", help="fit Dice ~ NQM and store it in a model file")
     _add_case_selection(calibrate)
-    calibrate.add_argument("--target-dice", type=_between_zero_and_one, default=DEFAULT_TARGET_DICE)
+    calibrate.add_argument("--target-dice", type=open_unit_interval, default=DEFAULT_TARGET_DICE)
     calibrate.add_argument("--no-artifacts", action="store_true", help="clean images only")
     calibrate.add_argument("--largest-component", choices=["auto", "yes", "no"], default="auto",
                            help="keep only the largest foreground component (auto: if it raises the clean "
