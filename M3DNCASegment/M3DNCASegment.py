@@ -62,7 +62,8 @@ Segment a volume with an M3D-NCA model (neural cellular automata). The model run
 with random cell updates; the mean gives the segmentation, the spread (standard deviation) gives a
 variance map shown as a coloured overlay, and the NCA quality metric (NQM) gives a traffic light:
 green = quality likely above the calibrated threshold, yellow = check, red = review carefully,
-grey = the model has no calibration. The light is an estimate, not a guarantee: always review.
+grey = no verdict (the model has no calibration, or a single run cannot measure disagreement).
+The light is an estimate, not a guarantee: always review.
 """)
         self.parent.acknowledgementText = _("""
 Based on M3D-NCA (Kalkhof and Mukhopadhyay, MICCAI 2023).
@@ -145,6 +146,7 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobInput = None
         self._jobStarted = 0.0
         self._previousModelIndex = 0
+        self._resultInputID = ""  # the volume whose result the light shows
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -188,6 +190,7 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.cancelJob()
+        self.clearResult()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -213,11 +216,16 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p and self._job is None and self.ui.modelComboBox.currentIndex != self._modelIndex(p.model):
+            self.selectModel(p.model)  # the node changed under the panel: a scene was loaded, or the console
+        if self._resultInputID and not (p and p.inputVolume and p.inputVolume.GetID() == self._resultInputID):
+            self.clearResult()  # the light shown belongs to another volume
         if self._job is not None:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the segmentation; the scene is left as it was")
             self.ui.applyButton.enabled = True
-        elif self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.model:
+        elif p and p.inputVolume and self._modelIndex(p.model) >= 0:
             self.ui.applyButton.text = _("Apply")
             self.ui.applyButton.toolTip = _("Segment the input volume")
             self.ui.applyButton.enabled = True
@@ -237,31 +245,27 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.addItem(LOAD_MODEL_ITEM, "")
         self.selectModel(self._parameterNode.model if self._parameterNode else DEFAULT_MODEL)
 
-    def selectModel(self, model: str) -> None:
-        """Select a model by name or file path in the combo box, adding a file if needed.
-        A model that cannot be found (a moved file from a saved scene) falls back to the first
-        one, and the parameter node is updated to match what the combo box shows."""
+    def _modelIndex(self, model: str) -> int:
+        """The combo box item of a model name or file path; -1 if none."""
         combo = self.ui.modelComboBox
-        index = -1
-        for i in range(combo.count - 1):
-            if combo.itemText(i) == model or combo.itemData(i) == model:
-                index = i
-                break
+        for i in range(combo.count - 1):  # the last item is "Load model file..."
+            if model and (combo.itemText(i) == model or combo.itemData(i) == model):
+                return i
+        return -1
+
+    def selectModel(self, model: str) -> None:
+        """Show the parameter node's model in the combo box, adding a model file if needed.
+        A model that cannot be found (a moved file from a saved scene) is not replaced by
+        another: the box shows none, the description says so, and Apply stays disabled."""
+        combo = self.ui.modelComboBox
+        index = self._modelIndex(model)
         if index < 0 and model and os.path.isfile(model):
             combo.insertItem(combo.count - 1, os.path.basename(model), model)
             index = combo.count - 2
-        found = index >= 0
-        if not found and combo.count > 1:
-            index = 0
+        combo.currentIndex = index
         if index >= 0:
-            combo.currentIndex = index
             self._previousModelIndex = index
-        if self._parameterNode and self._parameterNode.model != self.currentModel():
-            if model and not found:
-                slicer.util.showStatusMessage(
-                    _("Model {model} not found; using {current}.").format(model=model, current=combo.currentText), 5000)
-            self._parameterNode.model = self.currentModel()
-        self.updateModelDescription()
+        self.updateModelDescription(missing=model if index < 0 else "")
 
     def onModelActivated(self, index: int) -> None:
         combo = self.ui.modelComboBox
@@ -294,8 +298,11 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         shipped = {info.name for info in self.logic.modelCatalog()}
         return name if name in shipped else (path or name)
 
-    def updateModelDescription(self) -> None:
+    def updateModelDescription(self, missing: str = "") -> None:
         model = self.currentModel()
+        if missing:
+            self.ui.modelDescriptionLabel.text = _("Model not found: {model}. Choose a model.").format(model=missing)
+            return
         if not model:
             self.ui.modelDescriptionLabel.text = _("No model selected.")
             return
@@ -330,9 +337,9 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setFormat(display.progress_text(0, runOptions.runs))
         self.ui.progressBar.show()
+        self.clearResult()
         self.ui.statusLabel.text = _("Starting the segmentation\u2026")
         self.setInputsEnabled(False)
-        self.showLight(None)
         self._checkCanApply()
         self._timer.start()
 
@@ -347,6 +354,7 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if status.state == "running" and os.path.exists(job.path("progress.json")):
             self.ui.statusLabel.text = _("Segmenting\u2026")
         if status.state == FINISHED:
+            self._timer.stop()  # an error dialog runs its own event loop: no second poll meanwhile
             self.ui.statusLabel.text = _("Creating outputs\u2026")
             try:
                 with slicer.util.tryWithErrorDisplay(_("Failed to create the outputs.")):
@@ -359,6 +367,7 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self._parameterNode.outputSegmentation = result.segmentationNode
                     self._parameterNode.outputVariance = result.varianceNode
                     self.showResult(result)
+                    self._resultInputID = self._jobInput.GetID()
             except Exception:
                 self.ui.statusLabel.text = _("Failed.")
             finally:
@@ -407,6 +416,12 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.explanationLabel.text = result.explanation
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s on {device} ({runs} runs).").format(
             seconds=result.totalSeconds, device=result.device, runs=result.runs)
+
+    def clearResult(self) -> None:
+        """Take down the light and numbers of a result that no longer applies."""
+        self._resultInputID = ""
+        self.showLight(None)
+        self.ui.statusLabel.text = ""
 
     def showLight(self, light: Optional[str]) -> None:
         self.ui.lightLabel.setStyleSheet(display.light_stylesheet(light))

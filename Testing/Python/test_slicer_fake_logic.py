@@ -362,30 +362,51 @@ class FakeComboBox:
         self.items.insert(index, (text, data))
 
 
-def _widget_with_models(fake, model):
+def _label():
+    return types.SimpleNamespace(text="", styleSheet="", setStyleSheet=lambda sheet: None)
+
+
+def _widget_with_models(fake, model, volume_id="vtkMRMLScalarVolumeNode1"):
+    """The panel's widget over stand-in widgets, its parameter node naming ``model``."""
     logic = fake.module.M3DNCASegmentLogic()
     names = [(info.name, info.path) for info in logic.modelCatalog()]
     widget = fake.module.M3DNCASegmentWidget()
     widget.logic = logic
-    widget.ui = types.SimpleNamespace(modelComboBox=FakeComboBox(names + [(fake.module.LOAD_MODEL_ITEM, "")]),
-                                      modelDescriptionLabel=types.SimpleNamespace(text=""))
-    widget._parameterNode = types.SimpleNamespace(model=model)
+    widget.ui = types.SimpleNamespace(
+        modelComboBox=FakeComboBox(names + [(fake.module.LOAD_MODEL_ITEM, "")]),
+        applyButton=types.SimpleNamespace(text="", toolTip="", enabled=False),
+        **{name: _label() for name in ("modelDescriptionLabel", "lightLabel", "lightTitleLabel", "nqmLabel",
+                                       "predictedDiceLabel", "explanationLabel", "statusLabel")})
+    volume = types.SimpleNamespace(GetID=lambda: volume_id)
+    widget._parameterNode = types.SimpleNamespace(model=model, inputVolume=volume)
     return widget, names
 
 
-def test_missing_model_file_falls_back_and_updates_the_parameter_node(fake, tmp_path):
-    widget, names = _widget_with_models(fake, str(tmp_path / "moved-away.m3dnca"))
-    widget.selectModel(widget._parameterNode.model)
-    assert widget.ui.modelComboBox.currentIndex == 0
-    assert widget._parameterNode.model == names[0][0]  # what Apply will run is what the box shows
-    assert "moved-away.m3dnca" in fake.statusMessages[-1]
+def test_a_missing_model_is_not_replaced_and_apply_waits(fake, tmp_path):
+    moved = str(tmp_path / "moved-away.m3dnca")
+    widget, names = _widget_with_models(fake, moved)
+    widget.selectModel(moved)  # as setParameterNode does
+    widget._checkCanApply()
+    assert widget.ui.modelComboBox.currentIndex == -1 and widget._parameterNode.model == moved
+    assert "Model not found" in widget.ui.modelDescriptionLabel.text and moved in widget.ui.modelDescriptionLabel.text
+    assert not widget.ui.applyButton.enabled
 
 
-def test_model_file_is_added_and_kept(fake, two_class_model):
-    widget, names = _widget_with_models(fake, str(two_class_model))
-    widget.selectModel(widget._parameterNode.model)
-    assert widget.ui.modelComboBox.currentText == "two.m3dnca"
-    assert widget._parameterNode.model == str(two_class_model) and not fake.statusMessages
+def test_a_model_set_in_the_node_is_shown_before_apply(fake, two_class_model):
+    widget, names = _widget_with_models(fake, "hippocampus")
+    widget._checkCanApply()
+    assert widget.ui.modelComboBox.currentText == "hippocampus" and widget.ui.applyButton.enabled
+    widget._parameterNode.model = str(two_class_model)  # a scene was loaded, or the console set it
+    widget._checkCanApply()
+    assert widget.ui.modelComboBox.currentText == "two.m3dnca" and widget.ui.applyButton.enabled
+
+
+def test_the_light_is_taken_down_when_the_input_volume_changes(fake):
+    widget, names = _widget_with_models(fake, "hippocampus", volume_id="vtkMRMLScalarVolumeNode2")
+    widget._resultInputID = "vtkMRMLScalarVolumeNode1"
+    widget.ui.nqmLabel.text, widget.ui.statusLabel.text = "NQM: 0.0500", "Done in 1.2 s"
+    widget._checkCanApply()
+    assert widget._resultInputID == "" and widget.ui.nqmLabel.text == "" and widget.ui.statusLabel.text == ""
 
 
 def test_self_test_asks_to_install_missing_packages_in_set_up(fake, monkeypatch):
