@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -90,16 +91,18 @@ class BackgroundJob:
         return [self.python, WORKER, self.workdir]
 
     def start(self) -> None:
-        np.save(self.path("input.npy"), np.asarray(self._array, dtype=np.float32))
-        self._array = None
-        spec = dict(self.options.to_dict(), engine_dir=self.engine_dir)
-        write_json_atomic(self.path("job.json"), spec)
-        self._log = open(self.path("worker.log"), "w", encoding="utf-8")
-        kwargs: Dict[str, Any] = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = 0x08000000  # CREATE_NO_WINDOW
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, cwd=self.workdir, **kwargs)
+        """Write the input and start the worker; on failure nothing is left behind."""
+        try:
+            np.save(self.path("input.npy"), np.asarray(self._array, dtype=np.float32))
+            self._array = None
+            spec = dict(self.options.to_dict(), engine_dir=self.engine_dir)
+            write_json_atomic(self.path("job.json"), spec)
+            self._log = open(self.path("worker.log"), "w", encoding="utf-8")
+            self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, cwd=self.workdir, **_own_process_group())
+        except BaseException:
+            self.cleanup()
+            raise
 
     def poll(self) -> JobStatus:
         total = self.options.runs
@@ -144,7 +147,7 @@ class BackgroundJob:
         """Stop at once: kill the process; its partial files are removed by ``cleanup``."""
         self.state = CANCELLED
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            _kill_tree(self.process)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
@@ -166,3 +169,24 @@ class BackgroundJob:
     def cleanup(self) -> None:
         self._close_log()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _own_process_group() -> Dict[str, Any]:
+    """Popen options that start the worker in a process group of its own, so that cancel
+    also ends the Python that Slicer's PythonSlicer launcher starts as its child."""
+    if os.name == "nt":
+        return {"creationflags": 0x08000000 | 0x00000200}  # CREATE_NO_WINDOW | CREATE_NEW_PROCESS_GROUP
+    return {"start_new_session": True}
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """Kill the worker and every process it started."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True,
+                       creationflags=0x08000000)
+    else:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.kill()

@@ -89,9 +89,12 @@ def engine_root(module_dir: str) -> Optional[str]:
 
 
 def ensure_engine_importable(module_dir: str) -> Optional[str]:
-    """Put the engine's folder on sys.path (no-op when already importable); returns it."""
+    """Put the engine's folder first on sys.path, so that Slicer and the worker use the same
+    copy even if another nca_core is installed; returns it."""
     root = engine_root(module_dir)
-    if root and root not in sys.path:
+    if root:
+        if root in sys.path:
+            sys.path.remove(root)
         sys.path.insert(0, root)
     return root
 

@@ -30,6 +30,7 @@ def main(argv):
     try:
         import numpy as np
         from nca_core import registry
+        from nca_core.ensemble import Cancelled
         from nca_core.errors import NCAError
         from nca_core.pipeline import segment_array
     except ImportError as error:
@@ -38,7 +39,14 @@ def main(argv):
         return 3
 
     def progress(done, total):
-        _write_json(os.path.join(jobdir, "progress.json"), {"done": done, "total": total})
+        try:
+            _write_json(os.path.join(jobdir, "progress.json"), {"done": done, "total": total})
+        except OSError:  # Windows refuses the replace while Slicer reads the file: the next one will do
+            pass
+
+    def cancelled():
+        """Slicer removes the job folder on cancel: stop at the next step even if orphaned."""
+        return not os.path.exists(os.path.join(jobdir, "job.json"))
 
     try:
         model = spec["model"]
@@ -50,7 +58,7 @@ def main(argv):
         result = segment_array(
             array, bundle, name, runs=int(spec["runs"]), seed=int(spec.get("seed", 0)),
             device=spec.get("device", "auto"), fire_rate=spec.get("fire_rate"),
-            steps=spec.get("steps"), progress=progress,
+            steps=spec.get("steps"), progress=progress, should_cancel=cancelled,
         )
         outputs = os.path.join(jobdir, "result.npz")
         with open(outputs + ".tmp", "wb") as handle:
@@ -59,6 +67,8 @@ def main(argv):
         report = result.report()
         report["labels"] = list(bundle.config.labels)
         _write_json(os.path.join(jobdir, "result.json"), report)
+    except Cancelled:
+        return 4
     except NCAError as error:
         _write_json(os.path.join(jobdir, "error.json"), {"message": str(error)})
         return 2

@@ -17,6 +17,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -317,6 +318,48 @@ def test_background_job_cancel_is_immediate_and_leaves_nothing(tiny_model):
     with pytest.raises(RuntimeError):
         job.result()
     job.cleanup()
+    assert not Path(job.workdir).exists()
+
+
+def _processes_mentioning(text: str) -> list:
+    """PIDs whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs Linux /proc")
+def test_cancel_also_ends_a_worker_started_through_a_launcher(tiny_model, tmp_path):
+    """PythonSlicer is a launcher that starts the real Python as its child; cancel must end both."""
+    launcher = tmp_path / "launcher.sh"
+    launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
+    launcher.chmod(0o755)
+    run = options.RunOptions(model=str(tiny_model), runs=1000, device="cpu").validate()
+    volume = np.random.default_rng(0).normal(0, 1, (64, 64, 64)).astype(np.float32)  # minutes of work
+    job = BackgroundJob(volume, run, str(REPOSITORY), python=str(launcher))
+    job.start()
+    try:
+        deadline = time.time() + 120
+        while not Path(job.path("progress.json")).exists() and time.time() < deadline:
+            time.sleep(0.1)  # the real Python is running under the launcher
+        assert len(_processes_mentioning(job.workdir)) == 2
+        job.cancel()
+        time.sleep(0.5)
+        assert _processes_mentioning(job.workdir) == []
+    finally:
+        job.cleanup()
+
+
+def test_a_job_that_cannot_start_leaves_no_folder(tiny_model, tmp_path):
+    run = options.RunOptions(model=str(tiny_model), runs=1, device="cpu").validate()
+    job = BackgroundJob(_volume(), run, str(REPOSITORY), python=str(tmp_path / "no-such-python"))
+    with pytest.raises(OSError):
+        job.start()
     assert not Path(job.workdir).exists()
 
 
