@@ -360,10 +360,12 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 with slicer.util.tryWithErrorDisplay(_("Failed to create the outputs.")):
                     if not slicer.mrmlScene.IsNodePresent(self._jobInput):
                         raise RuntimeError(_("The input volume was removed during the segmentation."))
+                    previous = (self._parameterNode.outputSegmentation, self._parameterNode.outputVariance)
                     result = self.logic.createOutputs(
                         self._jobInput, job.result(), time.perf_counter() - self._jobStarted,
                         showResult=True, overlayOpacity=self._parameterNode.overlayOpacity,
                     )
+                    self.logic.hideOutputs(*previous)
                     self._parameterNode.outputSegmentation = result.segmentationNode
                     self._parameterNode.outputVariance = result.varianceNode
                     self.showResult(result)
@@ -571,6 +573,16 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
                                     showResult=showResult, overlayOpacity=overlayOpacity)
         logging.info("M3D-NCA: " + result.summary())
         return result
+
+    @staticmethod
+    def hideOutputs(segmentationNode, varianceNode) -> None:
+        """Hide an earlier result (kept in the scene), so new contours are not drawn over old ones."""
+        if segmentationNode and slicer.mrmlScene.IsNodePresent(segmentationNode):
+            segmentationNode.SetDisplayVisibility(False)
+        if varianceNode and slicer.mrmlScene.IsNodePresent(varianceNode):
+            legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(varianceNode)
+            if legend:
+                legend.SetVisibility(False)
 
     def createOutputs(self, inputVolume, outputs, totalSeconds: float, showResult: bool = True,
                       overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY) -> M3DNCASegmentResult:

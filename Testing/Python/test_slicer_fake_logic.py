@@ -198,7 +198,8 @@ class FakeSlicer:
             self.scene.AddNode(legend)
             return legend
 
-        colorsLogic = types.SimpleNamespace(AddDefaultColorLegendDisplayNode=addLegend)
+        colorsLogic = types.SimpleNamespace(AddDefaultColorLegendDisplayNode=addLegend,
+                                            GetColorLegendDisplayNode=lambda node: legend)
         slicer.modules = types.SimpleNamespace(colors=types.SimpleNamespace(logic=lambda: colorsLogic))
 
         i18n = types.ModuleType("slicer.i18n")
@@ -306,6 +307,18 @@ def test_failure_while_creating_outputs_leaves_the_scene_as_it_was(fake, two_cla
     with pytest.raises(RuntimeError, match="simulated failure"):
         fake.module.M3DNCASegmentLogic().process(volume, model=str(two_class_model), runs=1, device="cpu")
     assert fake.scene.nodes == before
+
+
+def test_a_new_result_hides_the_previous_one(fake, two_class_model):
+    volume = _input(fake)
+    logic = fake.module.M3DNCASegmentLogic()
+    first = logic.process(volume, model=str(two_class_model), runs=2, device="cpu")
+    second = logic.process(volume, model=str(two_class_model), runs=2, device="cpu")
+    logic.hideOutputs(first.segmentationNode, first.varianceNode)
+    assert ("SetDisplayVisibility", (False,)) in first.segmentationNode.calls
+    assert ("SetDisplayVisibility", (False,)) not in second.segmentationNode.calls
+    legend = next(n for n in fake.scene.nodes if n.className == "vtkMRMLColorLegendDisplayNode")
+    assert ("SetVisibility", (False,)) in legend.calls
 
 
 def test_cancel_raises_and_adds_nothing(fake, two_class_model):
