@@ -89,7 +89,7 @@ def segment_array(
         raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
     return SegmentationResult(
         ensemble=ensemble,
-        quality=judge(ensemble, bundle, runs, fire_rate, steps),
+        quality=judge(ensemble, bundle, runs, fire_rate),
         model_name=model_name,
         device=device,
         seconds=time.perf_counter() - started,
@@ -97,17 +97,15 @@ def segment_array(
     )
 
 
-def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None,
-          steps: Optional[Sequence[int]] = None) -> Quality:
+def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None) -> Quality:
     """The traffic light of one pseudo-ensemble run with these options."""
     return assess_segmentation(ensemble.nqm, int(np.count_nonzero(ensemble.labels)),
-                               runs_can_disagree(bundle.config, runs, fire_rate, steps), bundle.calibration)
+                               runs_can_disagree(bundle.config, runs, fire_rate), bundle.calibration)
 
 
-def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float], steps: Optional[Sequence[int]]) -> bool:
-    """Whether the pseudo-ensemble is stochastic at all: 2+ runs, cells that may skip a step, any step."""
-    rate = config.fire_rate if fire_rate is None else fire_rate
-    return runs >= 2 and rate > 0 and sum(config.steps if steps is None else steps) > 0
+def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float]) -> bool:
+    """Whether the pseudo-ensemble is stochastic at all: 2+ runs whose cells may skip a step."""
+    return runs >= 2 and (config.fire_rate if fire_rate is None else fire_rate) > 0
 
 
 def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]],

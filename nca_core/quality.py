@@ -18,7 +18,7 @@ EXPLANATIONS = {
     "unknown": "this model has no NQM calibration: judge the segmentation yourself",
 }
 EMPTY = "the segmentation is empty: nothing was found"
-NO_SPREAD = ("the runs cannot disagree (a single run, fire rate 0 or no steps), so NQM measures nothing: "
+NO_SPREAD = ("the runs cannot disagree (a single run, or fire rate 0), so NQM measures nothing: "
              "use 2 or more runs (10 recommended)")
 
 
