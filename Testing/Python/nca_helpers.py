@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -15,6 +16,8 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 from nca_core.config import NCAConfig, preset
 from nca_core.model import M3DNCA
 from nca_core.modelfile import ModelBundle, save_model
+from nca_core.training.data import find_pairs
+from nca_core.training.settings import TrainSettings
 
 
 def random_model(config: NCAConfig, seed: int = 0, scale: float = 0.05) -> M3DNCA:
@@ -87,3 +90,20 @@ def assert_same_geometry(image: sitk.Image, reference: sitk.Image, what: str) ->
     for getter in FLOAT32_GEOMETRY:
         found, expected = np.array(getattr(image, getter)()), np.array(getattr(reference, getter)())
         assert np.allclose(found, expected, rtol=1e-6, atol=1e-6), (what, getter, found, expected)
+
+
+def small_dataset(hippocampus_dir: Path, root: Path, count: int) -> Path:
+    """An MSD-style folder of symlinks to the first ``count`` real cases."""
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for image, label in find_pairs(hippocampus_dir)[:count]:
+        (root / "imagesTr" / image.name).symlink_to(image)
+        (root / "labelsTr" / label.name).symlink_to(label)
+    return root
+
+
+def quick_settings(**overrides) -> TrainSettings:
+    """Hippocampus training settings for a few iterations, validating and checkpointing at the end."""
+    base = TrainSettings.for_preset("hippocampus", iterations=8, validate_every=1000,
+                                    checkpoint_every=1000, validation_fraction=0.25)
+    return replace(base, **overrides)

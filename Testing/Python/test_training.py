@@ -11,29 +11,13 @@ import pytest
 import torch
 
 from nca_core.errors import NCAError
-from nca_helpers import model_file, run_cli
 from nca_core.modelfile import load_model
 from nca_core.training.calibrate import fit_calibration
-from nca_core.training.data import find_pairs, split_names
+from nca_core.training.data import split_names
 from nca_core.training.loss import dice_bce_loss
 from nca_core.training.settings import TrainSettings
 from nca_core.training.trainer import BEST_MODEL, CHECKPOINT, LAST_MODEL, Trainer
-
-
-def small_dataset(hippocampus_dir: Path, root: Path, count: int) -> Path:
-    """An MSD-style folder of symlinks to the first ``count`` real cases."""
-    for sub in ("imagesTr", "labelsTr"):
-        (root / sub).mkdir(parents=True)
-    for image, label in find_pairs(hippocampus_dir)[:count]:
-        (root / "imagesTr" / image.name).symlink_to(image)
-        (root / "labelsTr" / label.name).symlink_to(label)
-    return root
-
-
-def quick_settings(**overrides) -> TrainSettings:
-    base = TrainSettings.for_preset("hippocampus", iterations=8, validate_every=1000,
-                                    checkpoint_every=1000, validation_fraction=0.25)
-    return replace(base, **overrides)
+from nca_helpers import model_file, quick_settings, run_cli, small_dataset
 
 
 def test_split_is_reproducible_and_disjoint():

@@ -14,8 +14,7 @@ from nca_core.cli import main
 from nca_core.config import NCAConfig, preset
 from nca_core.errors import ModelFileError
 from nca_core.training.trainer import CHECKPOINT, Trainer
-from nca_helpers import hashes, model_file, run_cli, smooth_volume, write_volume
-from test_training import quick_settings, small_dataset
+from nca_helpers import hashes, model_file, quick_settings, run_cli, small_dataset, smooth_volume, write_volume
 
 
 def write_json_file(path: Path, content) -> Path:
