@@ -298,6 +298,26 @@ def test_a_4d_training_volume_suggests_no_missing_option(tmp_path, capsys, four_
     assert not run.exists()
 
 
+@pytest.mark.parametrize("label_values, words", [
+    ("image", "fractions included"),      # the image given as its own label
+    ("negative", "found -1 to 1, all whole"),
+    ("large", "found 0 to 300, all whole"),  # would wrap around in uint8
+])
+def test_a_label_that_is_no_label_map_is_refused(tmp_path, capsys, label_values, words):
+    data = tmp_path / "data"
+    for sub in ("imagesTr", "labelsTr"):
+        (data / sub).mkdir(parents=True)
+    volume = smooth_volume()
+    write_volume(data / "imagesTr" / "case.nii.gz", volume)
+    labels = {"image": volume, "negative": (volume > 50).astype("int16") * 2 - 1,
+              "large": (volume > 50).astype("int16") * 300}
+    label = write_volume(data / "labelsTr" / "case.nii.gz", labels[label_values])
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, *train_args(data, run))
+    assert_one_error_line(code, err, str(label), "not a label map", words)
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("command, output, words", [
     ("evaluate", "a-file", "output path exists and is not a folder"),
     ("calibrate", "a-folder", "is a folder; give the calibrated model's file name"),

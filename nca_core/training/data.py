@@ -74,10 +74,21 @@ def load_case(image_path: Path, label_path: Path, merge_labels: bool) -> Case:
     label = read_volume(label_path, choose_channel=SINGLE_CHANNEL_ONLY).array
     if label.shape != volume.array.shape:
         raise NCAError(f"{label_path}: label shape {label.shape} != image shape {volume.array.shape}")
-    label = np.rint(label).astype(np.uint8)
+    label = _label_map(label, label_path)
     if merge_labels:
         label = (label > 0).astype(np.uint8)
     return Case(name=volume.name, image=volume.array, label=label, volume=volume)
+
+
+def _label_map(values: np.ndarray, path: Path) -> np.ndarray:
+    """The label volume as uint8 class numbers; NCAError if it holds anything else
+    (an intensity image given as a label, say)."""
+    whole = np.rint(values)
+    if not np.array_equal(whole, values) or whole.min() < 0 or whole.max() > 255:
+        raise NCAError(f"{path}: not a label map (values must be whole numbers 0 to 255; found "
+                       f"{float(values.min()):g} to {float(values.max()):g}, "
+                       f"{'fractions included' if not np.array_equal(whole, values) else 'all whole'})")
+    return whole.astype(np.uint8)
 
 
 def load_cases(pairs: Sequence[Tuple[Path, Path]], merge_labels: bool) -> List[Case]:
