@@ -43,6 +43,7 @@ MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 ENGINE_DIR = options.ensure_engine_importable(MODULE_DIR)
 DEFAULT_MODEL = "hippocampus"
 LOAD_MODEL_ITEM = "Load model file\u2026"
+CANCEL_GRACE_SECONDS = 0.5  # Cancel clicks this soon after Apply belong to a double-click
 
 
 #
@@ -315,6 +316,8 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self._job is not None:
+            if time.perf_counter() - self._jobStarted < CANCEL_GRACE_SECONDS:
+                return  # the second click of a double-click on Apply, not a Cancel
             self.cancelJob()
             slicer.util.showStatusMessage(_("M3D-NCA segmentation cancelled"), 3000)
             return

@@ -433,3 +433,18 @@ def test_self_test_asks_to_install_missing_packages_in_set_up(fake, monkeypatch)
     fake.scene.Clear = lambda: None
     fake.module.M3DNCASegmentTest().setUp()
     assert installed == [["safetensors>=0.4,<1"]]
+
+
+def test_a_double_click_on_apply_does_not_cancel_the_job_it_started(fake):
+    import time
+
+    widget, names = _widget_with_models(fake, "hippocampus")
+    cancelled = []
+    widget.cancelJob = lambda: cancelled.append(True)
+    widget._job = object()
+    widget._jobStarted = time.perf_counter()
+    widget.onApplyButton()  # the second click of the double-click
+    assert not cancelled
+    widget._jobStarted -= 2 * fake.module.CANCEL_GRACE_SECONDS
+    widget.onApplyButton()  # a deliberate Cancel
+    assert cancelled == [True]
