@@ -50,7 +50,7 @@ def test_removes_a_spurious_island_from_a_real_label(hippocampus_dir):
 
 def _row(dice: float, largest: float, artifact: str = "none") -> CaseEvaluation:
     return CaseEvaluation(case="c", artifact=artifact, dice=dice, nqm=0.1, dice_largest_component=largest,
-                          quality="unknown", predicted_dice=None)
+                          quality="unknown", predicted_dice=None, foreground_voxels=1000)
 
 
 def test_auto_keeps_the_component_only_when_clean_dice_rises():

@@ -216,6 +216,17 @@ def test_calibration_recovers_a_known_line():
     assert flagged[failures].mean() >= 0.95
 
 
+def test_calibration_judges_each_case_as_segment_shows_it():
+    from nca_core.quality import Calibration
+    from nca_core.training.calibrate import judge
+    from nca_core.training.evaluate import CaseEvaluation
+
+    calibration = Calibration(slope=-2.0, intercept=0.95)
+    nothing_found = CaseEvaluation("c", "noise", 0.0, 0.01, 0.0, "", None, foreground_voxels=0)
+    assert judge(nothing_found, calibration).quality == "red"  # NQM alone would say green
+    assert judge(replace(nothing_found, foreground_voxels=500), calibration).quality == "green"
+
+
 def test_calibration_refuses_degenerate_input():
     with pytest.raises(ValueError):
         fit_calibration([0.1, 0.1, 0.1], [0.9, 0.8, 0.7])
@@ -231,7 +242,7 @@ def test_cross_validated_rates_judge_each_case_once_on_held_out_fits():
         for artifact in ("none", "noise"):
             value = rng.uniform(0.05, 0.6)
             dice = float(np.clip(-1.0 * value + 0.97 + rng.normal(0, 0.03), 0, 1))
-            rows.append(CaseEvaluation(f"case{index}", artifact, dice, value, dice, "", None))
+            rows.append(CaseEvaluation(f"case{index}", artifact, dice, value, dice, "", None, 1000))
     rates = cross_validated_rates(rows, folds=5, target_dice=0.8)
     assert rates["failures"] + rates["good_cases"] == len(rows)
     assert rates["failures_flagged"] >= 0.9

@@ -9,7 +9,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..postprocessing import Postprocessing
-from ..quality import DEFAULT_TARGET_DICE, Calibration, assess
+from ..quality import DEFAULT_TARGET_DICE, Calibration, assess_segmentation
 from .evaluate import CaseEvaluation, detection_rates
 
 FLAG_SHARE = 0.95  # the margin is chosen so that this share of calibration failures is flagged
@@ -93,10 +93,15 @@ def cross_validated_rates(rows: Sequence[CaseEvaluation], folds: int, target_dic
     for fold in range(folds):
         train = [r for r in rows if fold_of[r.case] != fold]
         calibration = fit_calibration([r.nqm for r in train], [r.dice for r in train], target_dice)
-        for row in (r for r in rows if fold_of[r.case] == fold):
-            quality = assess(row.nqm, calibration)
-            judged.append(replace(row, quality=quality.light, predicted_dice=quality.predicted_dice))
+        judged.extend(judge(row, calibration) for row in rows if fold_of[row.case] == fold)
     return dict(detection_rates(judged, target_dice), folds=folds)
+
+
+def judge(row: CaseEvaluation, calibration: Calibration) -> CaseEvaluation:
+    """The row with the light this calibration gives it, as ``segment`` would show it.
+    Calibration needs NQM that varies between cases, so its runs can always disagree."""
+    quality = assess_segmentation(row.nqm, row.foreground_voxels, True, calibration)
+    return replace(row, quality=quality.light, predicted_dice=quality.predicted_dice)
 
 
 def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, path: Path) -> None:

@@ -112,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..devices import pick_device
     from ..registry import load
-    from .calibrate import choose_postprocessing, fit_calibration, plot_calibration
+    from .calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
     _refuse_to_overwrite_the_model(args.model, args.output)
@@ -137,7 +137,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
     except ValueError as error:
         raise NCAError(f"calibration failed: {error}") from None
-    rows = [replace(r, **_judge(r.nqm, calibration)) for r in rows]
+    rows = [judge(row, calibration) for row in rows]
     summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict(), postprocessing=choice)
     if args.cross_validate > 1:
         summary["held_out"] = _held_out_rates(rows, args.cross_validate, args.target_dice)
@@ -170,13 +170,6 @@ def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) 
     except ValueError as error:
         raise NCAError(f"cross-validation with {folds} folds failed ({error}); calibrate on more cases "
                        "or pass --cross-validate 1 to skip it") from None
-
-
-def _judge(nqm: float, calibration) -> dict:
-    from ..quality import assess
-
-    quality = assess(nqm, calibration)
-    return {"quality": quality.light, "predicted_dice": quality.predicted_dice}
 
 
 def _add_case_selection(parser: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ class CaseEvaluation:
     dice_largest_component: float  # Dice had only the largest foreground component been kept
     quality: str
     predicted_dice: Optional[float]
+    foreground_voxels: int  # of the segmentation; 0: nothing found
 
 
 def evaluate_cases(
@@ -58,6 +59,7 @@ def evaluate_cases(
             nqm=result.nqm,
             dice_largest_component=mean_foreground_dice(largest_component(result.labels), case.label, classes),
             quality=quality.light, predicted_dice=quality.predicted_dice,
+            foreground_voxels=int(np.count_nonzero(result.labels)),
         ))
     return rows
 
