@@ -3,9 +3,30 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import List
+from typing import Callable, List, TypeVar
 
 from .config import MAX_STEPS
+
+T = TypeVar("T")
+
+
+def _within(convert: Callable[[str], T], is_valid: Callable[[T], bool], requirement: str) -> Callable[[str], T]:
+    """A converter that refuses values for which ``is_valid`` is false, saying ``requirement``."""
+    def parse(text: str) -> T:
+        value = convert(text)
+        if not is_valid(value):
+            raise argparse.ArgumentTypeError(requirement)
+        return value
+
+    parse.__name__ = convert.__name__  # argparse: "invalid int value: 'abc'", as for type=int
+    return parse
+
+
+positive_int = _within(int, lambda value: value >= 1, "must be at least 1")
+channel_index = _within(int, lambda value: value >= 0, "must be 0 or more")
+positive_number = _within(float, lambda value: value > 0 and math.isfinite(value), "must be a number greater than 0")
+open_unit_interval = _within(float, lambda value: 0.0 < value < 1.0, "must be in (0, 1)")
+fire_rate_option = _within(float, lambda value: 0.0 <= value < 1.0, "must be in [0, 1)")
 
 
 def steps_list(text: str) -> List[int]:
@@ -16,38 +37,3 @@ def steps_list(text: str) -> List[int]:
     if any(not 0 <= v <= MAX_STEPS for v in values):
         raise argparse.ArgumentTypeError(f"steps must be between 0 and {MAX_STEPS}")
     return values
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def positive_number(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError("must be a number greater than 0")
-    return value
-
-
-def open_unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError("must be in (0, 1)")
-    return value
-
-
-def channel_index(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
-
-
-def fire_rate_option(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError("must be in [0, 1)")
-    return value
