@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Type, Union, get_args, get_origin, get_type_
 from .errors import ModelFileError, NCAError
 
 
-def unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
+def _unknown_fields(cls: type, data: Dict[str, Any]) -> List[str]:
     """Keys of ``data`` that are not fields of the dataclass ``cls``."""
     return sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
 
@@ -22,7 +22,7 @@ def checked_fields(cls: type, data: Any, section: str, error: Type[NCAError] = M
     Raises ``error`` (ModelFileError for model files) naming ``section`` and the offending field.
     """
     json_object(data, section, error)
-    unknown = unknown_fields(cls, data)
+    unknown = _unknown_fields(cls, data)
     if unknown:
         raise error(f"invalid {section}: unknown keys {unknown}")
     hints = get_type_hints(cls)
@@ -63,19 +63,19 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     if hint is float:
-        return is_real_number(value)
+        return _is_real_number(value)
     if hint is int:
-        return is_whole_number(value)
+        return _is_whole_number(value)
     if hint is type(None):
         return value is None
     return isinstance(value, hint)
 
 
-def is_whole_number(value: Any) -> bool:
+def _is_whole_number(value: Any) -> bool:
     """An int (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def is_real_number(value: Any) -> bool:
+def _is_real_number(value: Any) -> bool:
     """A finite int or float (numpy's too), not a bool; a huge int fails rather than overflows."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and abs(value) <= sys.float_info.max

@@ -11,12 +11,12 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from .atomic import atomic_group
+from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
 from .errors import NCAError
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
-from .config import MAX_STEPS, NCAConfig
 from .modelfile import ModelBundle
 from .quality import Quality, assess_segmentation
 

@@ -84,10 +84,11 @@ def _label_map(values: np.ndarray, path: Path) -> np.ndarray:
     """The label volume as uint8 class numbers; NCAError if it holds anything else
     (an intensity image given as a label, say)."""
     whole = np.rint(values)
-    if not np.array_equal(whole, values) or whole.min() < 0 or whole.max() > 255:
+    is_whole = np.array_equal(whole, values)
+    if not is_whole or whole.min() < 0 or whole.max() > 255:
         raise NCAError(f"{path}: not a label map (values must be whole numbers 0 to 255; found "
                        f"{float(values.min()):g} to {float(values.max()):g}, "
-                       f"{'fractions included' if not np.array_equal(whole, values) else 'all whole'})")
+                       f"{'all whole' if is_whole else 'fractions included'})")
     return whole.astype(np.uint8)
 
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..config import NCAConfig, preset
 from ..errors import NCAError
-from ..fields import checked_fields, is_real_number, is_whole_number
+from ..fields import checked_fields
 
 
 @dataclass
@@ -54,7 +54,7 @@ class TrainSettings:
         return cls(**checked_fields(cls, data, "training settings", NCAError)).checked()
 
     def checked(self) -> "TrainSettings":
-        """These settings, or NCAError naming the first one of a wrong type or out of range."""
+        """These settings, or NCAError naming the first one out of range."""
         for name, (is_valid, expected) in RULES.items():
             value = getattr(self, name)
             if not is_valid(value):
@@ -86,47 +86,41 @@ class TrainSettings:
         return cls.from_dict({"model": config.to_dict(), "patch_sizes": patches, **overrides})
 
 
+# The types are checked against the fields first (``checked_fields``); these are the ranges.
 def _at_least_one(value: Any) -> bool:
-    return is_whole_number(value) and value >= 1
+    return value >= 1
 
 
 def _not_negative(value: Any) -> bool:
-    return is_whole_number(value) and value >= 0
+    return value >= 0
 
 
 def _positive(value: Any) -> bool:
-    return is_real_number(value) and value > 0
+    return value > 0
 
 
 def _below_one(value: Any) -> bool:
     """A number in [0, 1)."""
-    return is_real_number(value) and 0 <= value < 1
+    return 0 <= value < 1
 
 
 def _decay_rate(value: Any) -> bool:
     """A number in (0, 1]."""
-    return _positive(value) and value <= 1
+    return 0 < value <= 1
 
 
 def _betas(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and all(map(_below_one, value))
+    return len(value) == 2 and all(map(_below_one, value))
 
 
 def _patch_sizes(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        patch is None or (isinstance(patch, list) and len(patch) == 3 and all(map(_at_least_one, patch)))
-        for patch in value)
-
-
-def _boolean(value: Any) -> bool:
-    return isinstance(value, bool)
+    return all(patch is None or (len(patch) == 3 and all(map(_at_least_one, patch))) for patch in value)
 
 
 def _no_limit_or_positive(value: Any) -> bool:
-    return value is None or _positive(value)
+    return value is None or value > 0
 
 
-# Every setting but ``model`` (checked by NCAConfig): a test and what it expects.
 RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "iterations": (_at_least_one, "a whole number >= 1"),
     "batch_duplication": (_at_least_one, "a whole number >= 1"),
@@ -135,13 +129,11 @@ RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "betas": (_betas, "two numbers in [0, 1), e.g. [0.5, 0.5]"),
     "lr_gamma": (_decay_rate, "a number in (0, 1]"),
     "patch_sizes": (_patch_sizes, "a list with, per level, null (whole volume) or [x, y, z] (whole numbers >= 1)"),
-    "merge_labels": (_boolean, "true or false"),
     "validation_fraction": (_below_one, "a number in [0, 1)"),
     "seed": (_not_negative, "a whole number >= 0"),
     "validate_every": (_at_least_one, "a whole number >= 1"),
     "validation_runs": (_at_least_one, "a whole number >= 1"),
     "checkpoint_every": (_at_least_one, "a whole number >= 1"),
-    "augment": (_boolean, "true or false"),
     "ema_decay": (_below_one, "a number in [0, 1)"),
     "time_limit_minutes": (_no_limit_or_positive, "null (no limit) or a number > 0"),
 }
