@@ -184,9 +184,9 @@ def _kill_tree(process: subprocess.Popen) -> None:
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(process.pid)], capture_output=True,
                        creationflags=0x08000000)
+        process.kill()  # should taskkill itself fail
     else:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)  # its own session: the group is the worker and its children
         except ProcessLookupError:
             pass
-    process.kill()
