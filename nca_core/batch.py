@@ -136,6 +136,7 @@ def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentO
             volume.array, bundle, model_name, runs=options.runs, seed=options.seed,
             device=options.device, fire_rate=options.fire_rate, steps=options.steps,
             progress=progress_for(name) if progress_for else None,
+            spacing=volume.spacing, direction=volume.reference.GetDirection(),
         )
         write_outputs(volume, result, outdir, options.save_probability, options.preview)
     except NCAError as error:

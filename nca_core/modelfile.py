@@ -24,7 +24,7 @@ from .preprocessing import Preprocessing
 from .quality import Calibration
 
 FORMAT = "m3dnca"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: preprocessing may record the training grid (spacing, orientation)
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence
 
@@ -15,6 +15,7 @@ from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
 from .errors import NCAError
+from .grid import GridChange, ModelGrid
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
 from .modelfile import ModelBundle
@@ -31,6 +32,7 @@ class SegmentationResult:
     device: str
     seconds: float
     largest_component_only: bool = False  # the model's postprocessing removed other components
+    grid: Optional[GridChange] = None  # how the input was brought to the model's grid (None: unknown geometry)
 
     @property
     def nqm(self) -> float:
@@ -50,6 +52,7 @@ class SegmentationResult:
             "seconds": round(self.seconds, 3),
             "foreground_voxels": int((self.ensemble.labels > 0).sum()),
             "largest_component_only": self.largest_component_only,
+            "grid": None if self.grid is None else self.grid.to_dict(),
         }
 
 
@@ -64,36 +67,58 @@ def segment_array(
     steps: Optional[Sequence[int]] = None,
     progress: Optional[ProgressCallback] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
+    spacing: Optional[Sequence[float]] = None,
+    direction: Optional[Sequence[float]] = None,
 ) -> SegmentationResult:
     """Run the pseudo-ensemble on a raw (X, Y, Z) volume and judge its quality.
 
-    Raises NCAError subclasses (without a file name) for inputs the model cannot take.
+    ``spacing`` (mm) and ``direction`` (9 cosines, ITK/LPS) are the volume's geometry: with
+    them it is turned and resampled to the model's training grid and the outputs mapped back
+    (NQM is of the model's grid, where it was calibrated). Without them the volume is taken
+    to be on the model's grid. Raises NCAError subclasses (without a file name) for inputs
+    the model cannot take.
     """
     check_options(bundle, runs, steps, fire_rate)
     array = intensity_array(array, "")
     check_not_constant(array, "")
-    check_fits(array.shape, bundle.config, bundle.preprocessing)
+    grid = ModelGrid(array.shape, spacing, direction, bundle.preprocessing)
+    shape = grid.model_shape
+    check_fits(shape, bundle.config, bundle.preprocessing)
     started = time.perf_counter()
     device = pick_device(device)
-    check_memory(array.shape, bundle.config, bundle.preprocessing, device)
+    check_memory(shape, bundle.config, bundle.preprocessing, device)
     try:
         ensemble = run_ensemble(
-            bundle.build(), array, bundle.preprocessing, runs=runs, seed=seed, fire_rate=fire_rate,
+            bundle.build(), grid.to_model(array), bundle.preprocessing, runs=runs, seed=seed, fire_rate=fire_rate,
             steps=steps, device=device, progress=progress, should_cancel=should_cancel,
             postprocessing=bundle.postprocessing,
         )
     except (MemoryError, RuntimeError) as error:
         if not _out_of_memory(error):
             raise
-        need = size_text(inference_bytes(array.shape, bundle.config, bundle.preprocessing))
+        need = size_text(inference_bytes(shape, bundle.config, bundle.preprocessing))
         raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
     return SegmentationResult(
-        ensemble=ensemble,
+        ensemble=on_input_grid(ensemble, grid, bundle),
         quality=judge(ensemble, bundle, runs, fire_rate),
         model_name=model_name,
         device=device,
         seconds=time.perf_counter() - started,
         largest_component_only=bundle.postprocessing.largest_component,
+        grid=grid.change,
+    )
+
+
+def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, bundle: ModelBundle) -> EnsembleResult:
+    """The ensemble's outputs mapped from the model's grid back to the input's; NQM unchanged."""
+    if not grid.changes_grid:
+        return ensemble
+    probability = grid.channels_to_input(ensemble.probability)
+    return replace(
+        ensemble,
+        probability=probability,
+        std=grid.channels_to_input(ensemble.std),
+        labels=grid.labels_to_input(ensemble.labels, probability, bundle.postprocessing),
     )
 
 

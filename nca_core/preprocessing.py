@@ -3,6 +3,7 @@ training and inference."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import reprlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -20,10 +21,16 @@ class Preprocessing:
     ``pad_to`` reproduces the reference code's fixed-size zero padding (imported
     models): normalise, zero-pad to ``pad_to``, normalise again. Without it the
     normalised volume is zero-padded only up to a multiple of the model's downscaling.
+
+    ``spacing`` (mm per axis) and ``orientation`` (ITK code, e.g. ``RAS``) are the grid the
+    model was trained on: inputs are brought to it first (``grid.ModelGrid``). None keeps
+    the input's own grid (models from before they were recorded, imported models).
     """
 
     percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
     pad_to: Optional[List[int]] = None
+    spacing: Optional[List[float]] = None
+    orientation: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -36,12 +43,24 @@ class Preprocessing:
         if self.pad_to is not None and (len(self.pad_to) != 3 or min(self.pad_to) < 1):
             raise ModelFileError(f"invalid preprocessing: pad_to must be 3 positive sizes, "
                                  f"found {reprlib.repr(self.pad_to)}")
+        if self.spacing is not None and (len(self.spacing) != 3 or not all(0 < s < math.inf for s in self.spacing)):
+            raise ModelFileError(f"invalid preprocessing: spacing must be 3 positive sizes in mm, "
+                                 f"found {reprlib.repr(self.spacing)}")
+        if self.orientation is not None and not is_orientation_code(self.orientation):
+            raise ModelFileError(f"invalid preprocessing: orientation must be a code such as RAS or LPS, "
+                                 f"found {reprlib.repr(self.orientation)}")
         return self
 
     @classmethod
     def from_dict(cls, data: Any) -> "Preprocessing":
         """Checked preprocessing from JSON data; raises ModelFileError naming the bad field."""
         return cls(**checked_fields(cls, data, "preprocessing")).validate()
+
+
+def is_orientation_code(code: str) -> bool:
+    """Whether ``code`` is an ITK orientation code: one of R/L, A/P and S/I each, in any order."""
+    axes = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    return isinstance(code, str) and len(code) == 3 and sorted(axes.get(c, -1) for c in code) == [0, 1, 2]
 
 
 def rescale_percentiles(array: np.ndarray, percentiles: List[float]) -> np.ndarray:

@@ -157,7 +157,7 @@ def test_channel_option_segments_one_channel_of_a_4d_image(tmp_path, capsys, mod
     (lambda data: data[:-50], "corrupt model file"),
     (lambda data: data[:-5] + bytes([data[-5] ^ 1]) + data[-4:], "checksum mismatch"),
     (lambda data: b"garbage" * 10, "not an M3D-NCA model file"),
-    (lambda data: data.replace(b'"format_version":"1"', b'"format_version":"9"'), "newer than this M3DNCASegment"),
+    (lambda data: re.sub(rb'"format_version":"\d+"', b'"format_version":"9"', data), "newer than this M3DNCASegment"),
 ])
 def test_bad_model_file_gives_one_line_and_no_outputs(tmp_path, capsys, model, inputs, damage, words):
     bad = tmp_path / "bad.m3dnca"
