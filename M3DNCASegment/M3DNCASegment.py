@@ -12,7 +12,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Callable, Optional, Tuple
 
 import numpy as np
 import qt
@@ -331,7 +331,9 @@ class M3DNCASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         runOptions = self.logic.runOptions(p.model, p.runs, p.seed, p.device, p.fireRate, p.steps)
         inputVolume = p.inputVolume
         array = self.logic.engineArray(inputVolume)
-        job = BackgroundJob(array, runOptions, ENGINE_DIR, python=self.logic.pythonExecutable())
+        spacing, direction = self.logic.engineGeometry(inputVolume)
+        job = BackgroundJob(array, runOptions, ENGINE_DIR, python=self.logic.pythonExecutable(),
+                            spacing=spacing, direction=direction)
         job.start()
         self._job = job
         self._jobInput = inputVolume
@@ -532,6 +534,15 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("The input volume has no voxels."))
         return geometry.engine_input(slicer.util.arrayFromVolume(inputVolume))
 
+    @staticmethod
+    def engineGeometry(inputVolume) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+        """(spacing, direction) of the input's voxel grid in the engine's ITK/LPS convention:
+        the engine turns and resamples the volume to the model's training grid with them."""
+        ijkToRAS = vtk.vtkMatrix4x4()
+        inputVolume.GetIJKToRASMatrix(ijkToRAS)
+        _, spacing, direction = geometry.lps_geometry_from_ijk_to_ras(slicer.util.arrayFromVTKMatrix(ijkToRAS))
+        return spacing, direction
+
     # --- processing ------------------------------------------------------------------------
 
     def process(self, inputVolume, model: str = DEFAULT_MODEL, runs: int = 10, seed: int = 0,
@@ -564,10 +575,11 @@ class M3DNCASegmentLogic(ScriptedLoadableModuleLogic):
         name = os.path.basename(runOptions.model)
         name = name[: -len(options.MODEL_SUFFIX)] if name.endswith(options.MODEL_SUFFIX) else name
         logging.info(f"M3D-NCA: segmenting {inputVolume.GetName()} with {name}, {runOptions.runs} runs")
+        spacing, direction = self.engineGeometry(inputVolume)
         segmentation = segment_array(
             self.engineArray(inputVolume), bundle, name, runs=runOptions.runs, seed=runOptions.seed,
             device=runOptions.device, fire_rate=runOptions.fire_rate, steps=runOptions.steps,
-            progress=progress, should_cancel=shouldCancel,
+            progress=progress, should_cancel=shouldCancel, spacing=spacing, direction=direction,
         )
         report = dict(segmentation.report(), labels=list(bundle.config.labels))
         outputs = JobResult(labels=segmentation.ensemble.labels,
@@ -732,8 +744,9 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
 
     def _job(self, volume, runs):
         logic = M3DNCASegmentLogic()
+        spacing, direction = logic.engineGeometry(volume)
         job = BackgroundJob(logic.engineArray(volume), logic.runOptions(self._model(), runs, 0, "CPU"),
-                            ENGINE_DIR, python=logic.pythonExecutable())
+                            ENGINE_DIR, python=logic.pythonExecutable(), spacing=spacing, direction=direction)
         job.start()
         return job
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -74,8 +74,13 @@ class BackgroundJob:
     state is not ``running``; ``result`` once finished; ``cleanup`` always."""
 
     def __init__(self, array_xyz: np.ndarray, options: RunOptions, engine_dir: str,
-                 python: Optional[str] = None, workdir: Optional[str] = None):
+                 python: Optional[str] = None, workdir: Optional[str] = None,
+                 spacing: Optional[Sequence[float]] = None, direction: Optional[Sequence[float]] = None):
+        """``spacing``/``direction``: the array's voxel grid (ITK/LPS), so the engine can bring
+        it to the model's training grid; without them the array is taken to be on it."""
         self.options = options
+        self.geometry = {"spacing": None if spacing is None else [float(s) for s in spacing],
+                         "direction": None if direction is None else [float(d) for d in direction]}
         self.engine_dir = engine_dir
         self.python = python or sys.executable
         self.workdir = workdir or tempfile.mkdtemp(prefix="m3dnca-job-")
@@ -95,7 +100,7 @@ class BackgroundJob:
         try:
             np.save(self.path("input.npy"), np.asarray(self._array, dtype=np.float32))
             self._array = None
-            spec = dict(self.options.to_dict(), engine_dir=self.engine_dir)
+            spec = dict(self.options.to_dict(), engine_dir=self.engine_dir, **self.geometry)
             write_json_atomic(self.path("job.json"), spec)
             self._log = open(self.path("worker.log"), "w", encoding="utf-8")
             self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,

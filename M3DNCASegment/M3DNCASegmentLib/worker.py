@@ -59,6 +59,7 @@ def main(argv):
             array, bundle, name, runs=int(spec["runs"]), seed=int(spec.get("seed", 0)),
             device=spec.get("device", "auto"), fire_rate=spec.get("fire_rate"),
             steps=spec.get("steps"), progress=progress, should_cancel=cancelled,
+            spacing=spec.get("spacing"), direction=spec.get("direction"),
         )
         outputs = os.path.join(jobdir, "result.npz")
         with open(outputs + ".tmp", "wb") as handle:

@@ -177,6 +177,7 @@ class FakeSlicer:
 
         util.VTKObservationMixin = VTKObservationMixin
         util.arrayFromVolume = lambda node: node.array
+        util.arrayFromVTKMatrix = lambda matrix: np.array(matrix.values)
         util.updateSegmentBinaryLabelmapFromArray = updateSegmentBinaryLabelmapFromArray
         util.addVolumeFromArray = addVolumeFromArray
         util.setSliceViewerLayers = lambda **kwargs: fake.layers.append(kwargs)
@@ -298,6 +299,23 @@ def test_process_matches_the_engine_on_the_transposed_array(fake, two_class_mode
                            "two", runs=2, seed=3, device="cpu")
     assert np.allclose(result.varianceNode.array, direct.ensemble.variance_map.transpose(2, 1, 0))
     assert not fake.layers  # showResult=False leaves the views alone
+
+
+def test_process_gives_the_engine_the_volume_grid(fake):
+    from nca_core import registry
+    from nca_core.pipeline import segment_array
+
+    volume = _input(fake)  # IJKToRAS diag(-1, -2, 3): LPS axes, 1x2x3 mm; the shipped model wants RAS, 1 mm
+    result = fake.module.M3DNCASegmentLogic().process(volume, model="hippocampus", runs=2, seed=3,
+                                                     device="cpu", showResult=False)
+    array, bundle = volume.array.transpose(2, 1, 0).astype(np.float32), registry.load("hippocampus")
+    direct = segment_array(array, bundle, "hippocampus", runs=2, seed=3, device="cpu",
+                           spacing=(1.0, 2.0, 3.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    assert result.report["grid"] == direct.report()["grid"]
+    assert result.report["grid"]["reoriented"] and result.report["grid"]["resampled"]
+    assert np.allclose(result.varianceNode.array, direct.ensemble.variance_map.transpose(2, 1, 0))
+    assumed = segment_array(array, bundle, "hippocampus", runs=2, seed=3, device="cpu")
+    assert not np.allclose(result.varianceNode.array, assumed.ensemble.variance_map.transpose(2, 1, 0))
 
 
 def test_failure_while_creating_outputs_leaves_the_scene_as_it_was(fake, two_class_model):

@@ -308,6 +308,35 @@ def test_background_job_runs_to_completion(tiny_model):
     assert not Path(job.workdir).exists()
 
 
+def test_background_job_brings_a_mirrored_case_to_the_model_grid(hippocampus_dir):
+    """A real case stored with LPS axes: the worker gets the geometry and segments it as the
+    engine does, well, on the volume's own voxels."""
+    pytest.importorskip("torch")
+    from nca_core import registry
+    from nca_core.imaging import read_volume
+    from nca_core.metrics import mean_foreground_dice
+    from nca_core.pipeline import segment_array
+
+    case = read_volume(hippocampus_dir / "imagesTr" / "hippocampus_011.nii.gz")
+    truth = read_volume(hippocampus_dir / "labelsTr" / "hippocampus_011.nii.gz").array[::-1, ::-1] > 0
+    mirrored = np.ascontiguousarray(case.array[::-1, ::-1])  # the same voxels stored left-posterior first
+    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    run = options.RunOptions(model="hippocampus", runs=2, device="cpu").validate()
+    job = BackgroundJob(mirrored, run, str(REPOSITORY), spacing=(1.0, 1.0, 1.0), direction=identity)
+    job.start()
+    try:
+        status = job.wait(240)
+        assert status.state == FINISHED, status.message
+        result = job.result()
+    finally:
+        job.cleanup()
+    direct = segment_array(mirrored, registry.load("hippocampus"), "hippocampus", runs=2, device="cpu",
+                           spacing=(1.0, 1.0, 1.0), direction=identity)
+    assert result.report["grid"]["reoriented"]
+    assert np.array_equal(result.labels, direct.ensemble.labels)
+    assert mean_foreground_dice(result.labels, truth.astype(np.uint8), 1) > 0.85
+
+
 def test_background_job_cancel_is_immediate_and_leaves_nothing(tiny_model):
     run = options.RunOptions(model=str(tiny_model), runs=200, device="cpu").validate()
     job = BackgroundJob(_volume(), run, str(REPOSITORY))
