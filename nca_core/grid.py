@@ -10,8 +10,9 @@ code (``RAS`` is the MSD hippocampus data's).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -139,6 +140,16 @@ class ModelGrid:
         from .ensemble import label_map
 
         return postprocessing.apply(label_map(probability_on_input))
+
+
+def common_grid(geometries: Sequence[Tuple[Sequence[float], Sequence[float]]]) -> Tuple[List[float], str]:
+    """The grid to train on from the training images' (spacing, direction): their most common
+    orientation and, per axis in that orientation, their median spacing (as nnU-Net)."""
+    codes = Counter(orientation_code(direction) for _, direction in geometries)
+    code = codes.most_common(1)[0][0]
+    oriented = [sitk.DICOMOrient(_geometry((1, 1, 1), spacing, direction), code).GetSpacing()
+                for spacing, direction in geometries]
+    return [float(s) for s in np.median(np.asarray(oriented), axis=0)], code
 
 
 def _geometry(shape: Sequence[int], spacing: Sequence[float], direction: Sequence[float]) -> sitk.Image:

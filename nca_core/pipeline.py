@@ -19,6 +19,7 @@ from .grid import GridChange, ModelGrid
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
 from .modelfile import ModelBundle
+from .postprocessing import Postprocessing
 from .quality import Quality, assess_segmentation
 
 
@@ -99,7 +100,7 @@ def segment_array(
         need = size_text(inference_bytes(shape, bundle.config, bundle.preprocessing))
         raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
     return SegmentationResult(
-        ensemble=on_input_grid(ensemble, grid, bundle),
+        ensemble=on_input_grid(ensemble, grid, bundle.postprocessing),
         quality=judge(ensemble, bundle, runs, fire_rate),
         model_name=model_name,
         device=device,
@@ -109,8 +110,9 @@ def segment_array(
     )
 
 
-def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, bundle: ModelBundle) -> EnsembleResult:
-    """The ensemble's outputs mapped from the model's grid back to the input's; NQM unchanged."""
+def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, postprocessing: Postprocessing) -> EnsembleResult:
+    """The ensemble's outputs mapped from the model's grid back to the input's (labels cleaned
+    with ``postprocessing`` where they are recomputed); NQM unchanged."""
     if not grid.changes_grid:
         return ensemble
     probability = grid.channels_to_input(ensemble.probability)
@@ -118,7 +120,7 @@ def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, bundle: ModelBundle
         ensemble,
         probability=probability,
         std=grid.channels_to_input(ensemble.std),
-        labels=grid.labels_to_input(ensemble.labels, probability, bundle.postprocessing),
+        labels=grid.labels_to_input(ensemble.labels, probability, postprocessing),
     )
 
 

@@ -9,14 +9,17 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.errors import InputImageError, ModelFileError
-from nca_core.grid import ModelGrid, orientation_code
+from nca_core.grid import ModelGrid, common_grid, orientation_code
 from nca_core.imaging import read_volume
 from nca_core.metrics import mean_foreground_dice
 from nca_core.pipeline import segment_array
 from nca_core.preprocessing import Preprocessing
 from nca_core.registry import load
+from nca_core.training.data import find_pairs, load_cases
+from nca_core.training.evaluate import evaluate_cases
+from nca_core.training.trainer import Trainer
 
-from nca_helpers import run_cli
+from nca_helpers import quick_settings, run_cli
 
 RAS_GRID = Preprocessing(spacing=[1.0, 1.0, 1.0], orientation="RAS")
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -161,3 +164,45 @@ def test_command_line_reports_the_grid_change(hippocampus_case, hippocampus_dir,
     assert written.GetDirection() == pytest.approx(lps.GetDirection())
     back = sitk.GetArrayFromImage(sitk.DICOMOrient(written, "RAS")).transpose(2, 1, 0)
     assert mean_foreground_dice(back, hippocampus_case[1], 1) > 0.85
+
+
+# --- training and evaluation on the model's grid ---------------------------------------
+
+def test_common_grid_is_the_most_common_orientation_and_the_median_spacing():
+    geometries = [((1.0, 1.0, 1.0), RAS), ((0.8, 0.9, 1.2), RAS), ((3.0, 1.0, 1.0), SWAPPED)]
+    spacing, code = common_grid(geometries)
+    assert code == "RAS"
+    assert spacing == pytest.approx([1.0, 1.0, 1.2])  # the swapped case counts as 1x1x3 in RAS order
+
+
+def _store_lps(hippocampus_dir, root, count):
+    """An MSD-style folder of the first ``count`` cases, the second one stored LPS-first."""
+    for sub in ("imagesTr", "labelsTr"):
+        (root / sub).mkdir(parents=True)
+    for index, (image, label) in enumerate(find_pairs(hippocampus_dir)[:count]):
+        for source, sub in ((image, "imagesTr"), (label, "labelsTr")):
+            volume = sitk.ReadImage(str(source))
+            sitk.WriteImage(sitk.DICOMOrient(volume, "LPS") if index == 1 else volume, str(root / sub / source.name))
+    return root
+
+
+def test_training_records_the_grid_and_brings_every_case_to_it(hippocampus_dir, tmp_path):
+    data = _store_lps(hippocampus_dir, tmp_path / "data", 3)
+    trainer = Trainer(data, tmp_path / "run", quick_settings(validation_fraction=0.0), device="cpu")
+    trainer.load_data()
+    assert trainer.preprocessing.spacing == [1.0, 1.0, 1.0] and trainer.preprocessing.orientation == "RAS"
+    originals = {case.name: case for case in load_cases(find_pairs(hippocampus_dir)[:3], True)}
+    for case in trainer.train_cases:
+        assert np.array_equal(case.image, originals[case.name].image), case.name
+        assert np.array_equal(case.label, originals[case.name].label), case.name
+    assert trainer.bundle({}).preprocessing == trainer.preprocessing
+
+
+def test_evaluation_scores_each_case_on_its_own_voxels(hippocampus_dir, tmp_path):
+    data = _store_lps(hippocampus_dir, tmp_path / "data", 2)
+    stored, original = (load_cases(find_pairs(root)[1:2], True)[0] for root in (data, hippocampus_dir))
+    assert orientation_code(stored.volume.reference.GetDirection()) == "LPS"
+    bundle = load("hippocampus")
+    rows = evaluate_cases(bundle, [stored, original], runs=2, show_progress=False)
+    assert rows[0].dice == pytest.approx(rows[1].dice) and rows[0].dice > 0.85
+    assert rows[0].nqm == pytest.approx(rows[1].nqm)

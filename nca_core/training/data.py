@@ -10,7 +10,9 @@ from typing import Any, Collection, Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..errors import NCAError
+from ..grid import ModelGrid
 from ..imaging import Volume, case_name, is_volume_file, read_volume
+from ..preprocessing import Preprocessing
 
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
 # The advice for a 4D or vector volume: the training commands have no --channel.
@@ -25,6 +27,17 @@ class Case:
     image: np.ndarray  # float32 raw intensities
     label: np.ndarray  # uint8, 0 = background
     volume: Volume  # geometry of the image
+
+    def grid(self, preprocessing: Preprocessing) -> ModelGrid:
+        """The mapping between this case's grid and a model's."""
+        return ModelGrid(self.image.shape, self.volume.spacing, self.volume.reference.GetDirection(), preprocessing)
+
+    def on_model_grid(self, preprocessing: Preprocessing) -> "Case":
+        """This case's image and label on the model's grid (the geometry stays the original's)."""
+        grid = self.grid(preprocessing)
+        if not grid.changes_grid:
+            return self
+        return Case(self.name, grid.to_model(self.image), grid.label_to_model(self.label), self.volume)
 
 
 def find_pairs(root: Path) -> List[Tuple[Path, Path]]:

@@ -15,7 +15,7 @@ from ..ensemble import run_ensemble
 from ..metrics import mean_foreground_dice
 from ..modelfile import ModelBundle
 from ..postprocessing import Postprocessing, largest_component
-from ..pipeline import judge
+from ..pipeline import judge, on_input_grid
 from .artifacts import degrade
 from .data import Case
 
@@ -50,8 +50,9 @@ def evaluate_cases(
     jobs = [(case, artifact) for case in cases for artifact in artifacts]
     for index, (case, artifact) in enumerate(tqdm(jobs, desc="evaluating", disable=not show_progress)):
         image = case.image if artifact == "none" else degrade(case.image, artifact, seed + index)
-        result = run_ensemble(model, image, bundle.preprocessing, runs=runs, seed=seed, device=device,
-                              postprocessing=postprocessing)
+        grid = case.grid(bundle.preprocessing)  # scored on the case's own voxels, as users get it
+        result = on_input_grid(run_ensemble(model, grid.to_model(image), bundle.preprocessing, runs=runs, seed=seed,
+                                            device=device, postprocessing=postprocessing), grid, postprocessing)
         quality = judge(result, bundle, runs)
         rows.append(CaseEvaluation(
             case=case.name, artifact=artifact,

@@ -25,6 +25,7 @@ from ..errors import NCAError
 from ..metrics import mean_foreground_dice
 from ..model import LevelPlan, M3DNCA
 from ..modelfile import ModelBundle, save_model
+from ..grid import common_grid
 from ..preprocessing import Preprocessing, pad_end, prepare
 from .augment import augmenter
 from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
@@ -63,6 +64,7 @@ class Trainer:
             torch.manual_seed(settings.seed)  # the same settings give the same initial weights
             self.model = M3DNCA(self.config).to(self.device)
         self.initialised_from = None
+        self.initial_preprocessing = None if initial is None else initial.preprocessing
         if initial is not None:
             if replace(initial.config, steps=self.config.steps) != self.config:
                 raise NCAError("--init: the model's config differs from the training settings' model "
@@ -91,10 +93,20 @@ class Trainer:
         cases = load_cases(find_pairs(self.data_dir), self.settings.merge_labels)
         by_name = {c.name: c for c in cases}
         self.split = self._checked_split(list(by_name))
-        self.train_cases = [by_name[n] for n in self.split["train"]]
-        self.validation_cases = [by_name[n] for n in self.split["validation"]]
+        self.preprocessing = self._training_grid([by_name[n] for n in self.split["train"]])
+        self.train_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["train"]]
+        self.validation_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["validation"]]
         self._prepared = {c.name: self._prepare(c) for c in self.train_cases}
         self._augment = augmenter() if self.settings.augment else None
+
+    def _training_grid(self, cases: List[Case]) -> Preprocessing:
+        """The preprocessing with the grid to train on: the initial model's when fine-tuning
+        one that has it, else the training images' common grid."""
+        if self.initial_preprocessing is not None and self.initial_preprocessing.spacing is not None:
+            return replace(self.preprocessing, spacing=self.initial_preprocessing.spacing,
+                           orientation=self.initial_preprocessing.orientation)
+        spacing, orientation = common_grid([(c.volume.spacing, c.volume.reference.GetDirection()) for c in cases])
+        return replace(self.preprocessing, spacing=spacing, orientation=orientation)
 
     def _checked_split(self, names: List[str]) -> Dict[str, List[str]]:
         """The run's own split.json, else the split file passed in, else a new split; each
