@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional
 from . import __version__
 from .argtypes import channel_index, fire_rate_option, positive_int, steps_list
 from .errors import NCAError
+from .grid import spacing_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -103,6 +104,12 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"fire rate {config.fire_rate}")
     print(f"  labels: {', '.join(config.labels)}")
     largest = bundle.postprocessing.largest_component
+    preprocessing = bundle.preprocessing
+    if preprocessing.spacing is not None:
+        print(f"  input grid: {spacing_text(preprocessing.spacing)}, {preprocessing.orientation or 'any'} orientation "
+              "(inputs are turned and resampled to it, results mapped back)")
+    else:
+        print("  input grid: not recorded (inputs are used on their own voxel grid)")
     print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")
     calibration = bundle.calibration
     if calibration:

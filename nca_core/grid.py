@@ -92,24 +92,20 @@ class ModelGrid:
 
     def to_model(self, array: np.ndarray) -> np.ndarray:
         """The input's intensities on the model's grid (linear interpolation)."""
+        return self._to_model(array, sitk.sitkLinear)
+
+    def label_to_model(self, label: np.ndarray) -> np.ndarray:
+        """A label map on the model's grid (nearest neighbour)."""
+        return self._to_model(label, sitk.sitkNearestNeighbor)
+
+    def _to_model(self, array: np.ndarray, interpolator: int) -> np.ndarray:
         if not self.changes_grid:
             return array
         image = _image(array, self._input)
         if self.reoriented:
             image = sitk.DICOMOrient(image, self.code)
         if self.resampled:
-            image = sitk.Resample(image, self._model, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        return _array(image)
-
-    def label_to_model(self, label: np.ndarray) -> np.ndarray:
-        """A label map on the model's grid (nearest neighbour)."""
-        if not self.changes_grid:
-            return label
-        image = _image(label, self._input)
-        if self.reoriented:
-            image = sitk.DICOMOrient(image, self.code)
-        if self.resampled:
-            image = sitk.Resample(image, self._model, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+            image = sitk.Resample(image, self._model, sitk.Transform(), interpolator, 0.0)
         return _array(image)
 
     def to_input(self, array: np.ndarray) -> np.ndarray:

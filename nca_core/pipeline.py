@@ -14,8 +14,8 @@ from .atomic import atomic_group
 from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
-from .errors import NCAError
-from .grid import GridChange, ModelGrid
+from .errors import InputImageError, NCAError
+from .grid import GridChange, ModelGrid, spacing_text
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
 from .modelfile import ModelBundle
@@ -84,7 +84,13 @@ def segment_array(
     check_not_constant(array, "")
     grid = ModelGrid(array.shape, spacing, direction, bundle.preprocessing)
     shape = grid.model_shape
-    check_fits(shape, bundle.config, bundle.preprocessing)
+    try:
+        check_fits(shape, bundle.config, bundle.preprocessing)
+    except InputImageError as error:
+        if not grid.resampled:
+            raise
+        raise InputImageError(f"{error} (after resampling to the model's {spacing_text(grid.change.model_spacing)} "
+                              "grid)") from None
     started = time.perf_counter()
     device = pick_device(device)
     check_memory(shape, bundle.config, bundle.preprocessing, device)

@@ -206,3 +206,14 @@ def test_evaluation_scores_each_case_on_its_own_voxels(hippocampus_dir, tmp_path
     rows = evaluate_cases(bundle, [stored, original], runs=2, show_progress=False)
     assert rows[0].dice == pytest.approx(rows[1].dice) and rows[0].dice > 0.85
     assert rows[0].nqm == pytest.approx(rows[1].nqm)
+
+
+def test_a_volume_too_small_on_the_model_grid_says_so():
+    array = np.random.default_rng(3).random((20, 20, 20), dtype=np.float32)  # 4 mm across at 0.2 mm
+    with pytest.raises(InputImageError, match=r"after resampling to the model's 1x1x1 mm grid"):
+        segment_array(array, load("hippocampus"), "hippocampus", runs=2, spacing=(0.2, 0.2, 0.2), direction=RAS)
+
+
+def test_info_names_the_input_grid(capsys):
+    code, out, _ = run_cli(capsys, "info", "hippocampus")
+    assert code == 0 and "input grid: 1x1x1 mm, RAS orientation" in out
