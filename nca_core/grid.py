@@ -18,7 +18,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputImageError
-from .postprocessing import Postprocessing
 from .preprocessing import Preprocessing
 
 # Spacings closer than this (relative) count as equal: no interpolation for them.
@@ -126,16 +125,6 @@ class ModelGrid:
     def channels_to_input(self, arrays: np.ndarray) -> np.ndarray:
         """(K, X, Y, Z) model-grid arrays on the input's grid."""
         return np.stack([self.to_input(channel) for channel in arrays]) if self.changes_grid else arrays
-
-    def labels_to_input(self, labels: np.ndarray, probability_on_input: np.ndarray,
-                        postprocessing: Postprocessing) -> np.ndarray:
-        """The label map on the input's grid: turned exactly when only the axes differ, else
-        recomputed from the resampled probabilities and cleaned as the model asks."""
-        if not self.resampled:
-            return self.to_input(labels)
-        from .ensemble import label_map
-
-        return postprocessing.apply(label_map(probability_on_input))
 
 
 def common_grid(geometries: Sequence[Tuple[Sequence[float], Sequence[float]]]) -> Tuple[List[float], str]:

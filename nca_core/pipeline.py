@@ -13,7 +13,7 @@ import numpy as np
 from .atomic import atomic_group
 from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
-from .ensemble import EnsembleResult, ProgressCallback, run_ensemble
+from .ensemble import EnsembleResult, ProgressCallback, label_map, run_ensemble
 from .errors import InputImageError, NCAError
 from .grid import GridChange, ModelGrid, spacing_text
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
@@ -105,8 +105,9 @@ def segment_array(
             raise
         need = size_text(inference_bytes(shape, bundle.config, bundle.preprocessing))
         raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
+    ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
     return SegmentationResult(
-        ensemble=on_input_grid(ensemble, grid, bundle.postprocessing),
+        ensemble=ensemble,
         quality=judge(ensemble, bundle, runs, fire_rate),
         model_name=model_name,
         device=device,
@@ -122,12 +123,9 @@ def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, postprocessing: Pos
     if not grid.changes_grid:
         return ensemble
     probability = grid.channels_to_input(ensemble.probability)
-    return replace(
-        ensemble,
-        probability=probability,
-        std=grid.channels_to_input(ensemble.std),
-        labels=grid.labels_to_input(ensemble.labels, probability, postprocessing),
-    )
+    # Turned axes move the labels exactly; resampled ones are thresholded anew, as on the model grid.
+    labels = postprocessing.apply(label_map(probability)) if grid.resampled else grid.to_input(ensemble.labels)
+    return replace(ensemble, probability=probability, std=grid.channels_to_input(ensemble.std), labels=labels)
 
 
 def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None) -> Quality:

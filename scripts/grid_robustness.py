@@ -15,8 +15,10 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from nca_core.grid import ModelGrid
 from nca_core.metrics import mean_foreground_dice
 from nca_core.pipeline import segment_array
+from nca_core.preprocessing import Preprocessing
 from nca_core.registry import load
 from nca_core.training.data import Case, find_pairs, load_cases, read_split
 
@@ -36,20 +38,11 @@ def _restored(case: Case, layout: Callable[[sitk.Image], sitk.Image]) -> Tuple[n
 
 
 def _resampled(case: Case, spacing: Tuple[float, float, float]) -> Tuple[np.ndarray, np.ndarray, Geometry]:
-    """The case resampled to ``spacing`` over the same extent (image linear, label nearest)."""
-    reference = case.volume.reference
-    old = np.asarray(reference.GetSpacing())
-    size = [int(round(n * s / t)) for n, s, t in zip(reference.GetSize(), old, spacing)]
-    direction = np.asarray(reference.GetDirection()).reshape(3, 3)
-    origin = np.asarray(reference.GetOrigin()) + direction @ ((np.asarray(spacing) - old) / 2)
-    out = []
-    for array, how in ((case.image, sitk.sitkLinear), (case.label, sitk.sitkNearestNeighbor)):
-        image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-        image.CopyInformation(reference)
-        resampled = sitk.Resample(image, size, sitk.Transform(), how, origin.tolist(), spacing,
-                                  reference.GetDirection(), 0)
-        out.append(sitk.GetArrayFromImage(resampled).transpose(2, 1, 0))
-    return out[0], out[1], (tuple(spacing), reference.GetDirection())
+    """The case resampled to ``spacing`` over the same extent (image linear, label nearest),
+    with the engine's own resampling."""
+    direction = case.volume.reference.GetDirection()
+    grid = ModelGrid(case.image.shape, case.volume.spacing, direction, Preprocessing(spacing=list(spacing)))
+    return grid.to_model(case.image), grid.label_to_model(case.label), (tuple(spacing), direction)
 
 
 VARIANTS: Dict[str, Variant] = {

@@ -22,10 +22,10 @@ from ..ensemble import run_ensemble
 from ..atomic import atomic_path, write_json
 from ..devices import pick_device
 from ..errors import NCAError
+from ..grid import common_grid
 from ..metrics import mean_foreground_dice
 from ..model import LevelPlan, M3DNCA
 from ..modelfile import ModelBundle, save_model
-from ..grid import common_grid
 from ..preprocessing import Preprocessing, pad_end, prepare
 from .augment import augmenter
 from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
@@ -102,10 +102,11 @@ class Trainer:
     def _training_grid(self, cases: List[Case]) -> Preprocessing:
         """The preprocessing with the grid to train on: the initial model's when fine-tuning
         one that has it, else the training images' common grid."""
-        if self.initial_preprocessing is not None and self.initial_preprocessing.spacing is not None:
-            return replace(self.preprocessing, spacing=self.initial_preprocessing.spacing,
-                           orientation=self.initial_preprocessing.orientation)
-        spacing, orientation = common_grid([(c.volume.spacing, c.volume.reference.GetDirection()) for c in cases])
+        initial = self.initial_preprocessing
+        if initial is not None and initial.spacing is not None:
+            spacing, orientation = initial.spacing, initial.orientation
+        else:
+            spacing, orientation = common_grid([(c.volume.spacing, c.volume.reference.GetDirection()) for c in cases])
         return replace(self.preprocessing, spacing=spacing, orientation=orientation)
 
     def _checked_split(self, names: List[str]) -> Dict[str, List[str]]:
