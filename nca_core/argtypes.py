@@ -37,3 +37,19 @@ def steps_list(text: str) -> List[int]:
     if any(not 0 <= v <= MAX_STEPS for v in values):
         raise argparse.ArgumentTypeError(f"steps must be between 0 and {MAX_STEPS}")
     return values
+
+
+SIDE_CHOICES = ("auto", "left", "right")
+LOCATE_CHOICES = ("auto", "head", "none")
+
+
+def add_side_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--side", choices=SIDE_CHOICES, default="auto",
+                        help="which hippocampus a crop shows (auto: tried both ways, the lower NQM wins); "
+                             "for a whole head, the side to segment (auto: both)")
+
+
+def add_locate_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--locate", choices=LOCATE_CHOICES, default="auto",
+                        help="head: find both hippocampi in a whole-head T1; none: segment the volume as it "
+                             "is; auto: head when the volume is much larger than a training crop")

@@ -14,7 +14,7 @@ from .errors import NCAError
 from .imaging import case_name, is_dicom_folder, list_inputs, read_volume
 from .limits import memory_limit
 from .modelfile import ModelBundle
-from .pipeline import check_options, output_paths, segment_array, write_outputs
+from .pipeline import check_options, output_paths, segment_image, write_outputs
 
 SUMMARY = "summary.csv"
 
@@ -42,6 +42,8 @@ class SegmentOptions:
     preview: bool = False
     overwrite: bool = False
     channel: Optional[int] = None  # of a 4D or vector image
+    side: str = "auto"  # auto | left | right (see sides)
+    locate: str = "auto"  # auto | head | none (see pipeline.segment_image)
 
 
 def describe(outcome: CaseOutcome) -> str:
@@ -102,7 +104,7 @@ def segment_inputs(
     bundle: ModelBundle,
     model_name: str,
     options: SegmentOptions,
-    progress_for: Optional[Callable[[str], Callable[[int, int], None]]] = None,
+    progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
     report: Callable[[CaseOutcome], None] = lambda outcome: print(describe(outcome)),
 ) -> List[CaseOutcome]:
     """Segment every input; returns one outcome per case (see ``write_summary``).
@@ -132,11 +134,10 @@ def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentO
         return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
     try:
         volume = read_volume(path, options.channel)
-        result = segment_array(
-            volume.array, bundle, model_name, runs=options.runs, seed=options.seed,
+        result = segment_image(
+            volume.reference, bundle, model_name, runs=options.runs, seed=options.seed,
             device=options.device, fire_rate=options.fire_rate, steps=options.steps,
-            progress=progress_for(name) if progress_for else None,
-            spacing=volume.spacing, direction=volume.reference.GetDirection(),
+            side=options.side, locate=options.locate, progress=progress_for(name) if progress_for else None,
         )
         write_outputs(volume, result, outdir, options.save_probability, options.preview)
     except NCAError as error:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from . import __version__
-from .argtypes import channel_index, fire_rate_option, positive_int, steps_list
+from .argtypes import add_locate_option, add_side_option, channel_index, fire_rate_option, positive_int, steps_list
 from .errors import NCAError
 from .grid import spacing_text
 
@@ -25,10 +25,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = SegmentOptions(
         runs=args.runs, seed=args.seed, device=args.device, fire_rate=args.fire_rate,
         steps=args.steps, save_probability=args.save_probability, preview=args.preview,
-        overwrite=args.overwrite, channel=args.channel,
+        overwrite=args.overwrite, channel=args.channel, side=args.side, locate=args.locate,
     )
     outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options,
-                              progress_for=_progress_bar(args.runs), report=_print_outcome)
+                              progress_for=_progress_bar(), report=_print_outcome)
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
         summary = write_summary(outcomes, args.output)
@@ -47,18 +47,22 @@ def _print_outcome(outcome) -> None:
         print(describe(outcome))
 
 
-def _progress_bar(total: int) -> Optional[Callable[[str], Callable[[int, int], None]]]:
+def _progress_bar() -> Optional[Callable[[str], Callable[[str, int, int], None]]]:
+    """Per case, a bar for each step (registration, each side's runs) on a terminal; None elsewhere."""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
 
-    def for_case(case: str) -> Callable[[int, int], None]:
-        bar = tqdm(total=total, desc=case, unit="run", leave=False)
+    def for_case(case: str) -> Callable[[str, int, int], None]:
+        bars: Dict[str, tqdm] = {}
 
-        def update(done: int, runs: int) -> None:
-            bar.update(done - bar.n)
-            if done >= runs:
-                bar.close()
+        def update(step: str, done: int, total: int) -> None:
+            if step not in bars:
+                unit = "run" if step != "registration" else "stage"
+                bars[step] = tqdm(total=total, desc=f"{case}: {step}", unit=unit, leave=False)
+            bars[step].update(done - bars[step].n)
+            if done >= total:
+                bars[step].close()
 
         return update
 
@@ -143,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     segment.add_argument("--channel", type=channel_index, default=None, metavar="N",
                          help="channel (0-based) of a 4D or vector image to segment")
+    add_side_option(segment)
+    add_locate_option(segment)
     segment.set_defaults(run=cmd_segment)
 
     new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")

@@ -85,11 +85,14 @@ def run_ensemble(
     options: Optional[FastOptions] = None,
     reference: bool = False,
     postprocessing: Optional[Postprocessing] = None,
+    first_run: int = 0,
 ) -> EnsembleResult:
     """Run the NCA ``runs`` times on a raw volume (X, Y, Z) and summarise.
 
     Uses the fast path (``options`` tunes it); ``reference`` runs the plain formulation.
     ``postprocessing`` cleans the label map (NQM is of the probabilities, before it).
+    The runs are numbered from ``first_run`` (each run's random firing follows its number),
+    so runs 0-1 and then 2-9 merged with ``combine`` are the runs 0-9 of one call.
     """
     started = time.perf_counter()
     config = model.config
@@ -111,7 +114,7 @@ def run_ensemble(
     with torch.no_grad():
         while done < runs:
             count = min(batch, runs - done)
-            plan.runs = list(range(done, done + count))
+            plan.runs = list(range(first_run + done, first_run + done + count))
             images = image.expand(count, -1, -1, -1, -1)
             if reference:
                 logits = model(images, plan)[0][:, model.output_slice()]
@@ -126,8 +129,26 @@ def run_ensemble(
             done += count
             if progress is not None:
                 progress(done, runs)
-    mean = (total / runs).numpy()
-    std = np.sqrt(np.clip((total_sq / runs).numpy() - mean * mean, 0, None))
+    return _summary(total.numpy(), total_sq.numpy(), runs, postprocessing, time.perf_counter() - started)
+
+
+def combine(first: EnsembleResult, second: EnsembleResult,
+            postprocessing: Optional[Postprocessing] = None) -> EnsembleResult:
+    """One ensemble of both ensembles' runs (their sums rebuilt from mean and deviation)."""
+    total = np.zeros(first.probability.shape, np.float64)
+    total_sq = np.zeros_like(total)
+    for part in (first, second):
+        mean = part.probability.astype(np.float64)
+        total += mean * part.runs
+        total_sq += (part.std.astype(np.float64) ** 2 + mean * mean) * part.runs
+    return _summary(total, total_sq, first.runs + second.runs, postprocessing, first.seconds + second.seconds)
+
+
+def _summary(total: np.ndarray, total_sq: np.ndarray, runs: int, postprocessing: Optional[Postprocessing],
+             seconds: float) -> EnsembleResult:
+    """Mean, population deviation, labels and NQM from the runs' sums (float64)."""
+    mean = total / runs
+    std = np.sqrt(np.clip(total_sq / runs - mean * mean, 0, None))
     mean, std = mean.astype(np.float32), std.astype(np.float32)
     return EnsembleResult(
         probability=mean,
@@ -135,7 +156,7 @@ def run_ensemble(
         labels=(postprocessing or Postprocessing()).apply(label_map(mean)),
         nqm=nqm(mean, std),
         runs=runs,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
 
 

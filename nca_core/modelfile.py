@@ -24,7 +24,7 @@ from .preprocessing import Preprocessing
 from .quality import Calibration
 
 FORMAT = "m3dnca"
-FORMAT_VERSION = 2  # 2: preprocessing may record the training grid (spacing, orientation)
+FORMAT_VERSION = 3  # 2: preprocessing may record the training grid (spacing, orientation); 3: the side
 
 
 @dataclass

@@ -4,23 +4,56 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 
+from .argtypes import LOCATE_CHOICES
 from .atomic import atomic_group
 from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
-from .ensemble import EnsembleResult, ProgressCallback, label_map, run_ensemble
+from .ensemble import EnsembleResult, ProgressCallback, combine, label_map, run_ensemble
 from .errors import InputImageError, NCAError
 from .grid import GridChange, ModelGrid, spacing_text
+from .locate import HeadAtlas, is_whole_scan
+from .regions import SIDES, left_right_axis
 from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
 from .limits import check_fits, check_memory, inference_bytes, size_text
 from .modelfile import ModelBundle
 from .postprocessing import Postprocessing
 from .quality import Quality, assess_segmentation
+from .wholehead import StepProgress, locate_regions, segment_regions, worst
+from .sides import PROBE_RUNS, check_side, choose_side, label_names, mirror
+
+
+@dataclass
+class SideResult:
+    """One side's segmentation: which side, why, its NQM and light (``box``: where it was cut
+    from a whole scan, None for a crop)."""
+
+    side: Optional[str]
+    reason: str
+    nqm: float
+    quality: Quality
+    foreground_voxels: int
+    box: Optional[Dict[str, Any]]
+    label_values: Sequence[int] = ()
+
+    def report(self) -> Dict[str, Any]:
+        return {
+            "side": self.side,
+            "side_reason": self.reason,
+            "nqm": None if math.isinf(self.nqm) else round(self.nqm, 6),
+            "quality": self.quality.light,
+            "predicted_dice": None if self.quality.predicted_dice is None else round(self.quality.predicted_dice, 4),
+            "explanation": self.quality.explanation,
+            "foreground_voxels": self.foreground_voxels,
+            "box": self.box,
+            "label_values": list(self.label_values),
+        }
 
 
 @dataclass
@@ -34,6 +67,9 @@ class SegmentationResult:
     seconds: float
     largest_component_only: bool = False  # the model's postprocessing removed other components
     grid: Optional[GridChange] = None  # how the input was brought to the model's grid (None: unknown geometry)
+    sides: List[SideResult] = field(default_factory=list)
+    labels: Dict[int, str] = field(default_factory=dict)  # label value -> name
+    registration: Optional[Dict[str, Any]] = None  # how a whole scan was matched to the head template
 
     @property
     def nqm(self) -> float:
@@ -54,6 +90,9 @@ class SegmentationResult:
             "foreground_voxels": int((self.ensemble.labels > 0).sum()),
             "largest_component_only": self.largest_component_only,
             "grid": None if self.grid is None else self.grid.to_dict(),
+            "labels": {str(value): name for value, name in self.labels.items()},
+            "registration": self.registration,
+            "sides": [side.report() for side in self.sides],
         }
 
 
@@ -70,16 +109,19 @@ def segment_array(
     should_cancel: Optional[Callable[[], bool]] = None,
     spacing: Optional[Sequence[float]] = None,
     direction: Optional[Sequence[float]] = None,
+    side: str = "auto",
 ) -> SegmentationResult:
-    """Run the pseudo-ensemble on a raw (X, Y, Z) volume and judge its quality.
+    """Run the pseudo-ensemble on a raw (X, Y, Z) crop and judge its quality.
 
     ``spacing`` (mm) and ``direction`` (9 cosines, ITK/LPS) are the volume's geometry: with
     them it is turned and resampled to the model's training grid and the outputs mapped back
     (NQM is of the model's grid, where it was calibrated). Without them the volume is taken
-    to be on the model's grid. Raises NCAError subclasses (without a file name) for inputs
-    the model cannot take.
+    to be on the model's grid. ``side`` (auto, left, right) is the side the crop shows: a side
+    the model did not learn is mirrored left-right for it (see ``sides``). Raises NCAError
+    subclasses (without a file name) for inputs the model cannot take.
     """
     check_options(bundle, runs, steps, fire_rate)
+    check_side(side)
     array = intensity_array(array, "")
     check_not_constant(array, "")
     grid = ModelGrid(array.shape, spacing, direction, bundle.preprocessing)
@@ -94,27 +136,119 @@ def segment_array(
     started = time.perf_counter()
     device = pick_device(device)
     check_memory(shape, bundle.config, bundle.preprocessing, device)
-    try:
-        ensemble = run_ensemble(
-            bundle.build(), grid.to_model(array), bundle.preprocessing, runs=runs, seed=seed, fire_rate=fire_rate,
-            steps=steps, device=device, progress=progress, should_cancel=should_cancel,
-            postprocessing=bundle.postprocessing,
-        )
-    except (MemoryError, RuntimeError) as error:
-        if not _out_of_memory(error):
-            raise
-        need = size_text(inference_bytes(shape, bundle.config, bundle.preprocessing))
-        raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
+    model_array = grid.to_model(array)
+    axis = left_right_axis(grid.code)
+
+    def ensemble_of(volume: np.ndarray, count: int, first: int = 0,
+                    on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
+        return _ensemble(bundle, volume, shape, runs=count, seed=seed, fire_rate=fire_rate, steps=steps,
+                         device=device, progress=on_progress, should_cancel=should_cancel, first_run=first)
+
+    probes: Dict[bool, EnsembleResult] = {}
+
+    def probe(mirrored: bool) -> float:
+        probes[mirrored] = ensemble_of(mirror(model_array, axis) if mirrored else model_array, PROBE_RUNS)
+        return probes[mirrored].nqm
+
+    choice = choose_side(side, bundle.preprocessing.side, probe)
+    view = mirror(model_array, axis) if choice.mirrored else model_array
+    if choice.mirrored in probes and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
+        rest = ensemble_of(view, runs - PROBE_RUNS, PROBE_RUNS,
+                           (lambda done, total: progress(PROBE_RUNS + done, runs)) if progress else None)
+        ensemble = combine(probes[choice.mirrored], rest, bundle.postprocessing)
+    else:
+        ensemble = ensemble_of(view, runs, 0, progress)
+    if choice.mirrored:
+        ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
+                           labels=mirror(ensemble.labels, axis))
     ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
+    quality = judge(ensemble, bundle, runs, fire_rate)
     return SegmentationResult(
         ensemble=ensemble,
-        quality=judge(ensemble, bundle, runs, fire_rate),
+        quality=quality,
         model_name=model_name,
         device=device,
         seconds=time.perf_counter() - started,
         largest_component_only=bundle.postprocessing.largest_component,
         grid=grid.change,
+        sides=[SideResult(choice.side, choice.reason, ensemble.nqm, quality,
+                          int(np.count_nonzero(ensemble.labels)), None, list(range(1, len(bundle.config.labels) + 1)))],
+        labels=label_names(bundle.config.labels, choice.side),
     )
+
+
+def segment_image(
+    image: sitk.Image,
+    bundle: ModelBundle,
+    model_name: str,
+    runs: int = 10,
+    seed: int = 0,
+    device: str = "auto",
+    fire_rate: Optional[float] = None,
+    steps: Optional[Sequence[int]] = None,
+    side: str = "auto",
+    locate: str = "auto",
+    progress: Optional[StepProgress] = None,
+    should_cancel: Optional[Callable[[], bool]] = None,
+) -> SegmentationResult:
+    """Segment a scalar volume with its geometry: the one entry point from an image.
+
+    ``locate``: ``head`` finds both hippocampi in a whole-head scan and segments each side's
+    box; ``none`` takes the volume as one crop; ``auto`` picks ``head`` for a volume much
+    larger than a training crop. ``side`` is the crop's side (auto probes), or for a head the
+    side to segment (auto: both). ``progress(step, done, total)`` reports each step.
+    """
+    check_options(bundle, runs, steps, fire_rate)
+    check_side(side)
+    if locate not in LOCATE_CHOICES:
+        raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {locate!r}")
+    whole = locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
+    if not whole:
+        return segment_array(
+            sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, model_name, runs=runs, seed=seed,
+            device=device, fire_rate=fire_rate, steps=steps, side=side, spacing=image.GetSpacing(),
+            direction=image.GetDirection(), should_cancel=should_cancel,
+            progress=(lambda done, total: progress("segmentation", done, total)) if progress else None)
+    started = time.perf_counter()
+    device = pick_device(device)
+    scan = sitk.GetImageFromArray(intensity_array(sitk.GetArrayFromImage(image), ""))
+    scan.CopyInformation(image)
+    regions, registration = locate_regions(scan, bundle, SIDES if side == "auto" else (side,), progress)
+    shape = regions[0].shape
+    check_fits(shape, bundle.config, bundle.preprocessing)
+    check_memory(shape, bundle.config, bundle.preprocessing, device)
+
+    def ensemble_of(crop: np.ndarray, _side: str, on_progress: Optional[ProgressCallback]) -> EnsembleResult:
+        return _ensemble(bundle, crop, shape, runs=runs, seed=seed, fire_rate=fire_rate, steps=steps, device=device,
+                         progress=on_progress, should_cancel=should_cancel)
+
+    combined, per_side, names = segment_regions(scan, regions, bundle, ensemble_of,
+                                                lambda ensemble: judge(ensemble, bundle, runs, fire_rate), progress)
+    sides = [SideResult(region.side, region.reason, ensemble.nqm, quality, voxels, region.to_dict(), values)
+             for region, ensemble, quality, values, voxels in per_side]
+    return SegmentationResult(
+        ensemble=combined,
+        quality=worst([side_result.quality for side_result in sides]),
+        model_name=model_name,
+        device=device,
+        seconds=time.perf_counter() - started,
+        largest_component_only=bundle.postprocessing.largest_component,
+        sides=sides,
+        labels=names,
+        registration=registration,
+    )
+
+
+def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:
+    """``run_ensemble`` with the model's preprocessing and postprocessing; out of memory is one line."""
+    try:
+        return run_ensemble(bundle.build(), array, bundle.preprocessing, postprocessing=bundle.postprocessing,
+                            **options)
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        need = size_text(inference_bytes(shape, bundle.config, bundle.preprocessing))
+        raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
 
 
 def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, postprocessing: Postprocessing) -> EnsembleResult:

@@ -25,12 +25,16 @@ class Preprocessing:
     ``spacing`` (mm per axis) and ``orientation`` (ITK code, e.g. ``RAS``) are the grid the
     model was trained on: inputs are brought to it first (``grid.ModelGrid``). None keeps
     the input's own grid (models from before they were recorded, imported models).
+
+    ``side`` (``left`` or ``right``) is the body side that every training crop shows; crops of
+    the other side are mirrored left-right on the model's grid. None: unknown, never mirrored.
     """
 
     percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
     pad_to: Optional[List[int]] = None
     spacing: Optional[List[float]] = None
     orientation: Optional[str] = None
+    side: Optional[str] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -49,6 +53,10 @@ class Preprocessing:
         if self.orientation is not None and not is_orientation_code(self.orientation):
             raise ModelFileError(f"invalid preprocessing: orientation must be a code such as RAS or LPS, "
                                  f"found {reprlib.repr(self.orientation)}")
+        if self.side is not None and self.side not in ("left", "right"):
+            raise ModelFileError(f"invalid preprocessing: side must be left or right, found {reprlib.repr(self.side)}")
+        if self.side is not None and not self.orientation:
+            raise ModelFileError("invalid preprocessing: side needs the orientation of the training grid")
         return self
 
     @classmethod

@@ -354,14 +354,15 @@ def test_stray_output_without_report_is_not_overwritten(tmp_path, capsys, model,
 
 def test_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, capsys, model, inputs, monkeypatch):
     write_volume(inputs / "second.nrrd", smooth_volume(seed=2))
-    original = nca_core.batch.segment_array
+    original = nca_core.batch.segment_image
 
-    def flaky(array, *args, **kwargs):
+    def flaky(image, *args, **kwargs):
+        array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
         if array.shape == (16, 14, 12) and float(array[0, 0, 0]) == float(smooth_volume()[0, 0, 0]):
             raise ValueError("boom")
-        return original(array, *args, **kwargs)
+        return original(image, *args, **kwargs)
 
-    monkeypatch.setattr(nca_core.batch, "segment_array", flaky)
+    monkeypatch.setattr(nca_core.batch, "segment_image", flaky)
     code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", *fast(model))
     assert code == 1
     assert err[0] == f"m3dnca: error: {inputs / 'good.nii.gz'}: unexpected ValueError: boom (please report this)"

@@ -603,6 +603,7 @@ def test_top_level_cmake_ships_engine_and_models():
     models = _cmake_list(cmake, "M3DNCA_MODEL_FILES")
     shipped = {str(p.relative_to(REPOSITORY)) for p in (REPOSITORY / "Resources" / "Models").glob("*.m3dnca")}
     assert shipped, "no shipped model in Resources/Models"
+    shipped |= {str(p.relative_to(REPOSITORY)) for p in (REPOSITORY / "Resources" / "Templates").iterdir()}
     assert set(models) == shipped, f"M3DNCA_MODEL_FILES must list exactly {sorted(shipped)}"
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in text
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in text

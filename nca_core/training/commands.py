@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from ..argtypes import open_unit_interval, positive_int, positive_number
+from ..argtypes import add_side_option, open_unit_interval, positive_int, positive_number
 from ..batch import prepare_output_folder
 from ..errors import NCAError
 from ..imaging import case_name
@@ -101,7 +101,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
     device = pick_device(args.device)
     prepare_output_folder(Path(args.output))  # before the evaluation, not after it
-    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device, artifacts=artifacts)
+    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device, artifacts=artifacts,
+                          side=args.side)
     target = bundle.calibration.target_dice if bundle.calibration else DEFAULT_TARGET_DICE
     summary = summarise(rows, target)
     write_evaluation(rows, summary, args.output)
@@ -126,7 +127,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     device = pick_device(args.device)
     prepare_output_folder(args.output.parent)  # before the evaluation, not after it
     rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device,
-                          artifacts=artifacts, postprocessing=Postprocessing())
+                          artifacts=artifacts, postprocessing=Postprocessing(), side=args.side)
     bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
     if bundle.postprocessing.largest_component:
         rows = [replace(r, dice=r.dice_largest_component) for r in rows]
@@ -181,6 +182,7 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_side_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -11,11 +11,10 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import write_json, write_text
-from ..ensemble import run_ensemble
 from ..metrics import mean_foreground_dice
 from ..modelfile import ModelBundle
 from ..postprocessing import Postprocessing, largest_component
-from ..pipeline import judge, on_input_grid
+from ..pipeline import segment_array
 from .artifacts import degrade
 from .data import Case
 
@@ -41,19 +40,20 @@ def evaluate_cases(
     artifacts: Sequence[str] = ("none",),
     show_progress: bool = True,
     postprocessing: Optional[Postprocessing] = None,
+    side: str = "auto",
 ) -> List[CaseEvaluation]:
-    """One row per case and artifact; ``postprocessing`` defaults to the model's."""
-    model = bundle.build()
-    postprocessing = bundle.postprocessing if postprocessing is None else postprocessing
+    """One row per case and artifact, each segmented as ``segment`` does (``side`` too);
+    ``postprocessing`` defaults to the model's."""
+    if postprocessing is not None:
+        bundle = replace(bundle, postprocessing=postprocessing)
     classes = bundle.config.output_channels
     rows = []
     jobs = [(case, artifact) for case in cases for artifact in artifacts]
     for index, (case, artifact) in enumerate(tqdm(jobs, desc="evaluating", disable=not show_progress)):
         image = case.image if artifact == "none" else degrade(case.image, artifact, seed + index)
-        grid = case.grid(bundle.preprocessing)  # scored on the case's own voxels, as users get it
-        result = on_input_grid(run_ensemble(model, grid.to_model(image), bundle.preprocessing, runs=runs, seed=seed,
-                                            device=device, postprocessing=postprocessing), grid, postprocessing)
-        quality = judge(result, bundle, runs)
+        segmentation = segment_array(image, bundle, "", runs=runs, seed=seed, device=device, side=side,
+                                     spacing=case.volume.spacing, direction=case.volume.reference.GetDirection())
+        result, quality = segmentation.ensemble, segmentation.quality  # on the case's own voxels, as users get it
         rows.append(CaseEvaluation(
             case=case.name, artifact=artifact,
             dice=mean_foreground_dice(result.labels, case.label, classes),
