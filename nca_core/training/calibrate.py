@@ -117,7 +117,8 @@ def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, p
     finite = [r for r in rows if math.isfinite(r.nqm)]
     for artifact in sorted({r.artifact for r in finite}):
         group = [r for r in finite if r.artifact == artifact]
-        axis.scatter([r.nqm for r in group], [r.dice for r in group], s=14, label=artifact)
+        label = "clean" if artifact == "none" else f"with {artifact}"
+        axis.scatter([r.nqm for r in group], [r.dice for r in group], s=14, label=label)
     xs = np.linspace(0, max(r.nqm for r in finite) * 1.05, 50)
     axis.plot(xs, np.clip(calibration.slope * xs + calibration.intercept, 0, 1), "k-",
               label=f"Dice = {calibration.slope:.2f}·NQM + {calibration.intercept:.2f}")
