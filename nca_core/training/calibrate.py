@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..lights import light_color
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE, Calibration, assess_segmentation
 from .evaluate import CaseEvaluation, detection_rates
@@ -123,8 +124,8 @@ def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, p
     axis.plot(xs, np.clip(calibration.slope * xs + calibration.intercept, 0, 1), "k-",
               label=f"Dice = {calibration.slope:.2f}·NQM + {calibration.intercept:.2f}")
     axis.axhspan(calibration.target_dice - calibration.margin, calibration.target_dice + calibration.margin,
-                 color="#f9a825", alpha=0.2, label="yellow band")
-    axis.axhline(calibration.target_dice, color="#c62828", lw=0.8, ls="--")
+                 color=light_color("yellow"), alpha=0.2, label="yellow band")
+    axis.axhline(calibration.target_dice, color=light_color("red"), lw=0.8, ls="--")
     axis.set_xlabel("NQM")
     axis.set_ylabel("Dice")
     axis.set_ylim(0, 1.02)
