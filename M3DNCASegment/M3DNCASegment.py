@@ -36,11 +36,13 @@ from slicer.parameterNodeWrapper import (
 
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from M3DNCASegmentLib import display, geometry, options
-from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob
+from M3DNCASegmentLib import options
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
-ENGINE_DIR = options.ensure_engine_importable(MODULE_DIR)
+ENGINE_DIR = options.ensure_engine_importable(MODULE_DIR)  # first: display takes the light's palette from nca_core
+
+from M3DNCASegmentLib import display, geometry  # noqa: E402
+from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob  # noqa: E402
 DEFAULT_MODEL = "hippocampus"
 LOAD_MODEL_ITEM = "Load model file\u2026"
 CANCEL_GRACE_SECONDS = 0.5  # Cancel clicks this soon after Apply belong to a double-click

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -92,10 +93,25 @@ def prepare_output_folder(outdir: Path) -> None:
         outdir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=outdir):
             pass
-    except FileExistsError:
-        raise NCAError(f"{outdir}: output path exists and is not a folder") from None
     except OSError as error:
-        raise NCAError(f"{outdir}: output folder is not writable ({error.strerror})") from None
+        raise NCAError(f"{outdir}: {_output_folder_problem(outdir, error)}") from None
+
+
+def _output_folder_problem(outdir: Path, error: OSError) -> str:
+    """What stops ``outdir`` from being used, naming the part of the path at fault."""
+    if outdir.is_dir():
+        return f"output folder is not writable ({error.strerror})"
+    if os.path.lexists(outdir):
+        return "output path exists and is not a folder"
+    missing = outdir  # the outermost folder of the path that does not exist yet
+    while missing.parent != missing and not os.path.lexists(missing.parent):
+        missing = missing.parent
+    if not missing.parent.is_dir():
+        return f"output folder cannot be created: {missing.parent} is not a folder"
+    if missing != outdir:
+        return (f"output folder cannot be created: its parent folder {missing} does not exist and cannot be "
+                f"created ({error.strerror})")
+    return f"output folder cannot be created in {outdir.parent} ({error.strerror})"
 
 
 def segment_inputs(

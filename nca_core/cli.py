@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--fire-rate", type=fire_rate_option, default=None, help="default: the model's")
     segment.add_argument("--steps", type=steps_list, default=None, help="steps per level, e.g. 10,10")
     segment.add_argument("--save-probability", action="store_true")
-    segment.add_argument("--preview", action="store_true", help="write a PNG of the middle slice")
+    segment.add_argument("--preview", action="store_true", help="write a PNG: the most segmented slice, the light")
     segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     segment.add_argument("--channel", type=channel_index, default=None, metavar="N",
                          help="channel (0-based) of a 4D or vector image to segment")

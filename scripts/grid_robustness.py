@@ -1,5 +1,6 @@
 """Dice of a model on labelled cases stored or resampled as other scanners and viewers have them,
-with and without bringing them to the model's grid (the README's "Inputs on other grids" table).
+with and without bringing them to the model's grid (the "Inputs on other grids" table of
+docs/models/hippocampus.md).
 
     python scripts/grid_robustness.py --data ../shared/data/hippocampus [--model hippocampus] \
         [--split split.json] [--cases N] [--runs 10]

@@ -1,5 +1,6 @@
-"""How results are shown: variance overlay settings, traffic-light text and colours,
-segment colours and terminology. Pure functions; the module applies them to MRML nodes."""
+"""How results are shown: variance overlay settings, traffic-light text (colours and titles
+from nca_core.lights, shared with the PNG preview), segment colours and terminology. Pure
+functions; the module applies them to MRML nodes. The engine's folder must be on sys.path."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from nca_core.lights import light_color, light_title
 
 # Slicer colour table node for the variance overlay (listed in vtkMRMLColorLogic.h).
 VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
@@ -45,29 +48,6 @@ def clamp_opacity(value: float) -> float:
 
 
 # --- traffic light ----------------------------------------------------------------------
-
-LIGHT_COLORS = {
-    "green": "#2ca02c",
-    "yellow": "#f2c200",
-    "red": "#d62728",
-    "unknown": "#8c8c8c",
-}
-
-LIGHT_TITLES = {
-    "green": "Good",
-    "yellow": "Check",
-    "red": "Review carefully",
-    "unknown": "No verdict",  # an uncalibrated model, or runs that cannot disagree: see the explanation
-}
-
-
-def light_color(light: str) -> str:
-    return LIGHT_COLORS.get(light, LIGHT_COLORS["unknown"])
-
-
-def light_title(light: str) -> str:
-    return LIGHT_TITLES.get(light, LIGHT_TITLES["unknown"])
-
 
 def light_stylesheet(light: Optional[str], diameter: int = 72) -> str:
     """Qt style sheet that draws the light as a filled circle (grey outline when idle)."""

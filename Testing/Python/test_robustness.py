@@ -201,10 +201,26 @@ def test_a_bad_memory_limit_is_reported_once_not_per_case(tmp_path, capsys, mode
 def test_output_folder_that_cannot_be_created(tmp_path, capsys, model, inputs):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, out, err = run_cli(capsys, "segment", inputs, "-o", blocker / "out", *fast(model))
-    assert code == 1 and len(err) == 1 and err[0].startswith(f"m3dnca: error: {blocker / 'out'}: output folder")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", blocker / "out" / "sub", *fast(model))
+    assert code == 1 and err == [f"m3dnca: error: {blocker / 'out' / 'sub'}: output folder cannot be created: "
+                                 f"{blocker} is not a folder"]
     code, out, err = run_cli(capsys, "segment", inputs, "-o", blocker, *fast(model))
     assert code == 1 and err == [f"m3dnca: error: {blocker}: output path exists and is not a folder"]
+
+
+def test_output_folder_under_a_broken_link(tmp_path, capsys, model, inputs):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", link / "out", *fast(model))
+    assert code == 1 and err == [f"m3dnca: error: {link / 'out'}: output folder cannot be created: {link} is not a folder"]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be created")
+def test_output_folder_whose_parent_cannot_be_created(tmp_path, capsys, model, inputs):
+    outdir = Path("/proc/m3dnca-missing/out")
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
+    assert code == 1 and err == [f"m3dnca: error: {outdir}: output folder cannot be created: its parent folder "
+                                 "/proc/m3dnca-missing does not exist and cannot be created (No such file or directory)"]
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders")

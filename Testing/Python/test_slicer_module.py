@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPOSITORY))
 from M3DNCASegmentLib import display, geometry, options  # noqa: E402
 from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob  # noqa: E402
 from nca_core import registry  # noqa: E402
+from nca_core.lights import LIGHT_COLORS  # noqa: E402
 
 
 # --- geometry ------------------------------------------------------------------------------
@@ -137,7 +138,7 @@ def test_every_engine_light_has_a_colour_and_title():
         assert display.light_title(light)
         assert display.light_color(light) in display.light_stylesheet(light)
     assert len({display.light_color(light) for light in EXPLANATIONS}) == len(EXPLANATIONS)
-    assert display.light_color("bogus") == display.LIGHT_COLORS["unknown"]
+    assert display.light_color("bogus") == LIGHT_COLORS["unknown"]
     assert "border" in display.light_stylesheet(None)
 
 

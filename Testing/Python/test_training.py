@@ -249,6 +249,17 @@ def test_cross_validated_rates_judge_each_case_once_on_held_out_fits():
     assert rates["good_cases_flagged"] < 0.5
 
 
+def test_evaluation_summary_names_dice_per_artifact_readably():
+    from nca_core.training.evaluate import CaseEvaluation, summarise
+
+    rows = [CaseEvaluation("a", artifact, dice, 0.1, dice, "green", 0.9, 100)
+            for artifact, dice in (("none", 0.9), ("noise", 0.5), ("spike", 0.4), ("ghosting", 0.3))]
+    summary = summarise(rows, target_dice=0.8)
+    assert summary["dice_clean"] == {"mean": 0.9, "std": 0.0, "n": 1}
+    assert [summary[f"dice_with_{kind}"]["mean"] for kind in ("noise", "spike", "ghosting")] == [0.5, 0.4, 0.3]
+    assert not any(key in summary for key in ("dice_none", "dice_noise"))
+
+
 def test_calibration_refuses_a_rising_line():
     with pytest.raises(ValueError, match="does not fall"):
         fit_calibration([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8])

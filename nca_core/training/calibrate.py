@@ -8,6 +8,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from ..lights import light_color
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE, Calibration, assess_segmentation
 from .evaluate import CaseEvaluation, detection_rates
@@ -117,13 +118,14 @@ def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, p
     finite = [r for r in rows if math.isfinite(r.nqm)]
     for artifact in sorted({r.artifact for r in finite}):
         group = [r for r in finite if r.artifact == artifact]
-        axis.scatter([r.nqm for r in group], [r.dice for r in group], s=14, label=artifact)
+        label = "clean" if artifact == "none" else f"with {artifact}"
+        axis.scatter([r.nqm for r in group], [r.dice for r in group], s=14, label=label)
     xs = np.linspace(0, max(r.nqm for r in finite) * 1.05, 50)
     axis.plot(xs, np.clip(calibration.slope * xs + calibration.intercept, 0, 1), "k-",
               label=f"Dice = {calibration.slope:.2f}·NQM + {calibration.intercept:.2f}")
     axis.axhspan(calibration.target_dice - calibration.margin, calibration.target_dice + calibration.margin,
-                 color="#f9a825", alpha=0.2, label="yellow band")
-    axis.axhline(calibration.target_dice, color="#c62828", lw=0.8, ls="--")
+                 color=light_color("yellow"), alpha=0.2, label="yellow band")
+    axis.axhline(calibration.target_dice, color=light_color("red"), lw=0.8, ls="--")
     axis.set_xlabel("NQM")
     axis.set_ylabel("Dice")
     axis.set_ylim(0, 1.02)

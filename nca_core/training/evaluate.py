@@ -65,12 +65,17 @@ def evaluate_cases(
     return rows
 
 
+def dice_key(artifact: str) -> str:
+    """The summary's key for one artifact's Dice: ``dice_clean``, ``dice_with_noise``, ..."""
+    return "dice_clean" if artifact == "none" else f"dice_with_{artifact}"
+
+
 def summarise(rows: Sequence[CaseEvaluation], target_dice: float = 0.8) -> Dict:
     """Mean ± std Dice per artifact and the light's detection rates."""
     summary: Dict = {"cases": len(rows)}
     for artifact in sorted({r.artifact for r in rows}):
         dices = np.array([r.dice for r in rows if r.artifact == artifact])
-        summary[f"dice_{artifact}"] = {"mean": float(dices.mean()), "std": float(dices.std()), "n": int(dices.size)}
+        summary[dice_key(artifact)] = {"mean": float(dices.mean()), "std": float(dices.std()), "n": int(dices.size)}
     summary.update(detection_rates(rows, target_dice))
     return summary
 
