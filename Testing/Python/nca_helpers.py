@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -107,3 +108,47 @@ def quick_settings(**overrides) -> TrainSettings:
     base = TrainSettings.for_preset("hippocampus", iterations=8, validate_every=1000,
                                     checkpoint_every=1000, validation_fraction=0.25)
     return replace(base, **overrides)
+
+
+def turned(image: sitk.Image, degrees: float, axis: int) -> sitk.Image:
+    """The same voxels turned about the volume's centre (the header's direction and origin)."""
+    angles = [0.0, 0.0, 0.0]
+    angles[axis] = math.radians(degrees)
+    rotation = sitk.Euler3DTransform((0, 0, 0), *angles)
+    matrix = np.asarray(rotation.GetMatrix()).reshape(3, 3)
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()]))
+    out = sitk.Image(image)
+    out.SetDirection([float(d) for d in (matrix @ np.asarray(image.GetDirection()).reshape(3, 3)).reshape(-1)])
+    out.SetOrigin([float(o) for o in centre + matrix @ (np.asarray(image.GetOrigin()) - centre)])
+    return out
+
+
+def shifted(image: sitk.Image, offset) -> sitk.Image:
+    out = sitk.Image(image)
+    out.SetOrigin([o + d for o, d in zip(image.GetOrigin(), offset)])
+    return out
+
+
+def resampled(image: sitk.Image, spacing, interpolator) -> sitk.Image:
+    size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
+    return sitk.Resample(image, size, sitk.Transform(), interpolator, image.GetOrigin(), spacing,
+                         image.GetDirection(), 0, image.GetPixelID())
+
+
+def lps(image: sitk.Image) -> sitk.Image:
+    return sitk.DICOMOrient(image, "LPS")
+
+
+def variant(image, label, change):
+    """The head and its outline changed alike (labels by nearest neighbour)."""
+    if change[0] is resampled:
+        return resampled(image, change[1], sitk.sitkLinear), resampled(label, change[1], sitk.sitkNearestNeighbor)
+    return change[0](image, *change[1:]), change[0](label, *change[1:])
+
+
+HEAD_VARIANTS = {  # name -> change for ``variant``: the head turned, shifted, resampled, stored LPS
+    "yaw+15": (turned, 15.0, 2), "yaw-15": (turned, -15.0, 2), "roll+15": (turned, 15.0, 0),
+    "pitch-15": (turned, -15.0, 1), "shift+15": (shifted, (15.0, 15.0, 15.0)),
+    "shift-15": (shifted, (-15.0, -15.0, -15.0)), "0.8mm": (resampled, (0.8, 0.8, 0.8)),
+    "1.5mm": (resampled, (1.5, 1.5, 1.5)), "anisotropic": (resampled, (0.9, 1.5, 1.2)), "lps": (lps,),
+}
