@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,7 +16,8 @@ from .lights import light_color, light_title
 OUTLINE_COLOR = "cyan"
 STD_SCALE = 0.5  # heat-map maximum: a class's probability split half and half between the runs
 STD_HIDDEN_BELOW = 0.01  # see-through below this, as in the Slicer overlay
-PANEL_HEIGHT, HEADER, FOOTER, MIN_WIDTH = 4.0, 1.3, 0.75, 8.0  # inches
+PANEL_HEIGHT, HEADER, FOOTER, MIN_WIDTH, ROW_HEADER = 4.0, 1.3, 0.75, 8.0, 1.1  # inches
+SIDE_VIEW_MM = 70.0  # a whole head's side is shown in a box this wide around its segmentation
 THICK_SLICES = 1.5  # slices this much thicker than the finest spacing are shown as acquired
 PLANES = ("sagittal", "coronal", "axial")  # by the physical axis across the slice: x (L), y (P), z (S)
 # Letters of each LPS axis's (negative, positive) end, and which end is drawn left or on top
@@ -136,54 +137,81 @@ def draw_panel(ax, image_slice: np.ndarray, label_slice: np.ndarray, std_slice: 
     return heat
 
 
-def light_badge(figure, light: str, nqm: float, predicted_dice: Optional[float], corner: Tuple[float, float]) -> None:
+def light_badge(figure, light: str, nqm: float, predicted_dice: Optional[float], corner: Tuple[float, float],
+                prefix: str = "") -> None:
     """The light as a coloured badge whose top right corner is at ``corner`` (figure fraction)."""
     nqm_text = "n/a (empty segmentation)" if math.isinf(nqm) else f"{nqm:.3f}"
     dice_text = "n/a" if predicted_dice is None else f"{predicted_dice:.2f}"
-    text = f"{light.upper()}: {light_title(light)}\nNQM {nqm_text}, predicted Dice {dice_text}"
+    text = f"{prefix}{light.upper()}: {light_title(light)}\nNQM {nqm_text}, predicted Dice {dice_text}"
     figure.text(corner[0], corner[1], text, ha="right", va="top", fontsize=11, fontweight="bold",
                 color="black" if light == "yellow" else "white",
                 bbox=dict(boxstyle="round,pad=0.5", facecolor=light_color(light), edgecolor="#404040"))
 
 
+@dataclass(frozen=True)
+class Row:
+    """One row of the preview: a volume's (or one side's) image, labels and deviation, and its light."""
+
+    title: str
+    image: np.ndarray
+    labels: np.ndarray
+    std: np.ndarray
+    reference: object  # SimpleITK image carrying this part's geometry
+    quality: object  # nca_core.quality.Quality
+    nqm: float
+
+
+def preview_rows(volume, result) -> List[Row]:
+    """A row for a crop; for a whole-head result, one row per side, cut around that side."""
+    ensemble = result.ensemble
+    whole = (volume.array, ensemble.labels, ensemble.variance_map)
+    if not any(side.box for side in result.sides):
+        return [Row("", *whole, volume.reference, result.quality, ensemble.nqm)]
+    rows = []
+    for side in result.sides:
+        found = np.argwhere(np.isin(ensemble.labels, side.label_values))
+        if len(found):
+            centre = (found.min(axis=0) + found.max(axis=0)) // 2
+        else:  # nothing found: the box's centre
+            centre = np.asarray(volume.reference.TransformPhysicalPointToIndex(side.box["centre_lps_mm"]))
+        half = np.ceil(SIDE_VIEW_MM / 2 / np.asarray(volume.reference.GetSpacing())).astype(int)
+        low = np.clip(centre - half, 0, None)
+        high = np.minimum(centre + half + 1, ensemble.labels.shape)
+        cut = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        rows.append(Row(f"{side.side} hippocampus", *(a[cut] for a in whole), volume.reference[cut],
+                        side.quality, side.nqm))
+    return rows
+
+
 def save_preview(volume, result, path: Path) -> None:
-    """Write the preview PNG of one segmented volume (``result``: a SegmentationResult)."""
+    """Write the preview PNG of one segmented volume (``result``: a SegmentationResult): a row
+    for a crop, one per side for a whole head, each with its light."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ensemble = result.ensemble
-    view = choose_view(ensemble.labels, volume.reference)
-    image, labels, std = (view.take(a) for a in (volume.array, ensemble.labels, ensemble.variance_map))
-    window = tuple(float(v) for v in np.percentile(volume.array, (0.5, 99.5)))
+    rows = preview_rows(volume, result)
     panel_height = PANEL_HEIGHT
-    panel_width = min(2.0 * panel_height, max(0.5 * panel_height,
-                                              panel_height * image.shape[1] / (image.shape[0] * view.aspect)))
-    width = max(MIN_WIDTH, 2 * panel_width + 2.2)
-    height = panel_height + HEADER + FOOTER
+    row_height = panel_height + (ROW_HEADER if len(rows) > 1 else 0)
+    width = MIN_WIDTH + 2.0
+    height = HEADER + len(rows) * row_height + FOOTER
     figure = plt.figure(figsize=(width, height))
-    left = (width - 2 * panel_width - 1.3) / 2  # room for the colour bar on the right
-
-    def box(x: float, w: float):
-        return [x / width, FOOTER / height, w / width, panel_height / height]
-
-    image_ax = figure.add_axes(box(left, panel_width))
-    std_ax = figure.add_axes(box(left + panel_width + 0.25, panel_width))
-    bar_ax = figure.add_axes(box(left + 2 * panel_width + 0.4, 0.15))
-    draw_panel(image_ax, image, labels, None, view, window, "image, segmentation outlined in cyan")
-    heat = draw_panel(std_ax, image, labels, std, view, window, f"disagreement of the {ensemble.runs} runs")
-    colour_bar = figure.colorbar(heat, cax=bar_ax)
-    colour_bar.set_label("standard deviation over the runs\n(0: all agree, 0.5: split half and half)", fontsize=8)
     top = 1 - 0.12 / height
     figure.text(0.15 / width, top, volume.name, ha="left", va="top", fontsize=13, fontweight="bold")
-    figure.text(0.15 / width, top - 0.35 / height, f"{view.caption()}, radiological view", ha="left", va="top",
-                fontsize=10)
     figure.text(0.15 / width, top - 0.6 / height, f"model {Path(result.model_name).name}", ha="left", va="top",
                 fontsize=10)
-    quality = result.quality
-    light_badge(figure, quality.light, ensemble.nqm, quality.predicted_dice, (1 - 0.15 / width, top))
-    figure.text(0.15 / width, 0.38 / height, f"Light: {quality.explanation}.", ha="left", va="bottom", fontsize=9)
+    light_badge(figure, result.quality.light, result.ensemble.nqm if len(rows) == 1 else max(r.nqm for r in rows),
+                result.quality.predicted_dice, (1 - 0.15 / width, top), "overall: " if len(rows) > 1 else "")
+    captions = []
+    for number, row in enumerate(rows):
+        bottom = FOOTER + (len(rows) - 1 - number) * row_height
+        captions.append(_draw_row(figure, row, bottom, panel_height, width, height, result.ensemble.runs,
+                                  with_badge=len(rows) > 1))
+    header = captions[0] if len(rows) == 1 else "both hippocampi of a whole head, one row per side"
+    figure.text(0.15 / width, top - 0.35 / height, f"{header}, radiological view", ha="left", va="top", fontsize=10)
+    explanation = result.quality.explanation
+    figure.text(0.15 / width, 0.38 / height, f"Light: {explanation}.", ha="left", va="bottom", fontsize=9)
     figure.text(0.15 / width, 0.1 / height, "NQM: the runs' summed standard deviation over their summed "
                 "probability; the lower, the more the runs agree.", ha="left", va="bottom", fontsize=9)
     try:
@@ -191,3 +219,31 @@ def save_preview(volume, result, path: Path) -> None:
             figure.savefig(temporary, dpi=90)
     finally:
         plt.close(figure)
+
+
+def _draw_row(figure, row: Row, bottom: float, panel_height: float, width: float, height: float, runs: int,
+              with_badge: bool) -> str:
+    """Draw one row (image panel, deviation panel, colour bar); returns its slice caption."""
+    view = choose_view(row.labels, row.reference)
+    image, labels, std = (view.take(a) for a in (row.image, row.labels, row.std))
+    window = tuple(float(v) for v in np.percentile(row.image, (0.5, 99.5)))
+    panel_width = min(2.0 * panel_height, max(0.5 * panel_height,
+                                              panel_height * image.shape[1] / (image.shape[0] * view.aspect)))
+    panel_width = min(panel_width, (width - 2.2) / 2)
+    left = (width - 2 * panel_width - 1.3) / 2  # room for the colour bar on the right
+
+    def box(x: float, w: float):
+        return [x / width, bottom / height, w / width, panel_height / height]
+
+    draw_panel(figure.add_axes(box(left, panel_width)), image, labels, None, view, window,
+               "image, segmentation outlined in cyan")
+    heat = draw_panel(figure.add_axes(box(left + panel_width + 0.25, panel_width)), image, labels, std, view, window,
+                      f"disagreement of the {runs} runs")
+    colour_bar = figure.colorbar(heat, cax=figure.add_axes(box(left + 2 * panel_width + 0.4, 0.15)))
+    colour_bar.set_label("standard deviation over the runs\n(0: all agree, 0.5: split half and half)", fontsize=8)
+    if with_badge:
+        row_top = (bottom + panel_height + ROW_HEADER - 0.1) / height
+        figure.text(0.15 / width, row_top, f"{row.title}: {view.caption()}", ha="left", va="top", fontsize=11,
+                    fontweight="bold")
+        light_badge(figure, row.quality.light, row.nqm, row.quality.predicted_dice, (1 - 0.15 / width, row_top))
+    return view.caption()
