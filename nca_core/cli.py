@@ -114,6 +114,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               "(inputs are turned and resampled to it, results mapped back)")
     else:
         print("  input grid: not recorded (inputs are used on their own voxel grid)")
+    if preprocessing.side:
+        print(f"  side: trained on {preprocessing.side} crops (crops of the other side are mirrored for it)")
     print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")
     calibration = bundle.calibration
     if calibration:

@@ -35,3 +35,17 @@ def test_shipped_model_segments_held_out_cases(name, hippocampus_dir, tmp_path, 
         truth = (truth > 0).astype(np.uint8) if classes == 1 else truth
         assert set(np.unique(labels)) <= set(range(classes + 1))
         assert mean_foreground_dice(labels, truth, classes) >= MINIMUM_DICE[name], case
+
+
+def test_shipped_metadata_names_no_machine_paths():
+    """Provenance names the data set, split and hardware, never the training machine's folders."""
+    import re
+
+    from nca_core.modelfile import _read_metadata
+    from nca_core.registry import shipped_models
+
+    absolute = re.compile(r"(?:^|[\s\"'(=:])(?:/[A-Za-z0-9._-]+){2,}|[A-Za-z]:\\\\")
+    for name, path in shipped_models().items():
+        metadata = _read_metadata(path.read_bytes(), path)
+        for section, text in metadata.items():
+            assert not absolute.search(text), f"{name}: {section} holds a machine path: {absolute.search(text).group()}"
