@@ -97,22 +97,19 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     fixed = atlas.template
     mask = sitk.Cast(fixed > 0, sitk.sitkUInt8)
     start = _best_start(fixed, moving, mask)
-    stages = [sitk.VersorRigid3DTransform(), sitk.AffineTransform(3)]
+    stages = [sitk.VersorRigid3DTransform(), sitk.AffineTransform(3)]  # rigid first, then scale and shear
     transform: sitk.Transform = start
     for done, stage in enumerate(stages):
         if progress:
             progress("registration", done, len(stages))
         stage.SetCenter(start.GetCenter())
-        stage.SetTranslation(_translation(transform))
+        stage.SetTranslation(transform.GetTranslation())
         if isinstance(stage, sitk.AffineTransform):
-            stage.SetMatrix(_matrix(transform))
+            stage.SetMatrix(transform.GetMatrix())
         transform = _optimise(fixed, moving, mask, stage)
     if progress:
         progress("registration", len(stages), len(stages))
-    affine = sitk.AffineTransform(3)
-    affine.SetCenter(transform.GetCenter())
-    affine.SetMatrix(_matrix(transform))
-    affine.SetTranslation(_translation(transform))
+    affine = transform
     scales = tuple(float(s) for s in np.linalg.svd(np.asarray(affine.GetMatrix()).reshape(3, 3), compute_uv=False))
     result = Registration(affine, _correlation(fixed, moving, mask, affine), scales)
     _check(result)
@@ -183,7 +180,7 @@ def _best_start(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image) -> sitk
     method = _method(mask, [1], [0.0])
     best, best_value = initial, np.inf
     for dz in (-45.0, -30.0, -15.0, 0.0, 15.0):
-        for dy in (-10.0, 10.0):
+        for dy in (-10.0, 0.0, 10.0):
             candidate = sitk.Euler3DTransform(initial)
             x, y, z = initial.GetTranslation()
             candidate.SetTranslation((x, y + dy, z + dz))
@@ -213,14 +210,6 @@ def _correlation(fixed: sitk.Image, moving: sitk.Image, mask: sitk.Image, transf
     if a.std() == 0 or b.std() == 0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
-
-
-def _matrix(transform: sitk.Transform) -> Tuple[float, ...]:
-    return tuple(sitk.AffineTransform(3).GetMatrix()) if not hasattr(transform, "GetMatrix") else transform.GetMatrix()
-
-
-def _translation(transform: sitk.Transform) -> Tuple[float, ...]:
-    return transform.GetTranslation()
 
 
 def _ras_to_lps(point: Sequence[float]) -> Tuple[float, float, float]:
