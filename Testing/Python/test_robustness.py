@@ -209,16 +209,31 @@ def test_output_folder_that_cannot_be_created(tmp_path, capsys, model, inputs):
     assert code == 1 and err == [f"m3dnca: error: {blocker}: output path exists and is not a folder"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders")
-def test_read_only_output_folder(tmp_path, capsys, model, inputs):
-    outdir = tmp_path / "locked"
-    outdir.mkdir()
-    outdir.chmod(0o555)
+@pytest.mark.parametrize("kind", ["read-only", "sysfs"])
+def test_output_folder_that_refuses_new_files(tmp_path, capsys, model, inputs, kind):
+    """An existing folder in which no file can be created is refused once, before any case runs.
+    Root ignores a folder's mode bits (CI runs as root), so a sysfs folder, where the kernel
+    refuses new files to every user, covers that branch there."""
+    if kind == "read-only":
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.skip("root ignores a folder's mode bits; the sysfs case covers root")
+        outdir = tmp_path / "locked"
+        outdir.mkdir()
+        outdir.chmod(0o555)
+    else:
+        outdir = Path("/sys/kernel")
+        if not outdir.is_dir():
+            pytest.skip("no sysfs here (not Linux)")
+    before = sorted(p.name for p in outdir.iterdir())
     try:
         code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
     finally:
-        outdir.chmod(0o755)
-    assert code == 1 and "output folder is not writable" in err[0]
+        if kind == "read-only":
+            outdir.chmod(0o755)
+    assert code == 1 and out == "" and len(err) == 1
+    assert re.fullmatch(rf"m3dnca: error: {re.escape(str(outdir))}: output folder is not writable "
+                        r"\((Permission denied|Read-only file system)\)", err[0]), err[0]
+    assert sorted(p.name for p in outdir.iterdir()) == before
 
 
 def failing_writer(monkeypatch, fail_on: int, error: BaseException):
