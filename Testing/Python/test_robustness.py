@@ -307,14 +307,22 @@ def failing_rename(monkeypatch, target_name: str, error: BaseException):
     return failed
 
 
-@pytest.mark.parametrize("error", [OSError(errno.EIO, os.strerror(errno.EIO)), KeyboardInterrupt()],
-                         ids=["io-error", "interrupt"])
-def test_failure_while_renaming_keeps_the_previous_outputs(tmp_path, capsys, model, inputs, monkeypatch, error):
+@pytest.mark.parametrize("error, links", [(OSError(errno.EIO, os.strerror(errno.EIO)), True),
+                                          (KeyboardInterrupt(), True),
+                                          (OSError(errno.EIO, os.strerror(errno.EIO)), False)],
+                         ids=["io-error", "interrupt", "io-error-without-hard-links"])
+def test_failure_while_renaming_keeps_the_previous_outputs(tmp_path, capsys, model, inputs, monkeypatch, error, links):
     """The segmentation was renamed into place, the variance map's rename fails: every old
     file is as it was (not a new segmentation beside an old report) and nothing else is left."""
     outdir = tmp_path / "out"
     assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
     before = hashes(outdir), inodes(outdir)
+    if not links:  # a file system without hard links: the previous files are kept as copies
+        def no_link(source, target, *args, **kwargs):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        monkeypatch.setattr(nca_core.atomic.os, "link", no_link)
+        before = before[0], inodes(outdir).keys()
     failed = failing_rename(monkeypatch, "good_variance.nii.gz", error)
     code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, "--overwrite", *fast(model))
     assert failed, "the rename phase was not reached"
@@ -323,7 +331,8 @@ def test_failure_while_renaming_keeps_the_previous_outputs(tmp_path, capsys, mod
     else:
         assert code == 1 and err == [f"m3dnca: error: {outdir / 'good_variance.nii.gz'}: cannot write output "
                                      "(Input/output error)"]
-    assert (hashes(outdir), inodes(outdir)) == before  # the same files; no temporaries or backups left
+    after = inodes(outdir)
+    assert (hashes(outdir), after if links else after.keys()) == before  # the same files; nothing else left
 
 
 def test_failure_while_renaming_a_first_write_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
