@@ -89,15 +89,13 @@ def _replace_all(staged: List[Tuple[str, Path]]) -> None:
             os.remove(marker)
             undo.append((marker, marker_backup))
         for temporary, path in staged:
-            backup = None
-            if path != marker:
+            if path != marker:  # recorded first: undoing a replacement not yet made is harmless
                 backup = _backup(path)
                 if backup is not None:
                     backups.append(backup)
+                undo.append((path, backup))
             with _errors_naming(path):
                 os.replace(temporary, path)
-            if path != marker:
-                undo.append((path, backup))
     except BaseException:
         for path, backup in reversed(undo):
             with contextlib.suppress(OSError):
