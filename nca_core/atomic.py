@@ -4,9 +4,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 
 @contextlib.contextmanager
@@ -50,8 +52,11 @@ def atomic_group() -> Iterator[Callable[[Path, str], str]]:
     """Stage several files: ``stage(path, suffix)`` gives a temporary name beside ``path``.
 
     When the block succeeds every temporary replaces its target, in staging order (stage
-    the file that marks a complete set last); on any error all temporaries are removed
-    and no target is touched.
+    the file that marks a complete set last). On any error, in the block or while
+    replacing (an interrupt included), all temporaries are removed and every target is
+    as it was: replaced ones get their previous file back, new ones are removed. The
+    marker's previous version is moved aside first, so a crash while replacing leaves
+    no marker beside a mixed set.
     """
     staged: List[Tuple[str, Path]] = []
 
@@ -63,13 +68,65 @@ def atomic_group() -> Iterator[Callable[[Path, str], str]]:
 
     try:
         yield stage
-        for temporary, path in staged:
-            with _errors_naming(path):
-                os.replace(temporary, path)
+        _replace_all(staged)
     finally:
         for temporary, _ in staged:
             if os.path.exists(temporary):
                 os.remove(temporary)
+
+
+def _replace_all(staged: List[Tuple[str, Path]]) -> None:
+    """Replace each target by its temporary; on any error undo the replacements made."""
+    if not staged:
+        return
+    marker = staged[-1][1]
+    undo: List[Tuple[Path, Optional[str]]] = []  # (target, backup of its previous file or None), as done
+    backups: List[str] = []
+    try:
+        marker_backup = _backup(marker)
+        if marker_backup is not None:  # the marker is away until the whole set is in place
+            backups.append(marker_backup)
+            os.remove(marker)
+            undo.append((marker, marker_backup))
+        for temporary, path in staged:
+            if path != marker:  # recorded first: undoing a replacement not yet made is harmless
+                backup = _backup(path)
+                if backup is not None:
+                    backups.append(backup)
+                undo.append((path, backup))
+            with _errors_naming(path):
+                os.replace(temporary, path)
+    except BaseException:
+        for path, backup in reversed(undo):
+            with contextlib.suppress(OSError):
+                if backup is not None:
+                    os.replace(backup, path)
+                else:
+                    os.remove(path)
+        raise
+    finally:
+        for backup in backups:
+            with contextlib.suppress(OSError):
+                if os.path.lexists(backup):
+                    os.remove(backup)
+
+
+def _backup(path: Path) -> Optional[str]:
+    """A hard link (or, where links are not possible, a copy) of ``path`` beside it; None if
+    there is no file."""
+    if not os.path.isfile(path):
+        return None
+    while True:
+        backup = str(path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.previous")
+        try:
+            os.link(path, backup)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:  # a file system without hard links
+            with _errors_naming(path):
+                shutil.copy2(path, backup)
+            return backup
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -146,7 +147,7 @@ def segment_inputs(
 def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentOptions, progress_for) -> CaseOutcome:
     name = case_name(path)
     existing = [p.name for p in output_paths(outdir, name).values() if p.exists()]
-    if existing and not options.overwrite:
+    if not options.overwrite and _is_done(output_paths(outdir, name)["report"]):
         return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
     try:
         volume = read_volume(path, options.channel)
@@ -164,6 +165,17 @@ def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentO
     report = result.report()
     return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
                        report["predicted_dice"], report["seconds"])
+
+
+def _is_done(report: Path) -> bool:
+    """Whether a case was finished: its report (written last) parses and every output it lists
+    is in the report's folder. Outputs without such a report are left from an interrupted run
+    and are redone."""
+    try:
+        outputs = json.loads(report.read_text(encoding="utf-8"))["outputs"]
+        return bool(outputs) and all((report.parent / Path(listed).name).is_file() for listed in outputs.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _naming(message: str, path: Path, outdir: Path) -> str:

@@ -330,5 +330,7 @@ def write_outputs(
                           outputs={k: str(v) for k, v in written.items() if k != "report"})
             Path(stage(target)).write_text(json.dumps(report, indent=2), encoding="utf-8")
     except (RuntimeError, OSError) as error:
+        named = getattr(error, "filename", None)  # renaming into place names the file that failed
+        target = Path(named) if named and Path(named) in written.values() else target
         raise NCAError(f"{target}: cannot write output ({output_reason(error)})") from None
     return written

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,10 +141,12 @@ def test_python_m_equals_the_m3dnca_command(tmp_path, capsys):
     assert module.returncode == code == 0 and module.stdout == in_process
     scripts = (REPOSITORY / "pyproject.toml").read_text()
     assert 'm3dnca = "nca_core.cli:main"' in scripts  # the console script is this same main()
-    installed = shutil.which("m3dnca")
-    if installed:
-        command = subprocess.run([installed, "info", str(path), "--json"], capture_output=True, text=True, timeout=300)
-        assert command.returncode == 0 and command.stdout == module.stdout
+    # the installed console script sits beside this interpreter (a venv's bin/ is often not on PATH)
+    installed = Path(sys.executable).parent / ("m3dnca.exe" if os.name == "nt" else "m3dnca")
+    assert installed.is_file(), f"{installed}: no console script; install the package (bash scripts/setup.sh test)"
+    command = subprocess.run([str(installed), "info", str(path), "--json"], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, PYTHONPATH=str(REPOSITORY)))
+    assert command.returncode == 0 and command.stdout == module.stdout
     failing = python_m("info", tmp_path / "absent.m3dnca")
     assert failing.returncode == 1 and failing.stderr.strip().endswith("model file not found")
 

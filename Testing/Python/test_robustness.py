@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import re
 import resource
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import nca_core.atomic
 import nca_core.batch
 import nca_core.pipeline
 from nca_core.cli import main
@@ -223,16 +225,31 @@ def test_output_folder_whose_parent_cannot_be_created(tmp_path, capsys, model, i
                                  "/proc/m3dnca-missing does not exist and cannot be created (No such file or directory)"]
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write to read-only folders")
-def test_read_only_output_folder(tmp_path, capsys, model, inputs):
-    outdir = tmp_path / "locked"
-    outdir.mkdir()
-    outdir.chmod(0o555)
+@pytest.mark.parametrize("kind", ["read-only", "sysfs"])
+def test_output_folder_that_refuses_new_files(tmp_path, capsys, model, inputs, kind):
+    """An existing folder in which no file can be created is refused once, before any case runs.
+    Root ignores a folder's mode bits (CI runs as root), so a sysfs folder, where the kernel
+    refuses new files to every user, covers that branch there."""
+    if kind == "read-only":
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            pytest.skip("root ignores a folder's mode bits; the sysfs case covers root")
+        outdir = tmp_path / "locked"
+        outdir.mkdir()
+        outdir.chmod(0o555)
+    else:
+        outdir = Path("/sys/kernel")
+        if not outdir.is_dir():
+            pytest.skip("no sysfs here (not Linux)")
+    before = sorted(p.name for p in outdir.iterdir())
     try:
         code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
     finally:
-        outdir.chmod(0o755)
-    assert code == 1 and "output folder is not writable" in err[0]
+        if kind == "read-only":
+            outdir.chmod(0o755)
+    assert code == 1 and out == "" and len(err) == 1
+    assert re.fullmatch(rf"m3dnca: error: {re.escape(str(outdir))}: output folder is not writable "
+                        r"\((Permission denied|Read-only file system)\)", err[0]), err[0]
+    assert sorted(p.name for p in outdir.iterdir()) == before
 
 
 def failing_writer(monkeypatch, fail_on: int, error: BaseException):
@@ -284,6 +301,84 @@ def test_failed_overwrite_keeps_the_previous_outputs(tmp_path, capsys, model, in
     code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, "--overwrite", *fast(model))
     assert code == 1 and "No space left on device" in err[0]
     assert hashes(outdir) == before
+
+
+def inodes(folder: Path):
+    """Every file's inode: a file renamed over another, even with equal content, shows."""
+    return {p.name: p.stat().st_ino for p in sorted(folder.iterdir())}
+
+
+def failing_rename(monkeypatch, target_name: str, error: BaseException):
+    """Make the rename of a finished temporary onto ``target_name`` fail once with ``error``."""
+    original = os.replace
+    failed = []
+
+    def replace(source, target, *args, **kwargs):
+        if not failed and Path(target).name == target_name:
+            failed.append(source)
+            raise error
+        return original(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(nca_core.atomic.os, "replace", replace)
+    return failed
+
+
+@pytest.mark.parametrize("error, links", [(OSError(errno.EIO, os.strerror(errno.EIO)), True),
+                                          (KeyboardInterrupt(), True),
+                                          (OSError(errno.EIO, os.strerror(errno.EIO)), False)],
+                         ids=["io-error", "interrupt", "io-error-without-hard-links"])
+def test_failure_while_renaming_keeps_the_previous_outputs(tmp_path, capsys, model, inputs, monkeypatch, error, links):
+    """The segmentation was renamed into place, the variance map's rename fails: every old
+    file is as it was (not a new segmentation beside an old report) and nothing else is left."""
+    outdir = tmp_path / "out"
+    assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
+    before = hashes(outdir), inodes(outdir)
+    if not links:  # a file system without hard links: the previous files are kept as copies
+        def no_link(source, target, *args, **kwargs):
+            raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+        monkeypatch.setattr(nca_core.atomic.os, "link", no_link)
+        before = before[0], inodes(outdir).keys()
+    failed = failing_rename(monkeypatch, "good_variance.nii.gz", error)
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, "--overwrite", *fast(model))
+    assert failed, "the rename phase was not reached"
+    if isinstance(error, KeyboardInterrupt):
+        assert code == 130 and err == ["m3dnca: interrupted"]
+    else:
+        assert code == 1 and err == [f"m3dnca: error: {outdir / 'good_variance.nii.gz'}: cannot write output "
+                                     "(Input/output error)"]
+    after = inodes(outdir)
+    assert (hashes(outdir), after if links else after.keys()) == before  # the same files; nothing else left
+
+
+def test_failure_while_renaming_a_first_write_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
+    outdir = tmp_path / "out"
+    failing_rename(monkeypatch, "good_report.json", OSError(errno.EIO, os.strerror(errno.EIO)))
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, *fast(model))
+    assert code == 1 and len(err) == 1 and "good_report.json: cannot write output" in err[0]
+    assert list(outdir.iterdir()) == []
+
+
+def test_replacing_a_set_takes_the_old_marker_away_first(tmp_path, monkeypatch):
+    """While a set replaces its old files the old marker (the report) is absent, so a crash part
+    way leaves a case that a rerun redoes, not a mixed set that looks finished."""
+    first, marker = tmp_path / "a_seg", tmp_path / "a_report"
+    first.write_text("old seg")
+    marker.write_text("old report")
+    seen = []
+    original = os.replace
+
+    def replace(source, target, *args, **kwargs):
+        seen.append((Path(target).name, marker.exists()))
+        return original(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(nca_core.atomic.os, "replace", replace)
+    with nca_core.atomic.atomic_group() as stage:
+        Path(stage(first)).write_text("new seg")
+        Path(stage(marker)).write_text("new report")
+    assert seen == [("a_seg", False), ("a_report", False)]
+    assert (first.read_text(), marker.read_text()) == ("new seg", "new report")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_report", "a_seg"]
 
 
 def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
@@ -359,13 +454,41 @@ def test_rerun_skips_and_overwrite_redoes(tmp_path, capsys, model, inputs):
     assert oct(seg.stat().st_mode & 0o777) != oct(0o600)  # temporaries do not keep mkstemp's mode
 
 
-def test_stray_output_without_report_is_not_overwritten(tmp_path, capsys, model, inputs):
+def _no_report(outdir: Path, case: str) -> None:  # a crash before the report was renamed into place
+    (outdir / f"{case}_report.json").unlink()
+
+
+def _cut_report(outdir: Path, case: str) -> None:
+    report = outdir / f"{case}_report.json"
+    report.write_bytes(report.read_bytes()[:40])
+
+
+def _listed_output_gone(outdir: Path, case: str) -> None:
+    (outdir / f"{case}_variance.nii.gz").unlink()
+
+
+@pytest.mark.parametrize("damage", [_no_report, _cut_report, _listed_output_gone],
+                         ids=["no-report", "cut-report", "listed-output-missing"])
+def test_resume_redoes_unfinished_cases_and_skips_finished_ones(tmp_path, capsys, model, inputs, damage):
+    """A case counts as done when its report (written last) parses and lists outputs that all exist;
+    a rerun without --overwrite redoes every other case instead of skipping it for ever."""
+    write_volume(inputs / "second.nii.gz", smooth_volume(seed=2))
     outdir = tmp_path / "out"
-    outdir.mkdir()
-    (outdir / "good_seg.nii.gz").write_bytes(b"a file of the user's")
+    assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
+    done = {p.name: p.stat().st_ino for p in outdir.glob("good_*")}
+    damage(outdir, "second")
     code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
-    assert code == 0 and "skipped" in out
-    assert (outdir / "good_seg.nii.gz").read_bytes() == b"a file of the user's"
+    assert code == 0 and not err
+    assert "good: skipped: outputs exist" in out and "second: NQM" in out
+    assert {p.name: p.stat().st_ino for p in outdir.glob("good_*")} == done
+    assert sorted(p.name for p in outdir.glob("second_*")) == [
+        "second_report.json", "second_seg.nii.gz", "second_variance.nii.gz"]
+    report = json.loads((outdir / "second_report.json").read_text())
+    assert all(Path(listed).exists() for listed in report["outputs"].values())
+    with open(outdir / "summary.csv", newline="") as handle:
+        assert {row["case"]: row["status"] for row in csv.DictReader(handle)} == {"good": "skipped", "second": "ok"}
+    code, out, err = run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))
+    assert code == 0 and out.count("skipped: outputs exist") == 2  # now both are done
 
 
 def test_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, capsys, model, inputs, monkeypatch):
