@@ -49,8 +49,10 @@ class JobResult:
         return math.inf if value is None else float(value)
 
     @property
-    def label_names(self) -> List[str]:
-        return list(self.report.get("labels") or ["foreground"])
+    def label_names(self):
+        """The engine's {label value: name} (a list of names, value k = class k, from older reports)."""
+        labels = self.report.get("labels") or ["foreground"]
+        return dict(labels) if isinstance(labels, dict) else list(labels)
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:

@@ -23,6 +23,24 @@ def engine_device(choice: str) -> str:
         raise ValueError(f"unknown device {choice!r}; choose auto, CPU or GPU") from None
 
 
+# --- region and side (the engine's names; kept here so this file needs no nca_core import) ------
+
+SIDE_CHOICES = ("auto", "left", "right")
+LOCATE_CHOICES = ("auto", "head", "none")
+# Panel region -> how the engine takes the volume: "auto" finds both hippocampi in a whole head
+# (a crop-sized volume is taken as it is), "roi" cuts the volume to a markups ROI first, and
+# "volume" takes the volume as one crop.
+REGION_CHOICES = ("auto", "roi", "volume")
+_REGION_LOCATE = {"auto": "auto", "roi": "none", "volume": "none"}
+
+
+def region_locate(region: str) -> str:
+    try:
+        return _REGION_LOCATE[region]
+    except KeyError:
+        raise ValueError(f"region must be one of {', '.join(REGION_CHOICES)}, not {region!r}") from None
+
+
 # --- advanced options ----------------------------------------------------------------------
 
 def parse_steps(text: Optional[str], levels: Optional[int] = None) -> Optional[List[int]]:
@@ -61,6 +79,8 @@ class RunOptions:
     device: str = "auto"  # engine name: auto | cpu | cuda
     fire_rate: Optional[float] = None
     steps: Optional[List[int]] = None
+    side: str = "auto"  # auto | left | right (nca_core.argtypes.SIDE_CHOICES)
+    locate: str = "auto"  # auto | head | none (nca_core.argtypes.LOCATE_CHOICES)
 
     def validate(self) -> "RunOptions":
         if int(self.runs) < 1:
@@ -69,11 +89,16 @@ class RunOptions:
         self.seed = int(self.seed)
         self.device = engine_device(self.device)
         self.fire_rate = fire_rate_option(self.fire_rate)
+        if self.side not in SIDE_CHOICES:
+            raise ValueError(f"side must be one of {', '.join(SIDE_CHOICES)}, not {self.side!r}")
+        if self.locate not in LOCATE_CHOICES:
+            raise ValueError(f"locate must be one of {', '.join(LOCATE_CHOICES)}, not {self.locate!r}")
         return self
 
     def to_dict(self) -> Dict:
         return {"model": self.model, "runs": self.runs, "seed": self.seed, "device": self.device,
-                "fire_rate": self.fire_rate, "steps": self.steps}
+                "fire_rate": self.fire_rate, "steps": self.steps,
+                "side": self.side, "locate": self.locate}
 
 
 # --- where the engine is -------------------------------------------------------------------
@@ -102,6 +127,12 @@ def ensure_engine_importable(module_dir: str) -> Optional[str]:
 # --- model catalogue without torch -----------------------------------------------------------
 
 MODEL_SUFFIX = ".m3dnca"
+
+
+def model_name(model: str) -> str:
+    """A shipped model's name, or a model file's name without folder and suffix."""
+    base = os.path.basename(str(model))
+    return base[: -len(MODEL_SUFFIX)] if base.endswith(MODEL_SUFFIX) else base
 
 
 @dataclass
@@ -190,10 +221,12 @@ def model_catalog() -> List[ModelInfo]:
 # torch comes from Slicer's PyTorch extension (PyTorchUtils); the rest through pip.
 TORCH_REQUIREMENT = ">=2.0"
 PIP_REQUIREMENTS = {
-    # import name: pip requirement
+    # import name: pip requirement (everything a feature of the module or its batch script uses)
     "safetensors": "safetensors>=0.4,<1",
+    "matplotlib": "matplotlib>=3.5",  # --preview of the batch script / m3dnca segment
+    "tqdm": "tqdm>=4.60",  # progress bars of the command line the batch script runs
 }
-# SimpleITK and numpy ship with Slicer; matplotlib/tqdm are only used by the command line.
+# SimpleITK and numpy ship with Slicer.
 
 
 def missing_pip_packages(find_spec=importlib.util.find_spec) -> List[str]:
@@ -211,3 +244,34 @@ def install_message(torch_missing: bool, pip_missing: Sequence[str]) -> str:
         lines.append(f"  - {requirement}")
     lines += ["", "Download and install now? This can take several minutes and needs internet access."]
     return "\n".join(lines)
+
+
+def installed_version(distribution: str) -> Optional[str]:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8
+        return None
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def torch_needs_install(find_spec=importlib.util.find_spec, version_of=installed_version) -> bool:
+    """True when torch is absent or older than 2.0 (TORCH_REQUIREMENT): both need the PyTorch
+    extension to install a suitable one."""
+    if find_spec("torch") is None:
+        return True
+    text = version_of("torch")
+    if not text:
+        return False  # importable but without metadata (a source build): take it as it is
+    try:
+        major = int(text.split(".")[0])
+    except ValueError:
+        return False
+    return major < 2
+
+
+def pytorch_extension_missing(find_spec=importlib.util.find_spec) -> bool:
+    """Slicer's PyTorch extension (module PyTorchUtils) installs torch; without it nothing can."""
+    return find_spec("PyTorchUtils") is None

@@ -23,3 +23,8 @@ def hippocampus_dir() -> Path:
 @pytest.fixture(scope="session")
 def formats_dir() -> Path:
     return _require(SHARED_DATA / "formats")
+
+
+@pytest.fixture(scope="session")
+def wholehead_dir() -> Path:
+    return _require(SHARED_DATA / "wholehead")
