@@ -1,5 +1,9 @@
-"""Slicer-free helpers of the M3DNCASegment module.
+"""The M3DNCASegment module's code, one concern per file.
 
-Nothing in this package imports ``slicer``, ``qt``, ``vtk`` or ``torch``: it is tested with
-pytest outside Slicer (Testing/Python/test_slicer_module.py).
+Slicer-free (tested with plain pytest): ``display`` (light, overlay, segment names and
+terminology), ``geometry`` (array order, RAS/LPS), ``options`` (panel choices, model list,
+dependencies), ``job`` + ``worker`` (the background process). With MRML (tested against real
+MRML from slicer-core): ``volume`` (volume node -> SimpleITK image, ROI box), ``outputs``
+(segmentation and variance nodes), ``logic`` (volume -> engine -> scene), ``dependencies``.
+With Qt: ``panel`` (the module widget).
 """

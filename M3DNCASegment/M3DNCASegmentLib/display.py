@@ -98,7 +98,13 @@ def light_summary(light: str, nqm: Optional[float], dice: Optional[float], expla
     return f"{light_title(light)} ({light}); {format_nqm(nqm)}; {format_predicted_dice(dice)}; {explanation}"
 
 
-def progress_text(done: int, total: int) -> str:
+def progress_text(done: int, total: int, step: str = "") -> str:
+    """Progress bar text for an engine step: "registration" (stages), "segmentation" or a side's
+    box ("left hippocampus": runs)."""
+    if step == "registration":
+        return f"Finding the hippocampi: stage {done} / {total}"
+    if step and step != "segmentation":
+        return f"{step[:1].upper()}{step[1:]}: runs done {done} / {total}"
     return f"Runs done: {done} / {total}"
 
 

@@ -22,8 +22,11 @@ from typing import Callable, Optional
 import numpy as np
 import slicer
 
-from . import display, options, outputs, volume
+from . import dependencies, display, options, outputs, volume
 from .job import JobResult
+
+# nca_core lies beside the module (installed extension) or in the checkout root: put that copy first.
+ENGINE_DIR = options.ensure_engine_importable(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class M3DNCASegmentResult:
@@ -58,6 +61,8 @@ class M3DNCASegmentResult:
 
 class SegmentLogic:
     """Models, options, the engine call and the scene outputs."""
+
+    engineDir = ENGINE_DIR
 
     # --- models and options ----------------------------------------------------------------
 
@@ -106,14 +111,15 @@ class SegmentLogic:
 
     # --- processing ------------------------------------------------------------------------
 
-    def missingDependencies(self):
-        """(torch missing or too old, list of missing pip requirements)."""
-        return options.torch_needs_install(), options.missing_pip_packages()
+    @staticmethod
+    def setupPythonRequirements(interactive: bool = True) -> bool:
+        """See ``dependencies.setupPythonRequirements``."""
+        return dependencies.setupPythonRequirements(interactive)
 
     def process(self, inputVolume, model: str = "hippocampus", runs: int = 10, seed: int = 0,
                 device: str = "auto", fireRate: Optional[float] = None, steps=None,
                 side: str = "auto", region: str = "auto", roi=None,
-                showResult: bool = True, overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY,
+                interactive: bool = False, showResult: bool = True, overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY,
                 progress: Optional[Callable[[str, int, int], None]] = None,
                 shouldCancel: Optional[Callable[[], bool]] = None) -> M3DNCASegmentResult:
         """Segment ``inputVolume`` in this process and add the outputs to the scene.
@@ -122,11 +128,14 @@ class SegmentLogic:
         :param side: auto, left or right (the crop's side; for a whole head the side to segment).
         :param region: auto (a whole head: both hippocampi found; a crop as it is), roi (``roi``,
           a markups ROI node, cuts the volume first) or volume (the volume as one crop).
+        :param interactive: if False (default) no dialog ever opens; errors are raised.
         :param progress: called with (step, done, total) as the engine's steps advance.
         :param shouldCancel: polled after every NCA step; True stops with ``nca_core.ensemble.Cancelled``
           and leaves the scene unchanged.
         """
         started = time.perf_counter()
+        if not self.setupPythonRequirements(interactive=interactive):
+            raise RuntimeError("Required Python packages are not installed.")
         runOptions = self.runOptions(model, runs, seed, device, fireRate, steps, side, region)
         image, box = self.engineInput(inputVolume, region, roi)
         from nca_core import registry

@@ -1,5 +1,5 @@
 """The module's real Logic against real MRML (PyPI ``slicer-core``: Slicer's MRML, volumes,
-segmentations, colors and terminologies logic and Slicer's own ``slicer.util``).
+segmentations and colors logic and Slicer's own ``slicer.util``; fixtures in conftest.py).
 
 Nothing of MRML is stood in. Only the application's module registry is: ``slicer.modules.<name>``
 is a Qt module object in Slicer, here a small object whose ``logic()`` returns the real logic, and
@@ -37,57 +37,6 @@ from nca_core.pipeline import segment_image  # noqa: E402
 
 SAMPLE = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
 RUNS = 2  # the shipped sample is a right hippocampus: side="right" skips the side probe's runs
-
-
-class _Module:
-    """``slicer.modules.<name>`` of the application: only ``logic()``."""
-
-    __slots__ = ("_logic",)
-
-    def __init__(self, logic):
-        self._logic = logic
-
-    def logic(self):
-        return self._logic
-
-
-class _Modules:
-    __slots__ = ("volumes", "segmentations", "colors")
-
-
-@pytest.fixture(scope="module")
-def app():
-    """A scene with Slicer's application, colors, volumes and segmentations logic and
-    three slice views' composite nodes, made the ``slicer.mrmlScene`` of ``slicer.util``."""
-    scene = slicer.vtkMRMLScene()
-    appLogic = slicer.vtkSlicerApplicationLogic()
-    appLogic.SetMRMLScene(scene)
-    modules = _Modules()
-    for name, logic in (("colors", slicer.vtkSlicerColorLogic()),
-                        ("volumes", slicer.vtkSlicerVolumesLogic()),
-                        ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic())):
-        logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(appLogic)
-        appLogic.SetModuleLogic(name.capitalize(), logic)  # as Slicer registers its modules' logic
-        setattr(modules, name, _Module(logic))
-    saved = {name: getattr(slicer, name, None) for name in ("mrmlScene", "modules")}
-    slicer.mrmlScene, slicer.modules = scene, modules
-    yield scene
-    for name, value in saved.items():
-        if value is None:
-            delattr(slicer, name)
-        else:
-            setattr(slicer, name, value)
-
-
-@pytest.fixture
-def scene(app):
-    app.Clear(0)
-    for view in ("Red", "Yellow", "Green"):
-        composite = slicer.vtkMRMLSliceCompositeNode()
-        composite.SetLayoutName(view)
-        app.AddNode(composite)
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +279,53 @@ def test_a_whole_head_gives_two_named_sides_each_on_its_own_side(scene, wholehea
     for name, value in (("Left hippocampus", 1), ("Right hippocampus", 2)):
         mask = _labelmap_kji(segmentationNode, name, volume) > 0
         assert (atlas[mask] == value).mean() > 0.5, f"{name} is mostly outside the atlas's {name.lower()}"
+
+
+def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, monkeypatch):
+    from M3DNCASegmentLib import options
+
+    volume = _volume_node(_sample("ras"))
+    before = _node_ids(scene)
+    monkeypatch.setattr(options, "torch_needs_install", lambda: True)
+    monkeypatch.setattr(options, "pytorch_extension_missing", lambda: False)
+
+    def dialog(*args, **kwargs):
+        raise AssertionError("a dialog was opened")
+
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", dialog)
+    with pytest.raises(RuntimeError, match="Install them from the M3DNCASegment panel"):
+        SegmentLogic().process(volume, runs=RUNS, region="volume", side="right")
+    monkeypatch.setattr(options, "pytorch_extension_missing", lambda: True)
+    with pytest.raises(RuntimeError, match="install the PyTorch extension"):  # said before any question
+        SegmentLogic().process(volume, runs=RUNS, region="volume", side="right", interactive=True)
+    assert _node_ids(scene) == before
+
+
+def test_bad_options_and_unknown_models_are_refused_before_running(scene):
+    volume = _volume_node(_sample("ras"))
+    before = _node_ids(scene)
+    with pytest.raises(ValueError, match="levels"):
+        SegmentLogic().process(volume, steps="5")  # the model has 2 levels
+    with pytest.raises(ValueError, match="unknown model"):
+        SegmentLogic().process(volume, model="no-such-model")
+    with pytest.raises(ValueError, match="side"):
+        SegmentLogic().process(volume, side="middle")
+    with pytest.raises(ValueError, match="needs an ROI"):
+        SegmentLogic().process(volume, region="roi")
+    assert _node_ids(scene) == before
+
+
+def test_cancel_stops_the_engine_and_adds_nothing(scene):
+    from nca_core.ensemble import Cancelled
+
+    volume = _volume_node(_sample("ras"))
+    before = _node_ids(scene)
+    polls = []
+
+    def shouldCancel():
+        polls.append(True)
+        return len(polls) > 3  # after a few NCA steps: outputs could exist if the logic ignored it
+
+    with pytest.raises(Cancelled):
+        SegmentLogic().process(volume, runs=RUNS, region="volume", side="right", shouldCancel=shouldCancel)
+    assert len(polls) == 4 and _node_ids(scene) == before
