@@ -21,7 +21,6 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .options import RunOptions
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -77,9 +76,10 @@ class BackgroundJob:
     """One segmentation running in a child process. Call ``start``, then ``poll`` until the
     state is not ``running``; ``result`` once finished; ``cleanup`` always."""
 
-    def __init__(self, image, options: RunOptions, engine_dir: str,
+    def __init__(self, image, options, engine_dir: str,
                  python: Optional[str] = None, workdir: Optional[str] = None):
-        """``image``: the volume as a SimpleITK image (voxels with their LPS geometry)."""
+        """``image``: the volume as a SimpleITK image (voxels with their LPS geometry);
+        ``options``: ``nca_core.options.SegmentSettings``."""
         self.options = options
         self.engine_dir = engine_dir
         self.python = python or sys.executable

@@ -23,10 +23,8 @@ import numpy as np
 import slicer
 
 from . import dependencies, display, options, outputs, volume
+from . import ENGINE_DIR
 from .job import JobResult
-
-# nca_core lies beside the module (installed extension) or in the checkout root: put that copy first.
-ENGINE_DIR = options.ensure_engine_importable(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class M3DNCASegmentResult:
@@ -69,25 +67,15 @@ class SegmentLogic:
     def modelCatalog(self):
         return options.model_catalog()
 
-    def modelInfo(self, model: str) -> options.ModelInfo:
-        for info in self.modelCatalog():
-            if info.name == model:
-                return info
-        if os.path.isfile(model):
-            return options.read_model_info(model)
-        names = ", ".join(info.name for info in self.modelCatalog()) or "none installed"
-        raise ValueError(f"unknown model {model!r}; shipped models: {names}")
+    def modelInfo(self, model: str) -> options.ModelHeader:
+        """The header of a shipped model name or a model file (raises NCAError if neither)."""
+        return options.find_header(model)
 
     def runOptions(self, model: str, runs: int = 10, seed: int = 0, device: str = "auto",
                    fireRate: Optional[float] = None, steps=None, side: str = "auto",
-                   region: str = "auto") -> options.RunOptions:
-        """Checked engine options; ``steps`` may be a list or text such as "10,10"."""
-        info = self.modelInfo(model)
-        if not (isinstance(steps, str) or steps is None):
-            steps = ",".join(str(int(s)) for s in steps)
-        return options.RunOptions(model=info.path if os.path.isfile(model) else info.name, runs=runs, seed=seed,
-                                  device=device, fire_rate=fireRate, steps=options.parse_steps(steps, info.levels or None),
-                                  side=side, locate=options.region_locate(region)).validate()
+                   region: str = "auto") -> options.SegmentSettings:
+        """The engine's checked options; ``steps`` may be a list or text such as "10,10"."""
+        return options.settings(model, runs, seed, device, fireRate, steps, side, region)
 
     @staticmethod
     def pythonExecutable() -> str:
@@ -143,10 +131,8 @@ class SegmentLogic:
 
         bundle = registry.load(runOptions.model)
         logging.info(f"M3D-NCA: segmenting {inputVolume.GetName()} with {runOptions.model}, {runOptions.runs} runs")
-        segmentation = segment_image(
-            image, bundle, options.model_name(runOptions.model), runs=runOptions.runs, seed=runOptions.seed,
-            device=runOptions.device, fire_rate=runOptions.fire_rate, steps=runOptions.steps,
-            side=runOptions.side, locate=runOptions.locate, progress=progress, should_cancel=shouldCancel)
+        segmentation = segment_image(image, bundle, options.model_name(runOptions.model), progress=progress,
+                                     should_cancel=shouldCancel, **runOptions.engine_arguments())
         result = JobResult(labels=segmentation.ensemble.labels, variance=segmentation.ensemble.variance_map,
                            report=segmentation.report())
         return self.createOutputs(inputVolume, result, time.perf_counter() - started, box=box,

@@ -14,6 +14,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from . import display, options
+from .options import NCAError
 from .job import CANCELLED, FAILED, FINISHED, BackgroundJob
 
 LOAD_MODEL_ITEM = "Load model file\u2026"
@@ -190,8 +191,8 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.currentIndex = self._previousModelIndex
                 return
             try:
-                options.read_model_info(path)
-            except (OSError, ValueError) as error:
+                options.read_model_header(path)
+            except (OSError, ValueError, NCAError) as error:
                 slicer.util.errorDisplay(str(error), windowTitle=_("Cannot load model"))
                 combo.currentIndex = self._previousModelIndex
                 return
@@ -220,7 +221,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         else:
             try:
                 self.ui.modelDescriptionLabel.text = self.logic.modelInfo(model).summary()
-            except (OSError, ValueError) as error:
+            except (OSError, ValueError, NCAError) as error:
                 self.ui.modelDescriptionLabel.text = str(error)
 
     # --- apply / cancel --------------------------------------------------------------------

@@ -60,6 +60,8 @@ def main(argv):
         from nca_core import registry
         from nca_core.ensemble import Cancelled
         from nca_core.errors import exit_code, user_message
+        from nca_core.modelheader import model_name
+        from nca_core.options import SegmentSettings
         from nca_core.pipeline import segment_image
     except ImportError as error:
         _write_json(os.path.join(jobdir, "error.json"),
@@ -81,18 +83,11 @@ def main(argv):
         return not os.path.exists(os.path.join(jobdir, "job.json"))
 
     try:
-        model = spec["model"]
-        bundle = registry.load(model)
-        name = os.path.basename(model)
-        if name.endswith(".m3dnca"):
-            name = name[: -len(".m3dnca")]
+        settings = SegmentSettings.from_dict(spec)
+        bundle = registry.load(settings.model)
         image = sitk.ReadImage(os.path.join(jobdir, "input.nrrd"))
-        result = segment_image(
-            image, bundle, name, runs=int(spec["runs"]), seed=int(spec.get("seed", 0)),
-            device=spec.get("device", "auto"), fire_rate=spec.get("fire_rate"), steps=spec.get("steps"),
-            side=spec.get("side", "auto"), locate=spec.get("locate", "auto"),
-            progress=progress, should_cancel=cancelled,
-        )
+        result = segment_image(image, bundle, model_name(settings.model), progress=progress,
+                               should_cancel=cancelled, **settings.engine_arguments())
         outputs = os.path.join(jobdir, "result.npz")
         with open(outputs + ".tmp", "wb") as handle:
             np.savez(handle, labels=result.ensemble.labels, variance=result.ensemble.variance_map)

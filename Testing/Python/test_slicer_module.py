@@ -177,44 +177,24 @@ def test_segment_names_colours_and_terminology():
 
 # --- options --------------------------------------------------------------------------------
 
-def test_device_choices_map_to_engine_devices():
+def test_panel_choices_become_the_engines_settings(tiny_model):
     from nca_core.devices import DEVICE_CHOICES
+    from nca_core.errors import NCAError
 
     for choice in options.DEVICE_CHOICES:
-        assert options.engine_device(choice) in DEVICE_CHOICES
-    assert options.engine_device("GPU") == "cuda"
-    assert options.engine_device("CPU") == "cpu"
-    assert options.engine_device("cuda") == "cuda"
-    with pytest.raises(ValueError):
-        options.engine_device("tpu")
-
-
-def test_parse_steps():
-    assert options.parse_steps("") is None
-    assert options.parse_steps(None) is None
-    assert options.parse_steps("10, 20", 2) == [10, 20]
-    assert options.parse_steps("10 20") == [10, 20]
-    with pytest.raises(ValueError, match="2 levels"):
-        options.parse_steps("10", 2)
-    with pytest.raises(ValueError):
-        options.parse_steps("ten")
-    with pytest.raises(ValueError):
-        options.parse_steps("0,3")
-
-
-def test_fire_rate_zero_means_model_default():
-    assert options.fire_rate_option(0.0) is None
-    assert options.fire_rate_option(None) is None
-    assert options.fire_rate_option(0.3) == 0.3
-    with pytest.raises(ValueError):
-        options.fire_rate_option(1.0)
-
-
-def test_run_options_validate():
-    run = options.RunOptions(model="m", runs="3", device="GPU", fire_rate=0.0).validate()
-    assert run.runs == 3 and run.device == "cuda" and run.fire_rate is None
-    with pytest.raises(ValueError):
-        options.RunOptions(runs=0).validate()
+        assert options.SegmentSettings.parse(device=choice).device in DEVICE_CHOICES
+    assert options.SegmentSettings.parse(device="GPU").device == "cuda"
+    made = options.settings(str(tiny_model), runs=3, seed=2, device="CPU", fireRate=0.0, steps="2, 2", side="left",
+                            region="roi")
+    assert made.to_dict() == {"model": str(tiny_model), "runs": 3, "seed": 2, "device": "cpu", "fire_rate": None,
+                              "steps": [2, 2], "side": "left", "locate": "none"}
+    assert options.settings("hippocampus").model == "hippocampus"
+    with pytest.raises(NCAError, match="one per level"):
+        options.settings(str(tiny_model), steps="5")
+    with pytest.raises(NCAError, match="unknown model"):
+        options.settings("no-such-model")
+    with pytest.raises(NCAError, match="--runs"):
+        options.settings("hippocampus", runs=0)
 
 
 def test_dependencies_message_lists_everything():
@@ -242,17 +222,19 @@ def test_regions_map_to_the_engine_locate_choices():
 
     assert options.SIDE_CHOICES == SIDE_CHOICES and options.LOCATE_CHOICES == LOCATE_CHOICES
     assert [options.region_locate(region) for region in options.REGION_CHOICES] == ["auto", "none", "none"]
-    with pytest.raises(ValueError):
+    with pytest.raises(options.NCAError):
         options.region_locate("head")
 
 
 def test_engine_root_source_and_installed_layouts(tmp_path):
-    assert options.engine_root(str(MODULE_DIR)) == str(REPOSITORY)
+    import M3DNCASegmentLib
+
+    assert M3DNCASegmentLib.engine_root(str(MODULE_DIR)) == str(REPOSITORY)
     installed = tmp_path / "qt-scripted-modules"
     (installed / "nca_core").mkdir(parents=True)
     (installed / "nca_core" / "__init__.py").write_text("")
-    assert options.engine_root(str(installed)) == str(installed)
-    assert options.engine_root(str(tmp_path / "nowhere")) is None
+    assert M3DNCASegmentLib.engine_root(str(installed)) == str(installed)
+    assert M3DNCASegmentLib.engine_root(str(tmp_path / "nowhere")) is None
 
 
 # --- model files (tiny model made with the engine) ---------------------------------------------
@@ -271,15 +253,19 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-def test_read_model_info_without_torch(tiny_model):
-    info = options.read_model_info(str(tiny_model))
+def test_read_model_header_without_torch(tiny_model):
+    script = ("import sys; from nca_core.modelheader import read_model_header; "
+              f"h = read_model_header({str(tiny_model)!r}); print(h.levels, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(REPOSITORY), timeout=60)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    info = options.read_model_header(str(tiny_model))
     assert info.name == "tiny" and info.description == "tiny test model"
     assert info.labels == ["foreground"] and info.levels == 2 and info.steps == [2, 2]
     assert not info.calibrated and not info.largest_component
     assert "no NQM calibration" in info.summary()
 
 
-def test_read_model_info_shows_largest_component_postprocessing(tmp_path):
+def test_read_model_header_shows_largest_component_postprocessing_and_side(tmp_path):
     pytest.importorskip("torch")
     from nca_core.modelfile import load_model, save_model
     from nca_core.postprocessing import Postprocessing
@@ -288,19 +274,27 @@ def test_read_model_info_shows_largest_component_postprocessing(tmp_path):
     bundle = load_model(resolve("hippocampus"))
     bundle.postprocessing = Postprocessing(largest_component=True)
     save_model(bundle, tmp_path / "lcc.m3dnca")
-    info = options.read_model_info(str(tmp_path / "lcc.m3dnca"))
+    info = options.read_model_header(str(tmp_path / "lcc.m3dnca"))
     assert info.largest_component and "largest connected component" in info.summary()
+    assert info.side == bundle.preprocessing.side == "left"
 
 
-def test_read_model_info_rejects_other_files(tmp_path):
+def test_read_model_header_rejects_other_files_as_load_model_does(tmp_path):
+    from nca_core.errors import ModelFileError
+    from nca_core.modelfile import load_model
+
     bad = tmp_path / "bad.m3dnca"
     bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}   ")
-    with pytest.raises(ValueError, match="not an M3D-NCA model"):
-        options.read_model_info(str(bad))
     short = tmp_path / "short.m3dnca"
     short.write_bytes(b"abc")
-    with pytest.raises(ValueError):
-        options.read_model_info(str(short))
+    huge = tmp_path / "huge.m3dnca"
+    huge.write_bytes(b"\xff" * 8 + b"{}")
+    for path, words in ((bad, "no m3dnca metadata"), (short, "too short"), (huge, "truncated")):
+        with pytest.raises(ModelFileError, match=words) as header_error:
+            options.read_model_header(str(path))
+        with pytest.raises(ModelFileError) as load_error:
+            load_model(path)
+        assert str(header_error.value) == str(load_error.value)
 
 
 def test_model_catalog_lists_models_in_model_dir(tiny_model, monkeypatch):
@@ -325,7 +319,7 @@ def _image(array=None):
 
 def test_background_job_runs_to_completion(tiny_model):
     image = _image()
-    run = options.RunOptions(model=str(tiny_model), runs=2, device="cpu", locate="none").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=2, device="cpu", locate="none")
     job = BackgroundJob(image, run, str(REPOSITORY))
     job.start()
     try:
@@ -353,8 +347,8 @@ def test_background_job_equals_the_engine_for_the_same_seed(hippocampus_dir, see
     case = sitk.ReadImage(str(hippocampus_dir / "imagesTr" / "hippocampus_011.nii.gz"), sitk.sitkFloat32)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(hippocampus_dir / "labelsTr" / "hippocampus_011.nii.gz")))
     lps = sitk.Flip(case, [True, True, False])  # the same anatomy stored left-posterior first
-    run = options.RunOptions(model="hippocampus", runs=2, seed=seed, device="cpu", side="left",
-                             locate="none").validate()
+    run = options.SegmentSettings.parse(model="hippocampus", runs=2, seed=seed, device="cpu", side="left",
+                             locate="none")
     job = BackgroundJob(lps, run, str(REPOSITORY))
     job.start()
     try:
@@ -378,7 +372,7 @@ def test_background_job_equals_the_engine_for_the_same_seed(hippocampus_dir, see
 
 
 def test_background_job_cancel_is_immediate_and_leaves_nothing(tiny_model):
-    run = options.RunOptions(model=str(tiny_model), runs=200, device="cpu", locate="none").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=200, device="cpu", locate="none")
     job = BackgroundJob(_image(), run, str(REPOSITORY))
     job.start()
     job.cancel()
@@ -408,7 +402,7 @@ def test_cancel_also_ends_a_worker_started_through_a_launcher(tiny_model, tmp_pa
     launcher = tmp_path / "launcher.sh"
     launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
     launcher.chmod(0o755)
-    run = options.RunOptions(model=str(tiny_model), runs=1000, device="cpu", locate="none").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1000, device="cpu", locate="none")
     volume = np.random.default_rng(0).normal(0, 1, (64, 64, 64)).astype(np.float32)  # minutes of work
     job = BackgroundJob(_image(volume), run, str(REPOSITORY), python=str(launcher))
     job.start()
@@ -425,7 +419,7 @@ def test_cancel_also_ends_a_worker_started_through_a_launcher(tiny_model, tmp_pa
 
 
 def test_a_job_that_cannot_start_leaves_no_folder(tiny_model, tmp_path):
-    run = options.RunOptions(model=str(tiny_model), runs=1, device="cpu").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1, device="cpu")
     job = BackgroundJob(_image(), run, str(REPOSITORY), python=str(tmp_path / "no-such-python"))
     with pytest.raises(OSError):
         job.start()
@@ -433,7 +427,7 @@ def test_a_job_that_cannot_start_leaves_no_folder(tiny_model, tmp_path):
 
 
 def test_background_job_reports_engine_errors_in_one_line(tmp_path):
-    run = options.RunOptions(model=str(tmp_path / "missing.m3dnca"), runs=1, device="cpu").validate()
+    run = options.SegmentSettings.parse(model=str(tmp_path / "missing.m3dnca"), runs=1, device="cpu")
     job = BackgroundJob(_image(), run, str(REPOSITORY))
     job.start()
     try:
@@ -445,7 +439,7 @@ def test_background_job_reports_engine_errors_in_one_line(tmp_path):
 
 
 def test_a_failed_job_keeps_its_log(tiny_model, tmp_path):
-    run = options.RunOptions(model=str(tiny_model), runs=1, device="cpu").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1, device="cpu")
     job = BackgroundJob(_image(), run, str(REPOSITORY), python=sys.executable)
     job.command = lambda: [sys.executable, "-c", "import sys; print('first line'); print('last line'); sys.exit(5)"]
     job.start()
@@ -464,7 +458,7 @@ def test_the_worker_stops_and_removes_its_folder_when_slicer_is_gone(tiny_model,
     """Slicer dies mid-job (here: the job records as its starter a process that has ended): the
     worker notices, stops at the next step, and removes the job folder."""
     import subprocess
-    run = options.RunOptions(model=str(tiny_model), runs=1000, device="cpu", locate="none").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1000, device="cpu", locate="none")
     volume = np.random.default_rng(0).normal(0, 1, (48, 48, 48)).astype(np.float32)
     job = BackgroundJob(_image(volume), run, str(REPOSITORY))
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

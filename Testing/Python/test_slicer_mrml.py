@@ -33,6 +33,7 @@ import slicer.util  # noqa: E402
 from M3DNCASegmentLib import display  # noqa: E402
 from M3DNCASegmentLib.logic import SegmentLogic  # noqa: E402
 from nca_core import registry  # noqa: E402
+from nca_core.errors import NCAError  # noqa: E402
 from nca_core.pipeline import segment_image  # noqa: E402
 
 SAMPLE = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
@@ -304,11 +305,11 @@ def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, mon
 def test_bad_options_and_unknown_models_are_refused_before_running(scene):
     volume = _volume_node(_sample("ras"))
     before = _node_ids(scene)
-    with pytest.raises(ValueError, match="levels"):
+    with pytest.raises(NCAError, match="one per level"):
         SegmentLogic().process(volume, steps="5")  # the model has 2 levels
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(NCAError, match="unknown model"):
         SegmentLogic().process(volume, model="no-such-model")
-    with pytest.raises(ValueError, match="side"):
+    with pytest.raises(NCAError, match="side"):
         SegmentLogic().process(volume, side="middle")
     with pytest.raises(ValueError, match="needs an ROI"):
         SegmentLogic().process(volume, region="roi")
