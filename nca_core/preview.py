@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-
-LIGHT_COLOURS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "unknown": "#616161"}
+from .quality import LIGHT_COLORS
 
 
 def save_preview(volume, result, path: Path) -> None:
@@ -37,7 +36,7 @@ def save_preview(volume, result, path: Path) -> None:
     predicted = "" if quality.predicted_dice is None else f", predicted Dice {quality.predicted_dice:.2f}"
     nqm = "empty" if np.isinf(ensemble.nqm) else f"{ensemble.nqm:.4f}"
     figure.suptitle(f"{volume.name}: NQM {nqm}, quality {quality.light}{predicted}",
-                    color=LIGHT_COLOURS[quality.light], fontsize=13)
+                    color=LIGHT_COLORS[quality.light], fontsize=13)
     try:
         with atomic_path(path, ".png") as temporary:
             figure.savefig(temporary, dpi=80, bbox_inches="tight")

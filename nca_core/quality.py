@@ -11,6 +11,9 @@ from .fields import checked_fields
 
 DEFAULT_TARGET_DICE = 0.8
 
+# The light's colours, for every display of it (the PNG preview, the Slicer panel).
+LIGHT_COLORS = {"green": "#2ca02c", "yellow": "#f2c200", "red": "#d62728", "unknown": "#8c8c8c"}
+
 EXPLANATIONS = {
     "green": "quality likely above the calibrated threshold",
     "yellow": "quality near the calibrated threshold: check the segmentation",

@@ -46,12 +46,7 @@ def clamp_opacity(value: float) -> float:
 
 # --- traffic light ----------------------------------------------------------------------
 
-LIGHT_COLORS = {
-    "green": "#2ca02c",
-    "yellow": "#f2c200",
-    "red": "#d62728",
-    "unknown": "#8c8c8c",
-}
+from nca_core.quality import LIGHT_COLORS  # noqa: E402  (one palette: the preview's too)
 
 LIGHT_TITLES = {
     "green": "Good",
