@@ -32,6 +32,10 @@ def parameterWidgets(ui) -> dict:
     return mapping
 
 
+def sameNode(a, b) -> bool:
+    return a is b or (a.GetScene() is b.GetScene() and a.GetID() == b.GetID())
+
+
 class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module's widget; the module file names its logic class (``logicClass``)."""
 
@@ -104,7 +108,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, parameterNode) -> None:
         """Connect the widgets to ``parameterNode`` (once: the same node again changes nothing)."""
         if parameterNode is not None and self._parameterNode is not None \
-                and parameterNode.parameterNode is self._parameterNode.parameterNode:
+                and sameNode(parameterNode.parameterNode, self._parameterNode.parameterNode):
             return
         if self._parameterNode:
             if self._parameterNodeGuiTag is not None:

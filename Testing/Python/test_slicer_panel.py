@@ -289,6 +289,9 @@ class Application:
     def restoreOverrideCursor(self):
         pass
 
+    def processEvents(self):
+        pass
+
 
 @pytest.fixture
 def module(scene, monkeypatch):
@@ -333,7 +336,16 @@ def module(scene, monkeypatch):
     scripted.ScriptedLoadableModule = ScriptedLoadableModule
     scripted.ScriptedLoadableModuleWidget = ScriptedLoadableModuleWidget
     scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    scripted.ScriptedLoadableModuleTest = type("ScriptedLoadableModuleTest", (), {})
+    import unittest
+
+    class ScriptedLoadableModuleTest(unittest.TestCase):
+        def __init__(self, *args):
+            super().__init__("runTest")
+
+        def delayDisplay(self, message, msec=None):
+            pass
+
+    scripted.ScriptedLoadableModuleTest = ScriptedLoadableModuleTest
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
     wrapper.parameterNodeWrapper = parameterNodeWrapper
     wrapper.Choice = lambda choices: ("Choice", tuple(choices))
@@ -531,3 +543,16 @@ def test_a_double_click_on_apply_does_not_cancel_the_job_it_started(module, scen
     panel.onApplyButton()  # a deliberate Cancel
     assert cancelled == [True]
     panel._job = None
+
+
+def test_the_in_slicer_self_test_passes_and_can_fail(module, scene, monkeypatch):
+    """The module's own self-test (run by Slicer's ctest) on real MRML; and it fails when the
+    outputs stop matching the engine (here: segments taken from a shifted labelmap)."""
+    module.M3DNCASegmentTest().runTest()
+    from M3DNCASegmentLib import outputs
+
+    original = outputs.setSegmentMask
+    monkeypatch.setattr(outputs, "setSegmentMask",
+                        lambda node, segmentId, mask, volume: original(node, segmentId, mask[::-1].copy(), volume))
+    with pytest.raises(AssertionError):
+        module.M3DNCASegmentTest().test_process_matches_the_engine()
