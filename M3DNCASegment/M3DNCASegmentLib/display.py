@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
+from nca_core.quality import LIGHT_COLORS  # one palette for the light: the preview's too
 
 # Slicer colour table node for the variance overlay (listed in vtkMRMLColorLogic.h).
 VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
@@ -46,7 +47,6 @@ def clamp_opacity(value: float) -> float:
 
 # --- traffic light ----------------------------------------------------------------------
 
-from nca_core.quality import LIGHT_COLORS  # noqa: E402  (one palette: the preview's too)
 
 LIGHT_TITLES = {
     "green": "Good",

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
 import sys
 import time
 from typing import Callable, Optional
 
 import numpy as np
-import slicer
 
 from . import dependencies, display, options, outputs, volume
 from . import ENGINE_DIR
