@@ -28,6 +28,9 @@ def run(argv) -> int:
         return main(["segment", *argv])
     except SystemExit as stop:  # argparse: --help (0) or a usage error (2)
         return exit_code(stop)
+    except Exception as error:  # e.g. torch missing: one line, and Slicer still exits
+        print(f"m3dnca_batch: error: {type(error).__name__}: {error}", file=sys.stderr)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

@@ -702,3 +702,16 @@ def test_the_module_file_and_batch_script_stay_thin():
     assert len(BATCH_SCRIPT.read_text().splitlines()) <= 60
     batch = BATCH_SCRIPT.read_text()
     assert "import argparse" not in batch and "add_argument" not in batch  # the command line parses
+
+
+def test_batch_script_without_torch_exits_with_one_line(tmp_path):
+    """Slicer's Python before the module installed torch: one line and an exit code, no hang."""
+    image = tmp_path / "in.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(_volume()), str(image))
+    script = ("import runpy, sys; sys.modules['torch'] = None; "
+              f"sys.argv = [{str(BATCH_SCRIPT)!r}, {str(image)!r}, '-o', {str(tmp_path / 'out')!r}]; "
+              f"runpy.run_path({str(BATCH_SCRIPT)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("m3dnca_batch: error:")
+    assert "Traceback" not in proc.stderr
