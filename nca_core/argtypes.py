@@ -5,7 +5,6 @@ import argparse
 import math
 from typing import Callable, List, TypeVar
 
-from .config import MAX_STEPS
 
 T = TypeVar("T")
 
@@ -30,13 +29,17 @@ fire_rate_option = _within(float, lambda value: 0.0 <= value < 1.0, "must be in 
 
 
 def steps_list(text: str) -> List[int]:
+    """``--steps``: parsed as everywhere else (``options.parse_steps``)."""
+    from .errors import NCAError
+    from .options import parse_steps
+
     try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError("steps are comma-separated integers, e.g. 10,10") from None
-    if any(not 0 <= v <= MAX_STEPS for v in values):
-        raise argparse.ArgumentTypeError(f"steps must be between 0 and {MAX_STEPS}")
-    return values
+        steps = parse_steps(text)
+    except NCAError as error:
+        raise argparse.ArgumentTypeError(str(error).replace("--steps ", "steps ", 1)) from None
+    if steps is None:
+        raise argparse.ArgumentTypeError("steps are comma-separated integers, e.g. 10,10")
+    return steps
 
 
 SIDE_CHOICES = ("auto", "left", "right")

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional
 
 from . import __version__
 from .argtypes import add_locate_option, add_side_option, channel_index, fire_rate_option, positive_int, steps_list
-from .errors import NCAError
+from .errors import NCAError, exit_code, user_message
 from .grid import spacing_text
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -183,19 +183,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except NCAError as error:
-        print(f"m3dnca: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"m3dnca: error: {where}{error.strerror or error}", file=sys.stderr)
-        return EXIT_FAILED
-    except MemoryError:
-        print("m3dnca: error: out of memory", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
+    except (NCAError, OSError, MemoryError) as error:
+        print(f"m3dnca: error: {user_message(error)}", file=sys.stderr)
+        return exit_code(error)
+    except KeyboardInterrupt as error:
         print("m3dnca: interrupted", file=sys.stderr)
-        return 130
+        return exit_code(error)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

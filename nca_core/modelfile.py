@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -19,6 +18,7 @@ from .config import NCAConfig
 from .errors import ModelFileError
 from .fields import json_object
 from .model import M3DNCA
+from .modelheader import parse_metadata
 from .postprocessing import Postprocessing
 from .preprocessing import Preprocessing
 from .quality import Calibration
@@ -88,21 +88,7 @@ def save_model(bundle: ModelBundle, path: Path) -> None:
 
 
 def _read_metadata(data: bytes, path: Path) -> Dict[str, str]:
-    if len(data) < 8:
-        raise ModelFileError(f"{path}: not an M3D-NCA model file (too short)")
-    (length,) = struct.unpack("<Q", data[:8])
-    if length > len(data) - 8:
-        raise ModelFileError(f"{path}: not an M3D-NCA model file (truncated or not safetensors)")
-    try:
-        header = json.loads(data[8 : 8 + length])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise ModelFileError(f"{path}: not an M3D-NCA model file (unreadable header)") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ModelFileError(f"{path}: not an M3D-NCA model file (no m3dnca metadata)")
-    if not all(isinstance(value, str) for value in metadata.values()):
-        raise ModelFileError(f"{path}: corrupt model file (metadata values must be text)")
-    return metadata
+    return parse_metadata(data, path)
 
 
 def load_model(path: Path) -> ModelBundle:

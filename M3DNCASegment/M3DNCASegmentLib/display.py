@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
-
 from nca_core.lights import light_color, light_title
 
 # Slicer colour table node for the variance overlay (listed in vtkMRMLColorLogic.h).
@@ -78,7 +77,13 @@ def light_summary(light: str, nqm: Optional[float], dice: Optional[float], expla
     return f"{light_title(light)} ({light}); {format_nqm(nqm)}; {format_predicted_dice(dice)}; {explanation}"
 
 
-def progress_text(done: int, total: int) -> str:
+def progress_text(done: int, total: int, step: str = "") -> str:
+    """Progress bar text for an engine step: "registration" (stages), "segmentation" or a side's
+    box ("left hippocampus": runs)."""
+    if step == "registration":
+        return f"Finding the hippocampi: stage {done} / {total}"
+    if step and step != "segmentation":
+        return f"{step[:1].upper()}{step[1:]}: runs done {done} / {total}"
     return f"Runs done: {done} / {total}"
 
 
@@ -96,12 +101,15 @@ SEGMENT_COLORS: List[Tuple[float, float, float]] = [
 
 _TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
 _ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-# SNOMED CT codes from Slicer's SegmentationCategoryTypeModifier-DICOM-Master.json (5.8):
-# "Hippocampus" SCT 5366008 in category "Anatomical Structure" SCT 123037004.
+# SNOMED CT codes from Slicer's Modules/Loadable/Terminologies/Resources/
+# SegmentationCategoryTypeModifier-DICOM-Master.json (5.8 and main): "Hippocampus" SCT 5366008 in
+# category "Anatomical Structure" SCT 123037004; it is a paired type whose laterality is its
+# type modifier ("Left" SCT 7771000, "Right" SCT 24028007), as Slicer's terminology encodes it.
 _KNOWN_TYPES = {
     "hippocampus": ("SCT", "123037004", "Anatomical Structure", "SCT", "5366008", "Hippocampus"),
     "prostate": ("SCT", "123037004", "Anatomical Structure", "SCT", "41216001", "Prostate"),
 }
+_LATERALITY = {"left": "SCT^7771000^Left", "right": "SCT^24028007^Right"}
 
 
 def segment_color(index: int) -> Tuple[float, float, float]:
@@ -114,19 +122,41 @@ def segment_name(label: str) -> str:
     return label[:1].upper() + label[1:] if label else "Segment"
 
 
+def laterality(label: str) -> Optional[str]:
+    """"left" or "right" when the label names a side ("left anterior hippocampus"), else None."""
+    words = (label or "").lower().split()
+    return words[0] if words and words[0] in _LATERALITY else None
+
+
 def terminology_entry(label: str) -> Optional[str]:
-    """Slicer TerminologyEntry tag value (7 parts joined by '~') when the label names a known
-    structure, else None (the segment keeps only its name and colour)."""
+    """Slicer TerminologyEntry tag value (7 parts joined by '~': context, category, type, type
+    modifier, region context, region, region modifier) when the label names a known structure,
+    else None (the segment keeps only its name and colour). A side in the label becomes the
+    type's laterality modifier."""
     lowered = (label or "").lower()
     for key, codes in _KNOWN_TYPES.items():
         if key in lowered:
             cat = "^".join(codes[0:3])
             typ = "^".join(codes[3:6])
-            return "~".join([_TERMINOLOGY_CONTEXT, cat, typ, "^^", _ANATOMIC_CONTEXT, "^^", "^^"])
+            modifier = _LATERALITY.get(laterality(label) or "", "^^")
+            return "~".join([_TERMINOLOGY_CONTEXT, cat, typ, modifier, _ANATOMIC_CONTEXT, "^^", "^^"])
     return None
 
 
-def segment_specs(labels: Sequence[str]):
-    """(label value, name, colour, terminology or None) for every model label; value k = class k."""
-    return [(index + 1, segment_name(label), segment_color(index), terminology_entry(label))
-            for index, label in enumerate(labels)]
+def segment_specs(labels):
+    """(label value, name, colour, terminology or None) for every label. ``labels`` is the
+    engine's {value: name} (a result's ``labels``) or a model's list of names (value k = class k)."""
+    if not isinstance(labels, dict):
+        labels = {index + 1: label for index, label in enumerate(labels)}
+    return [(int(value), segment_name(label), segment_color(int(value) - 1), terminology_entry(label))
+            for value, label in sorted(labels.items(), key=lambda item: int(item[0]))]
+
+
+def side_summaries(sides) -> List[str]:
+    """One line per side of a report's ``sides`` ("Left: Good (green), NQM ...")."""
+    lines = []
+    for side in sides or []:
+        title = (side.get("side") or "crop").capitalize()
+        lines.append(f"{title}: {light_title(side.get('quality'))} ({side.get('quality')}); "
+                     f"{format_nqm(side.get('nqm'))}; {format_predicted_dice(side.get('predicted_dice'))}")
+    return lines

@@ -1,9 +1,10 @@
 """Segmentation in a separate Python process, so Slicer stays responsive.
 
-The module writes the input voxels to a temporary folder, starts ``worker.py`` with Slicer's
-Python (``PythonSlicer``) and polls the folder from a QTimer: ``progress.json`` (runs done),
-then ``result.npz`` + ``result.json`` or ``error.json``. Cancelling kills the process at once;
-nothing reaches the scene until the result is complete. Pure Python: tested without Slicer.
+The module writes the input volume (``input.nrrd``: voxels and geometry) to a temporary folder,
+starts ``worker.py`` with Slicer's Python (``PythonSlicer``) and polls the folder from a QTimer:
+``progress.json`` (step, done, total), then ``result.npz`` + ``result.json`` or ``error.json``.
+Cancelling kills the process at once; nothing reaches the scene until the result is complete.
+A failed job's ``worker.log`` is kept (``kept_log``). Pure Python: tested without Slicer.
 """
 from __future__ import annotations
 
@@ -16,11 +17,10 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .options import RunOptions
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -33,6 +33,7 @@ class JobStatus:
     done: int = 0
     total: int = 0
     message: str = ""
+    step: str = ""  # the engine's step: "registration", "segmentation", "left", "right", ...
 
 
 @dataclass
@@ -49,8 +50,10 @@ class JobResult:
         return math.inf if value is None else float(value)
 
     @property
-    def label_names(self) -> List[str]:
-        return list(self.report.get("labels") or ["foreground"])
+    def label_names(self):
+        """The engine's {label value: name} (a list of names, value k = class k, from older reports)."""
+        labels = self.report.get("labels") or ["foreground"]
+        return dict(labels) if isinstance(labels, dict) else list(labels)
 
 
 def read_json(path: str) -> Optional[Dict[str, Any]]:
@@ -73,21 +76,20 @@ class BackgroundJob:
     """One segmentation running in a child process. Call ``start``, then ``poll`` until the
     state is not ``running``; ``result`` once finished; ``cleanup`` always."""
 
-    def __init__(self, array_xyz: np.ndarray, options: RunOptions, engine_dir: str,
-                 python: Optional[str] = None, workdir: Optional[str] = None,
-                 spacing: Optional[Sequence[float]] = None, direction: Optional[Sequence[float]] = None):
-        """``spacing``/``direction``: the array's voxel grid (ITK/LPS), so the engine can bring
-        it to the model's training grid; without them the array is taken to be on it."""
+    def __init__(self, image, options, engine_dir: str,
+                 python: Optional[str] = None, workdir: Optional[str] = None):
+        """``image``: the volume as a SimpleITK image (voxels with their LPS geometry);
+        ``options``: ``nca_core.options.SegmentSettings``."""
         self.options = options
-        self.geometry = {"spacing": None if spacing is None else [float(s) for s in spacing],
-                         "direction": None if direction is None else [float(d) for d in direction]}
         self.engine_dir = engine_dir
         self.python = python or sys.executable
         self.workdir = workdir or tempfile.mkdtemp(prefix="m3dnca-job-")
-        self._array = array_xyz
+        self._image = image
         self.process: Optional[subprocess.Popen] = None
         self._log = None
         self.state = RUNNING
+        self.kept_log = ""  # where a failed job's worker.log was kept
+        self.parent_pid = os.getpid()  # the worker stops when this process is gone
 
     def path(self, name: str) -> str:
         return os.path.join(self.workdir, name)
@@ -98,9 +100,11 @@ class BackgroundJob:
     def start(self) -> None:
         """Write the input and start the worker; on failure nothing is left behind."""
         try:
-            np.save(self.path("input.npy"), np.asarray(self._array, dtype=np.float32))
-            self._array = None
-            spec = dict(self.options.to_dict(), engine_dir=self.engine_dir, **self.geometry)
+            import SimpleITK as sitk
+
+            sitk.WriteImage(self._image, self.path("input.nrrd"))
+            self._image = None
+            spec = dict(self.options.to_dict(), engine_dir=self.engine_dir, parent_pid=self.parent_pid)
             write_json_atomic(self.path("job.json"), spec)
             self._log = open(self.path("worker.log"), "w", encoding="utf-8")
             self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
@@ -110,29 +114,45 @@ class BackgroundJob:
             raise
 
     def poll(self) -> JobStatus:
-        total = self.options.runs
         progress = read_json(self.path("progress.json")) or {}
         done = int(progress.get("done", 0))
+        total = int(progress.get("total", self.options.runs))
+        step = str(progress.get("step", ""))
         if self.state == CANCELLED:
-            return JobStatus(CANCELLED, done, total, "cancelled")
+            return JobStatus(CANCELLED, done, total, "cancelled", step)
         if self.process is None:
-            return JobStatus(FAILED, 0, total, "the segmentation process was not started")
+            return JobStatus(FAILED, 0, total, "the segmentation process was not started", step)
         code = self.process.poll()
         if code is None:
-            return JobStatus(RUNNING, done, total)
+            return JobStatus(RUNNING, done, total, "", step)
         self._close_log()
         if code == 0 and os.path.exists(self.path("result.json")):
             self.state = FINISHED
-            return JobStatus(FINISHED, total, total)
-        self.state = FAILED
-        return JobStatus(FAILED, done, total, self.failure_message(code))
+            return JobStatus(FINISHED, total, total, "", step)
+        if self.state != FAILED:
+            self.state = FAILED
+            self.kept_log = self.keep_log()
+        return JobStatus(FAILED, done, total, self.failure_message(code), step)
+
+    def keep_log(self) -> str:
+        """Copy worker.log out of the job folder (which cleanup removes); returns its new path."""
+        source = self.path("worker.log")
+        if not os.path.exists(source):
+            return ""
+        target = os.path.join(tempfile.gettempdir(), "m3dnca-worker-last-failure.log")
+        try:
+            shutil.copyfile(source, target)
+        except OSError:
+            return ""
+        return target
 
     def failure_message(self, code: int) -> str:
         error = read_json(self.path("error.json"))
         if error and error.get("message"):
             return str(error["message"])
         tail = self.log_tail()
-        return f"the segmentation process stopped (exit code {code})" + (f": {tail}" if tail else "")
+        where = f" (full log: {self.kept_log})" if self.kept_log else ""
+        return f"the segmentation process stopped (exit code {code})" + (f": {tail}" if tail else "") + where
 
     def log_tail(self, lines: int = 1) -> str:
         try:

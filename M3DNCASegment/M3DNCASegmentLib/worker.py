@@ -1,12 +1,15 @@
 """Child process of M3DNCASegment: ``PythonSlicer worker.py JOBDIR``.
 
-Reads ``job.json`` and ``input.npy`` from JOBDIR, runs ``nca_core.pipeline.segment_array`` and
-writes ``progress.json`` as runs finish, then ``result.npz`` and, last, ``result.json``. A
-user-facing problem (``NCAError``) goes to ``error.json`` with exit code 2. Kept free of
-package-relative imports so it runs as a plain script.
+Reads ``job.json`` and ``input.nrrd`` (the volume with its geometry) from JOBDIR, runs
+``nca_core.pipeline.segment_image`` and writes ``progress.json`` as the engine's steps advance,
+then ``result.npz`` and, last, ``result.json``. A user-facing problem goes to ``error.json``
+with the exit code of ``nca_core.errors.exit_code``. Stops, and removes JOBDIR, when Slicer
+is gone (its process id no longer the parent). Kept free of package-relative imports so it
+runs as a plain script.
 """
 import json
 import os
+import shutil
 import sys
 import traceback
 
@@ -16,6 +19,30 @@ def _write_json(path, data):
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(data, handle)
     os.replace(temporary, path)
+
+
+def parent_alive(pid) -> bool:
+    """Whether the process that started the worker still runs."""
+    if not pid:
+        return True
+    if os.name == "nt":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, int(pid))  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    # PythonSlicer may be a launcher between Slicer and this Python: look one level up too.
+    parents = {os.getppid()}
+    try:
+        with open(f"/proc/{os.getppid()}/stat", encoding="ascii") as handle:
+            parents.add(int(handle.read().rsplit(")", 1)[1].split()[1]))
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(pid) in parents
 
 
 def main(argv):
@@ -29,59 +56,55 @@ def main(argv):
         sys.path.insert(0, spec["engine_dir"])
     try:
         import numpy as np
+        import SimpleITK as sitk
         from nca_core import registry
         from nca_core.ensemble import Cancelled
-        from nca_core.errors import NCAError
-        from nca_core.pipeline import segment_array
+        from nca_core.errors import exit_code, user_message
+        from nca_core.modelheader import model_name
+        from nca_core.options import SegmentSettings
+        from nca_core.pipeline import segment_image
     except ImportError as error:
         _write_json(os.path.join(jobdir, "error.json"),
                     {"message": f"a required Python package is missing: {error}"})
         return 3
+    orphaned = []
 
-    def progress(done, total):
+    def progress(step, done, total):
         try:
-            _write_json(os.path.join(jobdir, "progress.json"), {"done": done, "total": total})
+            _write_json(os.path.join(jobdir, "progress.json"), {"step": step, "done": done, "total": total})
         except OSError:  # Windows refuses the replace while Slicer reads the file: the next one will do
             pass
 
     def cancelled():
-        """Slicer removes the job folder on cancel: stop at the next step even if orphaned."""
+        """Slicer removes the job folder on cancel; a Slicer that died leaves it: stop either way."""
+        if not parent_alive(spec.get("parent_pid")):
+            orphaned.append(True)
+            return True
         return not os.path.exists(os.path.join(jobdir, "job.json"))
 
     try:
-        model = spec["model"]
-        bundle = registry.load(model)
-        name = os.path.basename(model)
-        if name.endswith(".m3dnca"):
-            name = name[: -len(".m3dnca")]
-        array = np.load(os.path.join(jobdir, "input.npy"))
-        result = segment_array(
-            array, bundle, name, runs=int(spec["runs"]), seed=int(spec.get("seed", 0)),
-            device=spec.get("device", "auto"), fire_rate=spec.get("fire_rate"),
-            steps=spec.get("steps"), progress=progress, should_cancel=cancelled,
-            spacing=spec.get("spacing"), direction=spec.get("direction"),
-        )
+        settings = SegmentSettings.from_dict(spec)
+        bundle = registry.load(settings.model)
+        image = sitk.ReadImage(os.path.join(jobdir, "input.nrrd"))
+        result = segment_image(image, bundle, model_name(settings.model), progress=progress,
+                               should_cancel=cancelled, **settings.engine_arguments())
         outputs = os.path.join(jobdir, "result.npz")
         with open(outputs + ".tmp", "wb") as handle:
             np.savez(handle, labels=result.ensemble.labels, variance=result.ensemble.variance_map)
         os.replace(outputs + ".tmp", outputs)
-        report = result.report()
-        report["labels"] = list(bundle.config.labels)
-        _write_json(os.path.join(jobdir, "result.json"), report)
+        _write_json(os.path.join(jobdir, "result.json"), result.report())
     except Cancelled:
+        if orphaned:
+            shutil.rmtree(jobdir, ignore_errors=True)
         return 4
-    except NCAError as error:
-        _write_json(os.path.join(jobdir, "error.json"), {"message": str(error)})
-        return 2
-    except MemoryError:
-        _write_json(os.path.join(jobdir, "error.json"),
-                    {"message": "not enough memory for this volume; try fewer runs or the CPU"})
-        return 2
-    except Exception as error:  # unexpected: keep the traceback in the log, one line to the user
-        traceback.print_exc()
-        _write_json(os.path.join(jobdir, "error.json"),
-                    {"message": f"unexpected error in the segmentation: {type(error).__name__}: {error}"})
-        return 1
+    except Exception as error:  # one line to the user; an unexpected one keeps its traceback in the log
+        code = exit_code(error)
+        if code == 1 and not user_message(error):
+            traceback.print_exc()
+        _write_json(os.path.join(jobdir, "error.json"), {"message": user_message(error) or
+                                                         f"unexpected error in the segmentation: "
+                                                         f"{type(error).__name__}: {error}"})
+        return code
     return 0
 
 

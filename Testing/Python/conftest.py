@@ -28,3 +28,61 @@ def formats_dir() -> Path:
 @pytest.fixture(scope="session")
 def wholehead_dir() -> Path:
     return _require(SHARED_DATA / "wholehead")
+
+
+# --- real MRML (slicer-core) for the Slicer module's tests --------------------------------------
+
+class _Module:
+    """``slicer.modules.<name>`` of the application (a Qt module object in Slicer): only ``logic()``."""
+
+    __slots__ = ("_logic",)
+
+    def __init__(self, logic):
+        self._logic = logic
+
+    def logic(self):
+        return self._logic
+
+
+class _Modules:
+    __slots__ = ("volumes", "segmentations", "colors")
+
+
+@pytest.fixture(scope="module")
+def app():
+    """A real MRML scene with Slicer's application, colors, volumes and segmentations logic,
+    made the ``slicer.mrmlScene`` of ``slicer.util`` (needs slicer-core)."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    appLogic = slicer.vtkSlicerApplicationLogic()
+    appLogic.SetMRMLScene(scene)
+    modules = _Modules()
+    for name, logic in (("colors", slicer.vtkSlicerColorLogic()),
+                        ("volumes", slicer.vtkSlicerVolumesLogic()),
+                        ("segmentations", slicer.vtkSlicerSegmentationsModuleLogic())):
+        logic.SetMRMLScene(scene)
+        logic.SetMRMLApplicationLogic(appLogic)
+        appLogic.SetModuleLogic(name.capitalize(), logic)  # as Slicer registers its modules' logic
+        setattr(modules, name, _Module(logic))
+    saved = {name: getattr(slicer, name, None) for name in ("mrmlScene", "modules")}
+    slicer.mrmlScene, slicer.modules = scene, modules
+    yield scene
+    for name, value in saved.items():
+        if value is None:
+            delattr(slicer, name)
+        else:
+            setattr(slicer, name, value)
+
+
+@pytest.fixture
+def scene(app):
+    """The scene emptied, with the composite nodes of three slice views."""
+    import slicer
+
+    app.Clear(0)
+    for view in ("Red", "Yellow", "Green"):
+        composite = slicer.vtkMRMLSliceCompositeNode()
+        composite.SetLayoutName(view)
+        app.AddNode(composite)
+    return app

@@ -29,6 +29,7 @@ REPOSITORY = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPOSITORY / "M3DNCASegment"
 MODULE_FILE = MODULE_DIR / "M3DNCASegment.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "M3DNCASegment.ui"
+PANEL_FILE = MODULE_DIR / "M3DNCASegmentLib" / "panel.py"
 BATCH_SCRIPT = MODULE_DIR / "Scripts" / "m3dnca_batch.py"
 API_LIST = Path(__file__).resolve().parent / "slicer_util_api.txt"
 
@@ -151,6 +152,11 @@ def test_light_text():
     line = display.light_summary("red", 0.3, 0.5, "quality likely below the calibrated threshold: review carefully")
     assert line.startswith("Review carefully (red)") and "review carefully" in line and "\n" not in line
     assert display.progress_text(3, 10) == "Runs done: 3 / 10"
+    assert display.progress_text(1, 3, "registration") == "Finding the hippocampi: stage 1 / 3"
+    assert display.progress_text(2, 10, "left hippocampus") == "Left hippocampus: runs done 2 / 10"
+    sides = display.side_summaries([{"side": "left", "quality": "green", "nqm": 0.03, "predicted_dice": 0.9},
+                                    {"side": "right", "quality": "red", "nqm": None, "predicted_dice": None}])
+    assert sides[0].startswith("Left: Good (green); NQM: 0.0300") and sides[1].startswith("Right: Review carefully (red)")
 
 
 def test_segment_names_colours_and_terminology():
@@ -161,51 +167,35 @@ def test_segment_names_colours_and_terminology():
     entry = specs[0][3]
     parts = entry.split("~")
     assert len(parts) == 7
-    assert parts[2] == "SCT^5366008^Hippocampus"
+    assert parts[2] == "SCT^5366008^Hippocampus" and parts[3] == "^^"
+    assert display.terminology_entry("left hippocampus").split("~")[3] == "SCT^7771000^Left"
+    assert display.terminology_entry("right posterior hippocampus").split("~")[3] == "SCT^24028007^Right"
     assert display.terminology_entry("foreground") is None
+    named = display.segment_specs({"2": "right hippocampus", "1": "left hippocampus"})
+    assert [(value, name) for value, name, _, _ in named] == [(1, "Left hippocampus"), (2, "Right hippocampus")]
     assert display.segment_name("") == "Segment"
 
 
 # --- options --------------------------------------------------------------------------------
 
-def test_device_choices_map_to_engine_devices():
+def test_panel_choices_become_the_engines_settings(tiny_model):
     from nca_core.devices import DEVICE_CHOICES
+    from nca_core.errors import NCAError
 
     for choice in options.DEVICE_CHOICES:
-        assert options.engine_device(choice) in DEVICE_CHOICES
-    assert options.engine_device("GPU") == "cuda"
-    assert options.engine_device("CPU") == "cpu"
-    assert options.engine_device("cuda") == "cuda"
-    with pytest.raises(ValueError):
-        options.engine_device("tpu")
-
-
-def test_parse_steps():
-    assert options.parse_steps("") is None
-    assert options.parse_steps(None) is None
-    assert options.parse_steps("10, 20", 2) == [10, 20]
-    assert options.parse_steps("10 20") == [10, 20]
-    with pytest.raises(ValueError, match="2 levels"):
-        options.parse_steps("10", 2)
-    with pytest.raises(ValueError):
-        options.parse_steps("ten")
-    with pytest.raises(ValueError):
-        options.parse_steps("0,3")
-
-
-def test_fire_rate_zero_means_model_default():
-    assert options.fire_rate_option(0.0) is None
-    assert options.fire_rate_option(None) is None
-    assert options.fire_rate_option(0.3) == 0.3
-    with pytest.raises(ValueError):
-        options.fire_rate_option(1.0)
-
-
-def test_run_options_validate():
-    run = options.RunOptions(model="m", runs="3", device="GPU", fire_rate=0.0).validate()
-    assert run.runs == 3 and run.device == "cuda" and run.fire_rate is None
-    with pytest.raises(ValueError):
-        options.RunOptions(runs=0).validate()
+        assert options.SegmentSettings.parse(device=choice).device in DEVICE_CHOICES
+    assert options.SegmentSettings.parse(device="GPU").device == "cuda"
+    made = options.settings(str(tiny_model), runs=3, seed=2, device="CPU", fireRate=0.0, steps="2, 2", side="left",
+                            region="roi")
+    assert made.to_dict() == {"model": str(tiny_model), "runs": 3, "seed": 2, "device": "cpu", "fire_rate": None,
+                              "steps": [2, 2], "side": "left", "locate": "none"}
+    assert options.settings("hippocampus").model == "hippocampus"
+    with pytest.raises(NCAError, match="one per level"):
+        options.settings(str(tiny_model), steps="5")
+    with pytest.raises(NCAError, match="unknown model"):
+        options.settings("no-such-model")
+    with pytest.raises(NCAError, match="--runs"):
+        options.settings("hippocampus", runs=0)
 
 
 def test_dependencies_message_lists_everything():
@@ -213,17 +203,39 @@ def test_dependencies_message_lists_everything():
     assert options.missing_pip_packages(lambda name: object()) == []
     message = options.install_message(True, ["safetensors>=0.4,<1"])
     assert "PyTorch" in message and "safetensors" in message
-    # nothing heavy on the Slicer side
+    # nothing heavy on the Slicer side, but everything a feature uses (--preview: matplotlib)
     assert not {"torchio", "tensorboard"} & set(options.PIP_REQUIREMENTS)
+    assert {"safetensors", "matplotlib", "tqdm"} <= set(options.PIP_REQUIREMENTS)
+
+
+def test_torch_older_than_2_needs_the_extension():
+    present = lambda name: object()  # noqa: E731
+    assert options.torch_needs_install(lambda name: None, lambda name: None)
+    assert options.torch_needs_install(present, lambda name: "1.13.1+cu117")
+    assert not options.torch_needs_install(present, lambda name: "2.1.0")
+    assert not options.torch_needs_install(present, lambda name: None)  # a source build without metadata
+    assert options.pytorch_extension_missing(lambda name: None)
+    assert not options.pytorch_extension_missing(present)
+
+
+def test_regions_map_to_the_engine_locate_choices():
+    from nca_core.argtypes import LOCATE_CHOICES, SIDE_CHOICES
+
+    assert options.SIDE_CHOICES == SIDE_CHOICES and options.LOCATE_CHOICES == LOCATE_CHOICES
+    assert [options.region_locate(region) for region in options.REGION_CHOICES] == ["auto", "none", "none"]
+    with pytest.raises(options.NCAError):
+        options.region_locate("head")
 
 
 def test_engine_root_source_and_installed_layouts(tmp_path):
-    assert options.engine_root(str(MODULE_DIR)) == str(REPOSITORY)
+    import M3DNCASegmentLib
+
+    assert M3DNCASegmentLib.engine_root(str(MODULE_DIR)) == str(REPOSITORY)
     installed = tmp_path / "qt-scripted-modules"
     (installed / "nca_core").mkdir(parents=True)
     (installed / "nca_core" / "__init__.py").write_text("")
-    assert options.engine_root(str(installed)) == str(installed)
-    assert options.engine_root(str(tmp_path / "nowhere")) is None
+    assert M3DNCASegmentLib.engine_root(str(installed)) == str(installed)
+    assert M3DNCASegmentLib.engine_root(str(tmp_path / "nowhere")) is None
 
 
 # --- model files (tiny model made with the engine) ---------------------------------------------
@@ -242,15 +254,19 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-def test_read_model_info_without_torch(tiny_model):
-    info = options.read_model_info(str(tiny_model))
+def test_read_model_header_without_torch(tiny_model):
+    script = ("import sys; from nca_core.modelheader import read_model_header; "
+              f"h = read_model_header({str(tiny_model)!r}); print(h.levels, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(REPOSITORY), timeout=60)
+    assert proc.stdout.split() == ["2", "False"], proc.stderr
+    info = options.read_model_header(str(tiny_model))
     assert info.name == "tiny" and info.description == "tiny test model"
     assert info.labels == ["foreground"] and info.levels == 2 and info.steps == [2, 2]
     assert not info.calibrated and not info.largest_component
     assert "no NQM calibration" in info.summary()
 
 
-def test_read_model_info_shows_largest_component_postprocessing(tmp_path):
+def test_read_model_header_shows_largest_component_postprocessing_and_side(tmp_path):
     pytest.importorskip("torch")
     from nca_core.modelfile import load_model, save_model
     from nca_core.postprocessing import Postprocessing
@@ -259,19 +275,27 @@ def test_read_model_info_shows_largest_component_postprocessing(tmp_path):
     bundle = load_model(resolve("hippocampus"))
     bundle.postprocessing = Postprocessing(largest_component=True)
     save_model(bundle, tmp_path / "lcc.m3dnca")
-    info = options.read_model_info(str(tmp_path / "lcc.m3dnca"))
+    info = options.read_model_header(str(tmp_path / "lcc.m3dnca"))
     assert info.largest_component and "largest connected component" in info.summary()
+    assert info.side == bundle.preprocessing.side == "left"
 
 
-def test_read_model_info_rejects_other_files(tmp_path):
+def test_read_model_header_rejects_other_files_as_load_model_does(tmp_path):
+    from nca_core.errors import ModelFileError
+    from nca_core.modelfile import load_model
+
     bad = tmp_path / "bad.m3dnca"
     bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}   ")
-    with pytest.raises(ValueError, match="not an M3D-NCA model"):
-        options.read_model_info(str(bad))
     short = tmp_path / "short.m3dnca"
     short.write_bytes(b"abc")
-    with pytest.raises(ValueError):
-        options.read_model_info(str(short))
+    huge = tmp_path / "huge.m3dnca"
+    huge.write_bytes(b"\xff" * 8 + b"{}")
+    for path, words in ((bad, "no m3dnca metadata"), (short, "too short"), (huge, "truncated")):
+        with pytest.raises(ModelFileError, match=words) as header_error:
+            options.read_model_header(str(path))
+        with pytest.raises(ModelFileError) as load_error:
+            load_model(path)
+        assert str(header_error.value) == str(load_error.value)
 
 
 def test_model_catalog_lists_models_in_model_dir(tiny_model, monkeypatch):
@@ -289,41 +313,44 @@ def _volume():
     return array
 
 
+def _image(array=None):
+    """A SimpleITK image of ``array`` (K, J, I), as the panel hands a volume to the job."""
+    return sitk.GetImageFromArray(_volume() if array is None else array)
+
+
 def test_background_job_runs_to_completion(tiny_model):
-    array = _volume()
-    run = options.RunOptions(model=str(tiny_model), runs=2, device="cpu").validate()
-    job = BackgroundJob(array, run, str(REPOSITORY))
+    image = _image()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=2, device="cpu", locate="none")
+    job = BackgroundJob(image, run, str(REPOSITORY))
     job.start()
     try:
         status = job.wait(240)
         assert status.state == FINISHED, status.message
-        assert (status.done, status.total) == (2, 2)
+        assert (status.done, status.total, status.step) == (2, 2, "segmentation")
         result = job.result()
-        assert result.labels.shape == array.shape and result.labels.dtype == np.uint8
-        assert result.variance.shape == array.shape and result.variance.dtype == np.float32
+        assert result.labels.shape == image.GetSize() and result.labels.dtype == np.uint8
+        assert result.variance.shape == image.GetSize() and result.variance.dtype == np.float32
         assert result.report["runs"] == 2 and result.report["quality"] == "unknown"
-        assert result.label_names == ["foreground"]
-        assert result.nqm == math.inf or result.nqm >= 0
+        assert result.label_names == {"1": "foreground"}
     finally:
         job.cleanup()
     assert not Path(job.workdir).exists()
 
 
-def test_background_job_brings_a_mirrored_case_to_the_model_grid(hippocampus_dir):
-    """A real case stored with LPS axes: the worker gets the geometry and segments it as the
-    engine does, well, on the volume's own voxels."""
+@pytest.mark.parametrize("seed", [0, 7])
+def test_background_job_equals_the_engine_for_the_same_seed(hippocampus_dir, seed):
+    """A real case stored with LPS axes: the worker's labels, variance and NQM are the engine's
+    for the same seed (and a different seed gives a different variance)."""
     pytest.importorskip("torch")
-    from nca_core import registry
-    from nca_core.imaging import read_volume
     from nca_core.metrics import mean_foreground_dice
-    from nca_core.pipeline import segment_array
+    from nca_core.pipeline import segment_image
 
-    case = read_volume(hippocampus_dir / "imagesTr" / "hippocampus_011.nii.gz")
-    truth = read_volume(hippocampus_dir / "labelsTr" / "hippocampus_011.nii.gz").array[::-1, ::-1] > 0
-    mirrored = np.ascontiguousarray(case.array[::-1, ::-1])  # the same voxels stored left-posterior first
-    identity = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-    run = options.RunOptions(model="hippocampus", runs=2, device="cpu").validate()
-    job = BackgroundJob(mirrored, run, str(REPOSITORY), spacing=(1.0, 1.0, 1.0), direction=identity)
+    case = sitk.ReadImage(str(hippocampus_dir / "imagesTr" / "hippocampus_011.nii.gz"), sitk.sitkFloat32)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(hippocampus_dir / "labelsTr" / "hippocampus_011.nii.gz")))
+    lps = sitk.Flip(case, [True, True, False])  # the same anatomy stored left-posterior first
+    run = options.SegmentSettings.parse(model="hippocampus", runs=2, seed=seed, device="cpu", side="left",
+                             locate="none")
+    job = BackgroundJob(lps, run, str(REPOSITORY))
     job.start()
     try:
         status = job.wait(240)
@@ -331,16 +358,23 @@ def test_background_job_brings_a_mirrored_case_to_the_model_grid(hippocampus_dir
         result = job.result()
     finally:
         job.cleanup()
-    direct = segment_array(mirrored, registry.load("hippocampus"), "hippocampus", runs=2, device="cpu",
-                           spacing=(1.0, 1.0, 1.0), direction=identity)
+    direct = segment_image(lps, registry.load("hippocampus"), "hippocampus", runs=2, seed=seed, device="cpu",
+                           side="left", locate="none")
     assert result.report["grid"]["reoriented"]
+    assert direct.ensemble.labels.any()
     assert np.array_equal(result.labels, direct.ensemble.labels)
-    assert mean_foreground_dice(result.labels, truth.astype(np.uint8), 1) > 0.85
+    assert np.array_equal(result.variance, direct.ensemble.variance_map)
+    assert result.report["nqm"] == direct.report()["nqm"] and result.report["quality"] == direct.quality.light
+    other = segment_image(lps, registry.load("hippocampus"), "hippocampus", runs=2, seed=seed + 1, device="cpu",
+                          side="left", locate="none")
+    assert not np.array_equal(result.variance, other.ensemble.variance_map)
+    unflipped = result.labels.transpose(2, 1, 0)[:, ::-1, ::-1]  # (K, J, I) of the case as stored
+    assert mean_foreground_dice(unflipped, (truth > 0).astype(np.uint8), 1) > 0.85
 
 
 def test_background_job_cancel_is_immediate_and_leaves_nothing(tiny_model):
-    run = options.RunOptions(model=str(tiny_model), runs=200, device="cpu").validate()
-    job = BackgroundJob(_volume(), run, str(REPOSITORY))
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=200, device="cpu", locate="none")
+    job = BackgroundJob(_image(), run, str(REPOSITORY))
     job.start()
     job.cancel()
     assert job.process.poll() is not None
@@ -369,9 +403,9 @@ def test_cancel_also_ends_a_worker_started_through_a_launcher(tiny_model, tmp_pa
     launcher = tmp_path / "launcher.sh"
     launcher.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
     launcher.chmod(0o755)
-    run = options.RunOptions(model=str(tiny_model), runs=1000, device="cpu").validate()
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1000, device="cpu", locate="none")
     volume = np.random.default_rng(0).normal(0, 1, (64, 64, 64)).astype(np.float32)  # minutes of work
-    job = BackgroundJob(volume, run, str(REPOSITORY), python=str(launcher))
+    job = BackgroundJob(_image(volume), run, str(REPOSITORY), python=str(launcher))
     job.start()
     try:
         deadline = time.time() + 120
@@ -386,16 +420,16 @@ def test_cancel_also_ends_a_worker_started_through_a_launcher(tiny_model, tmp_pa
 
 
 def test_a_job_that_cannot_start_leaves_no_folder(tiny_model, tmp_path):
-    run = options.RunOptions(model=str(tiny_model), runs=1, device="cpu").validate()
-    job = BackgroundJob(_volume(), run, str(REPOSITORY), python=str(tmp_path / "no-such-python"))
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1, device="cpu")
+    job = BackgroundJob(_image(), run, str(REPOSITORY), python=str(tmp_path / "no-such-python"))
     with pytest.raises(OSError):
         job.start()
     assert not Path(job.workdir).exists()
 
 
 def test_background_job_reports_engine_errors_in_one_line(tmp_path):
-    run = options.RunOptions(model=str(tmp_path / "missing.m3dnca"), runs=1, device="cpu").validate()
-    job = BackgroundJob(_volume(), run, str(REPOSITORY))
+    run = options.SegmentSettings.parse(model=str(tmp_path / "missing.m3dnca"), runs=1, device="cpu")
+    job = BackgroundJob(_image(), run, str(REPOSITORY))
     job.start()
     try:
         status = job.wait(240)
@@ -405,45 +439,92 @@ def test_background_job_reports_engine_errors_in_one_line(tmp_path):
         job.cleanup()
 
 
+def test_a_failed_job_keeps_its_log(tiny_model, tmp_path):
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1, device="cpu")
+    job = BackgroundJob(_image(), run, str(REPOSITORY), python=sys.executable)
+    job.command = lambda: [sys.executable, "-c", "import sys; print('first line'); print('last line'); sys.exit(5)"]
+    job.start()
+    try:
+        status = job.wait(60)
+        assert status.state == FAILED and "exit code 5" in status.message
+        assert job.kept_log and job.kept_log in status.message
+    finally:
+        job.cleanup()
+    assert not Path(job.workdir).exists()
+    assert Path(job.kept_log).read_text().splitlines() == ["first line", "last line"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_the_worker_stops_and_removes_its_folder_when_slicer_is_gone(tiny_model, tmp_path):
+    """Slicer dies mid-job (here: the job records as its starter a process that has ended): the
+    worker notices, stops at the next step, and removes the job folder."""
+    import subprocess
+    run = options.SegmentSettings.parse(model=str(tiny_model), runs=1000, device="cpu", locate="none")
+    volume = np.random.default_rng(0).normal(0, 1, (48, 48, 48)).astype(np.float32)
+    job = BackgroundJob(_image(volume), run, str(REPOSITORY))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    job.parent_pid = gone.pid  # the "Slicer" that started the worker, already dead
+    job.start()
+    try:
+        status = job.wait(120)
+        assert status.state in (FAILED, CANCELLED)
+        assert job.process.returncode == 4
+        assert not Path(job.workdir).exists(), "the orphaned worker left its folder"
+    finally:
+        job.cleanup()
+
+
 # --- batch script ------------------------------------------------------------------------------
 
 def test_batch_script_writes_outputs_and_summary(tiny_model, tmp_path):
-    sitk = pytest.importorskip("SimpleITK")
     inputs = tmp_path / "in"
     inputs.mkdir()
     sitk.WriteImage(sitk.GetImageFromArray(_volume()), str(inputs / "case1.nii.gz"))
     (inputs / "broken.nii.gz").write_bytes(b"not an image")
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, str(BATCH_SCRIPT), "--input", str(inputs), "--output", str(out),
-         "--model", str(tiny_model), "--runs", "2", "--device", "cpu"],
+        [sys.executable, str(BATCH_SCRIPT), str(inputs), "-o", str(out), "--model", str(tiny_model), "--runs", "2",
+         "--device", "cpu", "--locate", "none", "--preview"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr  # one case failed, the other ran
     rows = {row["case"]: row for row in csv.DictReader(open(out / "summary.csv"))}
     assert rows["case1"]["status"] == "ok" and rows["broken"]["status"] == "failed"
-    for suffix in ("seg.nii.gz", "variance.nii.gz", "report.json"):
+    for suffix in ("seg.nii.gz", "variance.nii.gz", "report.json", "preview.png"):
         assert (out / f"case1_{suffix}").is_file()
     assert json.loads((out / "case1_report.json").read_text())["runs"] == 2
 
 
-def test_batch_script_usage_error_exits_non_zero(tmp_path):
-    proc = subprocess.run([sys.executable, str(BATCH_SCRIPT), "--output", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
+def _batch_and_cli(args, tmp_path):
+    batch = subprocess.run([sys.executable, str(BATCH_SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([sys.executable, "-m", "nca_core", "segment", *args], capture_output=True, text=True,
+                         timeout=120, cwd=str(REPOSITORY))
+    return batch, cli
 
 
-@pytest.mark.parametrize("option, value, words", [
-    ("--runs", "0", "--runs must be at least 1"),
-    ("--fire-rate", "1.5", "--fire-rate must be in [0, 1)"),
-    ("--steps", "2000,1", "--steps must be between 0 and 1000 per level"),
-])
-def test_batch_script_checks_option_ranges_like_the_command_line(tiny_model, tmp_path, option, value, words):
+def test_batch_script_usage_is_the_command_lines(tmp_path):
+    batch = subprocess.run([sys.executable, str(BATCH_SCRIPT), "--usage"], capture_output=True, text=True, timeout=120)
+    cli = subprocess.run([sys.executable, "-m", "nca_core", "segment", "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=str(REPOSITORY))
+    assert batch.returncode == 0 and batch.stdout == cli.stdout
+    assert "--side" in batch.stdout and "--locate" in batch.stdout and "--channel" in batch.stdout
+
+
+def test_batch_script_usage_error_exits_2_like_the_command_line(tmp_path):
+    batch, cli = _batch_and_cli(["-o", str(tmp_path)], tmp_path)
+    assert batch.returncode == cli.returncode == 2 and batch.stderr == cli.stderr
+
+
+@pytest.mark.parametrize("option, value", [("--runs", "0"), ("--fire-rate", "1.5"), ("--steps", "2000,1"),
+                                           ("--side", "middle")])
+def test_batch_script_checks_options_as_the_command_line_does(tiny_model, tmp_path, option, value):
     image = tmp_path / "in.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((12, 14, 16), dtype=np.float32)), str(image))
-    proc = subprocess.run([sys.executable, str(BATCH_SCRIPT), "--input", str(image), "--output", str(tmp_path / "out"),
-                           "--model", str(tiny_model), option, value], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"m3dnca_batch: error: {words}"]
+    batch, cli = _batch_and_cli([str(image), "-o", str(tmp_path / "out"), "--model", str(tiny_model), option, value],
+                                tmp_path)
+    assert batch.returncode == cli.returncode == 2
+    assert batch.stderr == cli.stderr and option in batch.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -491,7 +572,7 @@ def test_every_slicer_util_call_exists_in_slicer_58():
         assert not missing, f"{path.name} uses slicer.util names absent from Slicer 5.8: {sorted(missing)}"
         used |= _slicer_util_uses(path)
     assert {"loadUI", "childWidgetVariables", "arrayFromVolume", "addVolumeFromArray",
-            "updateSegmentBinaryLabelmapFromArray", "setSliceViewerLayers", "exit"} <= used
+            "setSliceViewerLayers", "exit", "tryWithErrorDisplay"} <= used
 
 
 def _ui_widgets():
@@ -507,7 +588,7 @@ def _ui_widgets():
 
 def test_ui_widget_names_match_the_code():
     widgets, _ = _ui_widgets()
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(PANEL_FILE.read_text())
     used = {node.attr for node in ast.walk(tree)
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
             and node.value.attr == "ui"}
@@ -617,17 +698,21 @@ def test_icon_is_a_png():
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_module_never_opens_a_dialog_when_not_interactive():
-    """process(interactive=False) reaches setupPythonRequirements(interactive=False), which raises
-    instead of asking: checked on the source, since Slicer is not available here."""
-    tree = ast.parse(MODULE_FILE.read_text())
-    logic = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "M3DNCASegmentLogic")
-    methods = {n.name: n for n in logic.body if isinstance(n, ast.FunctionDef)}
-    process = ast.unparse(methods["process"])
-    assert "interactive: bool=False" in process
-    assert "setupPythonRequirements(interactive=interactive)" in process
-    setup = ast.unparse(methods["setupPythonRequirements"])
-    assert setup.index("if not interactive") < setup.index("confirmOkCancelDisplay")
-    for name in ("process", "createOutputs", "_createSegmentation", "_createVariance"):
-        body = ast.unparse(methods[name])
-        assert "Display(" not in body and "QFileDialog" not in body, name
+def test_the_module_file_and_batch_script_stay_thin():
+    assert len(MODULE_FILE.read_text().splitlines()) <= 300
+    assert len(BATCH_SCRIPT.read_text().splitlines()) <= 60
+    batch = BATCH_SCRIPT.read_text()
+    assert "import argparse" not in batch and "add_argument" not in batch  # the command line parses
+
+
+def test_batch_script_without_torch_exits_with_one_line(tmp_path):
+    """Slicer's Python before the module installed torch: one line and an exit code, no hang."""
+    image = tmp_path / "in.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(_volume()), str(image))
+    script = ("import runpy, sys; sys.modules['torch'] = None; "
+              f"sys.argv = [{str(BATCH_SCRIPT)!r}, {str(image)!r}, '-o', {str(tmp_path / 'out')!r}]; "
+              f"runpy.run_path({str(BATCH_SCRIPT)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("m3dnca_batch: error:")
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,144 @@
+"""Scene outputs of a segmentation: the segmentation node (one named segment per label value,
+with terminology), the variance volume with its overlay and colour legend, hiding an earlier
+result. Arrays arrive in the engine's (X, Y, Z) = (I, J, K) order on the input's voxels."""
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import slicer
+import vtk
+
+from . import display
+from .geometry import ijk_to_kji
+
+# Slicer's built-in colour table used when the file-based Inferno table is not loaded.
+FALLBACK_VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
+
+
+def createSegmentation(inputVolume, labels_xyz: np.ndarray, labelNames, created: List):
+    """A segmentation node on the input's geometry with one segment per label value."""
+    scene = inputVolume.GetScene()
+    segmentationNode = scene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", scene.GenerateUniqueName(f"{inputVolume.GetName()} M3D-NCA segmentation"))
+    created.append(segmentationNode)
+    segmentationNode.CreateDefaultDisplayNodes()
+    # Transform first: the reference geometry is stored relative to the node's parent transform.
+    segmentationNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+    segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+    labelsKJI = ijk_to_kji(np.asarray(labels_xyz))
+    expected = tuple(reversed(inputVolume.GetImageData().GetDimensions()))
+    if labelsKJI.shape != expected:
+        raise RuntimeError(f"segmentation shape {labelsKJI.shape} does not match the input {expected}")
+    segmentation = segmentationNode.GetSegmentation()
+    for value, name, color, terminology in display.segment_specs(labelNames):
+        segmentId = segmentation.AddEmptySegment("", name, color)
+        segment = segmentation.GetSegment(segmentId)
+        if terminology:
+            segment.SetTag(segment.GetTerminologyEntryTagName(), terminology)
+        mask = (labelsKJI == value).astype(np.uint8)
+        if mask.any():
+            setSegmentMask(segmentationNode, segmentId, mask, inputVolume)
+    return segmentationNode
+
+
+def setSegmentMask(segmentationNode, segmentId: str, maskKJI: np.ndarray, inputVolume) -> None:
+    """Set a segment's binary labelmap from a (K, J, I) mask on the input's voxels. Unlike
+    ``slicer.util.updateSegmentBinaryLabelmapFromArray`` this adds no temporary node to the
+    scene (that one leaves a labelmap display node behind for every segment)."""
+    from vtk.util import numpy_support
+
+    image = slicer.vtkOrientedImageData()
+    image.SetDimensions(maskKJI.shape[2], maskKJI.shape[1], maskKJI.shape[0])
+    scalars = numpy_support.numpy_to_vtk(np.ascontiguousarray(maskKJI).ravel(), deep=True,
+                                         array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
+    ijkToRAS = vtk.vtkMatrix4x4()
+    inputVolume.GetIJKToRASMatrix(ijkToRAS)  # the segmentation has the input's parent transform
+    image.SetImageToWorldMatrix(ijkToRAS)
+    if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            image, segmentationNode, segmentId, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE):
+        raise RuntimeError(f"cannot set the voxels of segment {segmentId}")
+
+
+def createVariance(inputVolume, variance_xyz: np.ndarray, created: List):
+    """A scalar volume of the variance (std) map on the input's geometry, coloured and thresholded."""
+    scene = inputVolume.GetScene()
+    ijkToRAS = vtk.vtkMatrix4x4()
+    inputVolume.GetIJKToRASMatrix(ijkToRAS)
+    variance = np.asarray(variance_xyz, dtype=np.float32)
+    varianceNode = slicer.util.addVolumeFromArray(
+        ijk_to_kji(variance), ijkToRAS=ijkToRAS,
+        name=scene.GenerateUniqueName(f"{inputVolume.GetName()} M3D-NCA variance"))
+    created.append(varianceNode)
+    varianceNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+    settings = display.overlay_settings(variance)
+    displayNode = varianceNode.GetScalarVolumeDisplayNode()
+    colorID = display.VARIANCE_COLOR_NODE_ID
+    if scene.GetNodeByID(colorID) is None:
+        colorID = FALLBACK_VARIANCE_COLOR_NODE_ID
+    displayNode.SetAndObserveColorNodeID(colorID)
+    displayNode.SetAutoWindowLevel(0)
+    displayNode.SetWindowLevelMinMax(settings.window_min, settings.window_max)
+    displayNode.SetAutoThreshold(0)
+    displayNode.SetThreshold(settings.threshold, max(settings.window_max, settings.threshold) * 10.0)
+    displayNode.SetApplyThreshold(1)
+    legend = slicer.modules.colors.logic().AddDefaultColorLegendDisplayNode(varianceNode)
+    if legend:
+        created.append(legend)
+        legend.SetTitleText("M3D-NCA variance (std)")
+    return varianceNode
+
+
+def removeNodes(nodes) -> None:
+    """Remove the nodes with their display and storage nodes (MRML does not remove those)."""
+    for node in reversed(list(nodes)):
+        scene = node.GetScene()
+        if scene is None or not scene.IsNodePresent(node):
+            continue
+        owned = []
+        if hasattr(node, "GetNumberOfDisplayNodes"):
+            owned += [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+        if hasattr(node, "GetNumberOfStorageNodes"):
+            owned += [node.GetNthStorageNode(i) for i in range(node.GetNumberOfStorageNodes())]
+        scene.RemoveNode(node)
+        for other in owned:
+            if other is not None and scene.IsNodePresent(other):
+                scene.RemoveNode(other)
+
+
+INPUT_ATTRIBUTE = "M3DNCASegment.InputVolumeID"
+VARIANCE_REFERENCE_ROLE = "M3DNCASegment.variance"
+
+
+def markResult(inputVolume, segmentationNode, varianceNode) -> None:
+    """Record on the segmentation which volume it belongs to and its variance volume."""
+    segmentationNode.SetAttribute(INPUT_ATTRIBUTE, inputVolume.GetID())
+    segmentationNode.SetNodeReferenceID(VARIANCE_REFERENCE_ROLE, varianceNode.GetID())
+
+
+def resultsOf(inputVolume):
+    """(segmentation, variance) of every earlier result of ``inputVolume`` in its scene."""
+    scene = inputVolume.GetScene()
+    found = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        if node.GetAttribute(INPUT_ATTRIBUTE) == inputVolume.GetID():
+            found.append((node, node.GetNodeReference(VARIANCE_REFERENCE_ROLE)))
+    return found
+
+
+def hideOutputs(segmentationNode, varianceNode) -> None:
+    """Hide an earlier result (kept in the scene), so new contours are not drawn over old ones."""
+    if segmentationNode and slicer.mrmlScene.IsNodePresent(segmentationNode):
+        segmentationNode.SetDisplayVisibility(False)
+    if varianceNode and slicer.mrmlScene.IsNodePresent(varianceNode):
+        legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(varianceNode)
+        if legend:
+            legend.SetVisibility(False)
+
+
+def showVarianceOverlay(inputVolume, varianceNode, opacity: float) -> None:
+    """Input as background, variance as coloured foreground (see-through below threshold)."""
+    slicer.util.setSliceViewerLayers(background=inputVolume, foreground=varianceNode,
+                                     foregroundOpacity=display.clamp_opacity(opacity))
