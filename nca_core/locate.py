@@ -130,7 +130,7 @@ def hippocampus_regions(image: sitk.Image, registration: Registration, atlas: He
         region = Region(side, grid, mirrored, f"located: the template's {side} hippocampus")
         if region.fraction_inside(image) < MIN_BOX_INSIDE:
             raise InputImageError(f"the {side} hippocampus found by registration lies outside the scan; "
-                                  "this does not look like a whole-head T1 (crop around the hippocampi instead)")
+                                  "this does not look like a whole-head T1 (to segment it as it is, pass --locate none)")
         regions.append(region)
     return regions
 
@@ -141,7 +141,7 @@ def _check(result: Registration) -> None:
         raise InputImageError(
             "this is neither a hippocampus crop nor a whole-head T1 MRI: it does not match the head template "
             f"(correlation {result.correlation:.2f}, needs {MIN_CORRELATION}; scales "
-            f"{', '.join(f'{s:.2f}' for s in result.scales)})")
+            f"{', '.join(f'{s:.2f}' for s in result.scales)}); to segment it as it is, pass --locate none")
 
 
 def _prepared(image: sitk.Image) -> sitk.Image:
