@@ -18,8 +18,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment every input; exit 0 when every case succeeded (or was skipped), 1 otherwise."""
+    from .imaging import require_input
+    from .registry import load, resolve
+
+    resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
+    if len(args.inputs) == 1:
+        require_input(args.inputs[0])
     from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
-    from .registry import load
 
     bundle = load(args.model)
     options = SegmentOptions(
@@ -157,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
 
     from .bench import add_bench_command
-    from .official import add_import_command
+    from .official_command import add_import_command
     from .training.commands import add_training_commands
 
     add_training_commands(commands)

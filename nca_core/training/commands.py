@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
 from ..argtypes import open_unit_interval, positive_int, positive_number
-from ..batch import prepare_output_folder
 from ..errors import NCAError
 from ..imaging import case_name
-from ..modelfile import save_model
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, check_cases_found, find_pairs, load_cases, read_split
@@ -90,6 +88,7 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..batch import prepare_output_folder
     from ..devices import pick_device
     from ..registry import load
     from .evaluate import evaluate_cases, summarise, write_evaluation
@@ -110,7 +109,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..batch import prepare_output_folder
     from ..devices import pick_device
+    from ..modelfile import save_model
     from ..registry import load
     from .calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
