@@ -1,4 +1,4 @@
-"""Early error exits without torch (issue 21)."""
+"""Early error exits without torch, the long-run notice (issue 21)."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,10 @@ import subprocess
 import sys
 
 import pytest
+
+from nca_core.config import preset
+from nca_core.limits import long_run_notice
+from nca_core.preprocessing import Preprocessing
 
 from nca_helpers import REPOSITORY
 
@@ -36,3 +40,13 @@ def test_errors_that_need_no_model_exit_before_torch_loads(tmp_path, args):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_whole_head_for_the_hippocampus_model_is_announced_with_its_time():
+    config, grid = preset("hippocampus"), Preprocessing(spacing=[1.0, 1.0, 1.0])
+    notice = long_run_notice((256, 256, 180), (1.0, 1.0, 1.0), config, grid, runs=10, steps=None, threads=1)
+    assert notice is not None and notice.startswith("large input (256x256x180 voxels, 11.8 million")
+    assert notice.endswith("10 runs will take about 6 min on 1 CPU thread(s)")
+    assert long_run_notice((36, 50, 36), (1.0, 1.0, 1.0), config, grid, runs=10, steps=None, threads=1) is None
+    # a finely sampled scan has fewer voxels on the model's 1 mm grid than in its file
+    assert long_run_notice((256, 256, 180), (0.5, 0.5, 0.5), config, grid, runs=10, steps=None, threads=1) is None
