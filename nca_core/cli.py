@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from . import __version__
 from .argtypes import channel_index, fire_rate_option, positive_int, steps_list
@@ -25,6 +25,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if len(args.inputs) == 1:
         require_input(args.inputs[0])
     from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
+    from .progress import BatchProgress
 
     bundle = load(args.model)
     options = SegmentOptions(
@@ -32,8 +33,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         steps=args.steps, save_probability=args.save_probability, preview=args.preview,
         overwrite=args.overwrite, channel=args.channel,
     )
-    outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options,
-                              progress_for=_progress_bar(args.runs), report=_print_outcome)
+    with BatchProgress(args.inputs, args.runs) as progress:
+        outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options, progress_for=progress.for_case,
+                                  report=progress.reporting(_print_outcome), notify=progress.write)
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
         summary = write_summary(outcomes, args.output)
@@ -50,24 +52,6 @@ def _print_outcome(outcome) -> None:
         print(f"m3dnca: {describe(outcome)}", file=sys.stderr)
     else:
         print(describe(outcome))
-
-
-def _progress_bar(total: int) -> Optional[Callable[[str], Callable[[int, int], None]]]:
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    def for_case(case: str) -> Callable[[int, int], None]:
-        bar = tqdm(total=total, desc=case, unit="run", leave=False)
-
-        def update(done: int, runs: int) -> None:
-            bar.update(done - bar.n)
-            if done >= runs:
-                bar.close()
-
-        return update
-
-    return for_case
 
 
 def cmd_new_model(args: argparse.Namespace) -> int:
