@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from . import __version__
-from .argtypes import channel_index, fire_rate_option, positive_int, steps_list
+from .argtypes import add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
 from .errors import NCAError
 from .grid import spacing_text
+from .threads import use_threads
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     segment.add_argument("--channel", type=channel_index, default=None, metavar="N",
                          help="channel (0-based) of a 4D or vector image to segment")
+    add_threads_option(segment)
     segment.set_defaults(run=cmd_segment)
 
     new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
@@ -163,6 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed command cleans up like Ctrl+C
     try:
         args = build_parser().parse_args(argv)
+        use_threads(getattr(args, "threads", None))  # before torch loads
         return args.run(args)
     except NCAError as error:
         print(f"m3dnca: error: {error}", file=sys.stderr)

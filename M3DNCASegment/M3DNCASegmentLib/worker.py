@@ -28,6 +28,9 @@ def main(argv):
     if spec.get("engine_dir"):
         sys.path.insert(0, spec["engine_dir"])
     try:
+        from nca_core.threads import use_threads
+
+        use_threads()  # before torch loads: idle threads sleep, so Slicer and other programs do not stall it
         import numpy as np
         from nca_core import registry
         from nca_core.ensemble import Cancelled

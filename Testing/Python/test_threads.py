@@ -1,4 +1,4 @@
-"""Early error exits without torch, the long-run notice (issue 21)."""
+"""Threads beside other programs, early error exits without torch, the long-run notice (issue 21)."""
 from __future__ import annotations
 
 import os
@@ -7,23 +7,42 @@ import sys
 
 import pytest
 
+from nca_core.cli import main
 from nca_core.config import preset
 from nca_core.limits import long_run_notice
 from nca_core.preprocessing import Preprocessing
+from nca_core.threads import usable_cores
 
 from nca_helpers import REPOSITORY
 
 
 def python_c(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter (torch not yet imported) from the repository root."""
-    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    unset = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    environment = {k: v for k, v in os.environ.items() if k not in unset}
     environment.update(PYTHONPATH=str(REPOSITORY), **env)
     return subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, env=environment,
                           capture_output=True, text=True, timeout=300)
 
 
+def test_threads_chosen_before_torch_loads_are_the_ones_torch_uses():
+    code = ("import os\n"
+            "from nca_core.threads import use_threads\n"
+            "chosen = use_threads({})\n"
+            "import torch\n"
+            "print(chosen, torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'))")
+    cores = str(usable_cores())
+    assert python_c(code.format("None")).stdout.split() == [cores, cores, "PASSIVE"]
+    assert python_c(code.format(1)).stdout.split() == ["1", "1", "PASSIVE"]
+    assert python_c(code.format(10_000)).stdout.split() == [cores, cores, "PASSIVE"]  # never more than the cores
+    # the user's settings win
+    assert python_c(code.format("None"), OMP_NUM_THREADS="1").stdout.split() == ["1", "1", "PASSIVE"]
+    assert python_c(code.format(1), GOMP_SPINCOUNT="1000").stdout.split() == ["1", "1", "None"]
+
+
 @pytest.mark.parametrize("args", [["segment", "{tmp}/absent.nii.gz", "-o", "{tmp}/out"],
                                   ["segment", "{tmp}/absent.nii.gz", "-o", "{tmp}/out", "--model", "nope"],
+                                  ["segment", "{tmp}/absent.nii.gz", "-o", "{tmp}/out", "--threads", "0"],
                                   ["evaluate", "--data", "{tmp}", "--model", "hippocampus", "-o", "{tmp}/out",
                                    "--runs", "0"]])
 def test_errors_that_need_no_model_exit_before_torch_loads(tmp_path, args):
@@ -40,6 +59,13 @@ def test_errors_that_need_no_model_exit_before_torch_loads(tmp_path, args):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_threads_below_one_are_refused_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["segment", str(tmp_path / "a.nii.gz"), "-o", str(tmp_path / "out"), "--threads", "0"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert raised.value.code == 2 and errors == ["m3dnca segment: error: argument --threads: must be at least 1"]
 
 
 def test_a_whole_head_for_the_hippocampus_model_is_announced_with_its_time():

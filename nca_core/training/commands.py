@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from ..argtypes import open_unit_interval, positive_int, positive_number
+from ..argtypes import add_threads_option, open_unit_interval, positive_int, positive_number
 from ..errors import NCAError
 from ..imaging import case_name
 from ..postprocessing import Postprocessing
@@ -182,6 +182,7 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_threads_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 
