@@ -30,7 +30,7 @@ def main(argv):
     try:
         from nca_core.threads import use_threads
 
-        use_threads()  # before torch loads: idle threads sleep, so Slicer and other programs do not stall it
+        use_threads()  # before torch loads: threads that sleep while Slicer or others keep cores busy
         import numpy as np
         from nca_core import registry
         from nca_core.ensemble import Cancelled

@@ -11,7 +11,7 @@ from nca_core.cli import main
 from nca_core.config import preset
 from nca_core.limits import long_run_notice
 from nca_core.preprocessing import Preprocessing
-from nca_core.threads import usable_cores
+from nca_core.threads import usable_cores, waits_passively
 
 from nca_helpers import REPOSITORY
 
@@ -25,19 +25,27 @@ def python_c(code: str, **env: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.parametrize("busy, passive", [(0.0, False), (0.4, False), (1.0, True), (3.0, True)])
+def test_threads_wait_passively_when_other_programs_want_a_core(busy, passive):
+    assert waits_passively(busy) is passive
+
+
 def test_threads_chosen_before_torch_loads_are_the_ones_torch_uses():
     code = ("import os\n"
-            "from nca_core.threads import use_threads\n"
-            "chosen = use_threads({})\n"
+            "import nca_core.threads as threads\n"
+            "threads.busy_cores = lambda: {busy}\n"
+            "chosen = threads.use_threads({requested})\n"
             "import torch\n"
             "print(chosen, torch.get_num_threads(), os.environ.get('OMP_WAIT_POLICY'))")
     cores = str(usable_cores())
-    assert python_c(code.format("None")).stdout.split() == [cores, cores, "PASSIVE"]
-    assert python_c(code.format(1)).stdout.split() == ["1", "1", "PASSIVE"]
-    assert python_c(code.format(10_000)).stdout.split() == [cores, cores, "PASSIVE"]  # never more than the cores
+    several = "PASSIVE" if usable_cores() > 1 else "None"
+    assert python_c(code.format(busy=0.0, requested=None)).stdout.split() == [cores, cores, "None"]
+    assert python_c(code.format(busy=1.0, requested=None)).stdout.split() == [cores, cores, several]
+    assert python_c(code.format(busy=1.0, requested=1)).stdout.split() == ["1", "1", "None"]  # no one to wait for
+    assert python_c(code.format(busy=1.0, requested=10_000)).stdout.split() == [cores, cores, several]
     # the user's settings win
-    assert python_c(code.format("None"), OMP_NUM_THREADS="1").stdout.split() == ["1", "1", "PASSIVE"]
-    assert python_c(code.format(1), GOMP_SPINCOUNT="1000").stdout.split() == ["1", "1", "None"]
+    assert python_c(code.format(busy=0.0, requested=None), OMP_NUM_THREADS="1").stdout.split() == ["1", "1", "None"]
+    assert python_c(code.format(busy=1.0, requested=None), GOMP_SPINCOUNT="1000").stdout.split()[2] == "None"
 
 
 @pytest.mark.parametrize("args", [["segment", "{tmp}/absent.nii.gz", "-o", "{tmp}/out"],
