@@ -28,6 +28,12 @@ open_unit_interval = _within(float, lambda value: 0.0 < value < 1.0, "must be in
 fire_rate_option = _within(float, lambda value: 0.0 <= value < 1.0, "must be in [0, 1)")
 
 
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``, for every command that runs inference (see ``threads.use_threads``)."""
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="CPU threads (default: one per usable core)")
+
+
 def steps_list(text: str) -> List[int]:
     """``--steps``: parsed as everywhere else (``options.parse_steps``)."""
     from .errors import NCAError

@@ -5,18 +5,21 @@ import csv
 import io
 import json
 import os
+import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+import torch
+
 from .atomic import write_text
 from .devices import pick_device
 from .errors import NCAError
 from .imaging import case_name, is_dicom_folder, list_inputs, read_volume
-from .limits import memory_limit
+from .limits import long_run_notice, memory_limit
 from .modelfile import ModelBundle
-from .pipeline import check_options, output_paths, segment_image, write_outputs
+from .pipeline import check_options, locates_hippocampi, output_paths, segment_image, write_outputs
 
 SUMMARY = "summary.csv"
 
@@ -123,11 +126,13 @@ def segment_inputs(
     options: SegmentOptions,
     progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
     report: Callable[[CaseOutcome], None] = lambda outcome: print(describe(outcome)),
+    notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> List[CaseOutcome]:
     """Segment every input; returns one outcome per case (see ``write_summary``).
 
     Problems common to all cases (options, output folder) raise NCAError; a case that
-    fails is reported and skipped, and leaves no output files.
+    fails is reported and skipped, and leaves no output files. ``notify`` gets the line
+    announcing a long run.
     """
     check_options(bundle, options.runs, options.steps, options.fire_rate)
     memory_limit(pick_device(options.device))  # a bad --device or memory limit fails once, not per case
@@ -138,19 +143,25 @@ def segment_inputs(
     prepare_output_folder(outdir)
     outcomes = []
     for path in paths:
-        outcome = _segment_one(path, outdir, bundle, model_name, options, progress_for)
+        outcome = _segment_one(path, outdir, bundle, model_name, options, progress_for, notify)
         report(outcome)
         outcomes.append(outcome)
     return outcomes
 
 
-def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentOptions, progress_for) -> CaseOutcome:
+def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentOptions, progress_for,
+                 notify: Callable[[str], None]) -> CaseOutcome:
     name = case_name(path)
     existing = [p.name for p in output_paths(outdir, name).values() if p.exists()]
     if not options.overwrite and _is_done(output_paths(outdir, name)["report"]):
         return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
     try:
         volume = read_volume(path, options.channel)
+        notice = not locates_hippocampi(volume.reference, options.locate) and pick_device(options.device) == "cpu" \
+            and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, options.runs,
+                                options.steps, torch.get_num_threads())
+        if notice:
+            notify(f"m3dnca: {name}: {notice}")
         result = segment_image(
             volume.reference, bundle, model_name, runs=options.runs, seed=options.seed,
             device=options.device, fire_rate=options.fire_rate, steps=options.steps,

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .argtypes import positive_int
+from .argtypes import add_threads_option, positive_int
 
 HIPPOCAMPUS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "hippocampus"
 
@@ -265,7 +265,7 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--fast-steps", type=positive_int, default=None,
                        help="time the fast path over this many steps per level and extrapolate")
     bench.add_argument("--quick", action="store_true", help="small volumes: a smoke test")
-    bench.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    add_threads_option(bench)
     bench.add_argument("--chunk-voxels", type=positive_int, default=None, help="fast path slab size (default: its own)")
     bench.add_argument("--bf16", action="store_true", help="fast path dense layers in bfloat16")
     bench.add_argument("--no-reference", action="store_true", help="skip the reference implementation")

@@ -6,20 +6,27 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from . import __version__
-from .argtypes import add_locate_option, add_side_option, channel_index, fire_rate_option, positive_int, steps_list
+from .argtypes import add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
 from .errors import NCAError, exit_code, user_message
 from .grid import spacing_text
+from .threads import use_threads
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment every input; exit 0 when every case succeeded (or was skipped), 1 otherwise."""
+    from .imaging import require_input
+    from .registry import load, resolve
+
+    resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
+    if len(args.inputs) == 1:
+        require_input(args.inputs[0])
     from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
-    from .registry import load
+    from .progress import BatchProgress
 
     bundle = load(args.model)
     options = SegmentOptions(
@@ -27,8 +34,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         steps=args.steps, save_probability=args.save_probability, preview=args.preview,
         overwrite=args.overwrite, channel=args.channel, side=args.side, locate=args.locate,
     )
-    outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options,
-                              progress_for=_progress_bar(), report=_print_outcome)
+    with BatchProgress(args.inputs, args.runs) as progress:
+        outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options, progress_for=progress.for_case,
+                                  report=progress.reporting(_print_outcome), notify=progress.write)
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
         summary = write_summary(outcomes, args.output)
@@ -45,28 +53,6 @@ def _print_outcome(outcome) -> None:
         print(f"m3dnca: {describe(outcome)}", file=sys.stderr)
     else:
         print(describe(outcome))
-
-
-def _progress_bar() -> Optional[Callable[[str], Callable[[str, int, int], None]]]:
-    """Per case, a bar for each step (registration, each side's runs) on a terminal; None elsewhere."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    def for_case(case: str) -> Callable[[str, int, int], None]:
-        bars: Dict[str, tqdm] = {}
-
-        def update(step: str, done: int, total: int) -> None:
-            if step not in bars:
-                unit = "run" if step != "registration" else "stage"
-                bars[step] = tqdm(total=total, desc=f"{case}: {step}", unit=unit, leave=False)
-            bars[step].update(done - bars[step].n)
-            if done >= total:
-                bars[step].close()
-
-        return update
-
-    return for_case
 
 
 def cmd_new_model(args: argparse.Namespace) -> int:
@@ -151,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="channel (0-based) of a 4D or vector image to segment")
     add_side_option(segment)
     add_locate_option(segment)
+    add_threads_option(segment)
     segment.set_defaults(run=cmd_segment)
 
     new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
@@ -165,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=cmd_info)
 
     from .bench import add_bench_command
-    from .official import add_import_command
+    from .official_command import add_import_command
     from .training.commands import add_training_commands
 
     add_training_commands(commands)
@@ -182,6 +169,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed command cleans up like Ctrl+C
     try:
         args = build_parser().parse_args(argv)
+        use_threads(getattr(args, "threads", None))  # before torch loads
         return args.run(args)
     except (NCAError, OSError, MemoryError) as error:
         print(f"m3dnca: error: {user_message(error)}", file=sys.stderr)

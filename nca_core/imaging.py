@@ -67,9 +67,14 @@ def _series_ids(folder: Path) -> List[str]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def _read_image(path: Path) -> sitk.Image:
+def require_input(path: Path) -> None:
+    """Refuse an input that does not exist."""
     if not path.exists():
         raise InputImageError(f"{path}: no such file or folder")
+
+
+def _read_image(path: Path) -> sitk.Image:
+    require_input(path)
     if path.is_dir():
         return _read_dicom(path)
     if path.stat().st_size == 0:

@@ -128,3 +128,31 @@ def check_fits(shape: Sequence[int], config: NCAConfig, preprocessing: Preproces
         raise InputImageError(
             f"volume {shape_text(shape)} is too small for this model: every side needs at least {smallest} voxels"
         )
+
+
+SECONDS_PER_VOXEL_STEP = 2.5e-7  # fast path, one run on one thread (docs/performance.md)
+LONG_RUN_SECONDS = 60.0
+
+
+def estimated_seconds(voxels: float, config: NCAConfig, runs: int, steps: Optional[Sequence[int]],
+                      threads: int) -> float:
+    """Rough CPU time of segmenting ``voxels`` voxels of the model's grid (2 threads: ~1.5x faster)."""
+    steps = config.steps if steps is None else steps
+    per_run = sum(voxels / config.downscale ** (3 * (config.levels - 1 - level)) * count
+                  for level, count in enumerate(steps))
+    return per_run * runs * SECONDS_PER_VOXEL_STEP / max(1, threads) ** 0.6
+
+
+def long_run_notice(shape: Sequence[int], spacing: Optional[Sequence[float]], config: NCAConfig,
+                    preprocessing: Preprocessing, runs: int, steps: Optional[Sequence[int]],
+                    threads: int) -> Optional[str]:
+    """A line on a CPU segmentation expected to take over a minute (a volume far larger than a
+    training crop, such as a whole head for the hippocampus model), else None."""
+    voxels = float(math.prod(shape))
+    if spacing is not None and preprocessing.spacing:
+        voxels *= math.prod(spacing) / math.prod(preprocessing.spacing)
+    seconds = estimated_seconds(voxels, config, runs, steps, threads)
+    if seconds < LONG_RUN_SECONDS:
+        return None
+    return (f"large input ({shape_text(shape)} voxels, {voxels / 1e6:.1f} million on the model's grid): "
+            f"{runs} runs will take about {math.ceil(seconds / 60)} min on {threads} CPU thread(s)")

@@ -202,8 +202,7 @@ def segment_image(
     check_side(side)
     if locate not in LOCATE_CHOICES:
         raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {locate!r}")
-    whole = locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
-    if not whole:
+    if not locates_hippocampi(image, locate):
         return segment_array(
             sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, model_name, runs=runs, seed=seed,
             device=device, fire_rate=fire_rate, steps=steps, side=side, spacing=image.GetSpacing(),
@@ -237,6 +236,11 @@ def segment_image(
         labels=names,
         registration=registration,
     )
+
+
+def locates_hippocampi(image: sitk.Image, locate: str) -> bool:
+    """Whether ``segment_image`` takes the whole-head route for ``image`` with this ``locate``."""
+    return locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
 
 
 def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:

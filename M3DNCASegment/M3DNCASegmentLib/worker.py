@@ -55,6 +55,9 @@ def main(argv):
     if spec.get("engine_dir"):
         sys.path.insert(0, spec["engine_dir"])
     try:
+        from nca_core.threads import use_threads
+
+        use_threads()  # before torch loads: threads that sleep while Slicer or others keep cores busy
         import numpy as np
         import SimpleITK as sitk
         from nca_core import registry

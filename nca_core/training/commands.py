@@ -9,11 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from ..argtypes import add_side_option, open_unit_interval, positive_int, positive_number
-from ..batch import prepare_output_folder
+from ..argtypes import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
 from ..errors import NCAError
 from ..imaging import case_name
-from ..modelfile import save_model
 from ..postprocessing import Postprocessing
 from ..quality import DEFAULT_TARGET_DICE
 from .data import Case, check_cases_found, find_pairs, load_cases, read_split
@@ -90,6 +88,7 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from ..batch import prepare_output_folder
     from ..devices import pick_device
     from ..registry import load
     from .evaluate import evaluate_cases, summarise, write_evaluation
@@ -111,7 +110,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    from ..batch import prepare_output_folder
     from ..devices import pick_device
+    from ..modelfile import save_model
     from ..registry import load
     from .calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
@@ -183,6 +184,7 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     add_side_option(parser)
+    add_threads_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 
