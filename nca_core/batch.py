@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -19,6 +19,7 @@ from .errors import NCAError
 from .imaging import case_name, is_dicom_folder, list_inputs, read_volume
 from .limits import long_run_notice, memory_limit
 from .modelfile import ModelBundle
+from .options import SegmentSettings
 from .pipeline import check_options, locates_hippocampi, output_paths, segment_image, write_outputs
 
 SUMMARY = "summary.csv"
@@ -38,17 +39,13 @@ class CaseOutcome:
 
 @dataclass
 class SegmentOptions:
-    runs: int = 10
-    seed: int = 0
-    device: str = "auto"
-    fire_rate: Optional[float] = None
-    steps: Optional[Sequence[int]] = None
+    """A batch's options: the segmentation's (the one settings type) and what is written."""
+
+    settings: SegmentSettings = field(default_factory=SegmentSettings)
     save_probability: bool = False
     preview: bool = False
     overwrite: bool = False
     channel: Optional[int] = None  # of a 4D or vector image
-    side: str = "auto"  # auto | left | right (see sides)
-    locate: str = "auto"  # auto | head | none (see pipeline.segment_image)
 
 
 def describe(outcome: CaseOutcome) -> str:
@@ -134,8 +131,9 @@ def segment_inputs(
     fails is reported and skipped, and leaves no output files. ``notify`` gets the line
     announcing a long run.
     """
-    check_options(bundle, options.runs, options.steps, options.fire_rate)
-    memory_limit(pick_device(options.device))  # a bad --device or memory limit fails once, not per case
+    settings = options.settings.check(bundle.config.levels)
+    check_options(bundle, settings.runs, settings.steps, settings.fire_rate)
+    memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
     paths = unique_cases(list_inputs(given))
     outdir = Path(outdir)
@@ -157,16 +155,14 @@ def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentO
         return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
     try:
         volume = read_volume(path, options.channel)
-        notice = not locates_hippocampi(volume.reference, options.locate) and pick_device(options.device) == "cpu" \
-            and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, options.runs,
-                                options.steps, torch.get_num_threads())
+        settings = options.settings
+        notice = not locates_hippocampi(volume.reference, settings.locate) and pick_device(settings.device) == "cpu" \
+            and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, settings.runs,
+                                settings.steps, torch.get_num_threads())
         if notice:
             notify(f"m3dnca: {name}: {notice}")
-        result = segment_image(
-            volume.reference, bundle, model_name, runs=options.runs, seed=options.seed,
-            device=options.device, fire_rate=options.fire_rate, steps=options.steps,
-            side=options.side, locate=options.locate, progress=progress_for(name) if progress_for else None,
-        )
+        result = segment_image(volume.reference, bundle, model_name, progress=progress_for(name) if progress_for else None,
+                               **settings.engine_arguments())
         write_outputs(volume, result, outdir, options.save_probability, options.preview)
     except NCAError as error:
         return CaseOutcome(name, str(path), "failed", _naming(str(error), path, outdir))

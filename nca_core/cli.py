@@ -26,14 +26,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if len(args.inputs) == 1:
         require_input(args.inputs[0])
     from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
+    from .options import SegmentSettings
     from .progress import BatchProgress
 
     bundle = load(args.model)
-    options = SegmentOptions(
-        runs=args.runs, seed=args.seed, device=args.device, fire_rate=args.fire_rate,
-        steps=args.steps, save_probability=args.save_probability, preview=args.preview,
-        overwrite=args.overwrite, channel=args.channel, side=args.side, locate=args.locate,
-    )
+    settings = SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=args.device,
+                                     fire_rate=args.fire_rate, steps=args.steps, side=args.side, locate=args.locate)
+    options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
+                             overwrite=args.overwrite, channel=args.channel)
     with BatchProgress(args.inputs, args.runs) as progress:
         outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options, progress_for=progress.for_case,
                                   report=progress.reporting(_print_outcome), notify=progress.write)

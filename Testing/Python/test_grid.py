@@ -12,6 +12,7 @@ from nca_core.errors import InputImageError, ModelFileError
 from nca_core.grid import ModelGrid, common_grid, orientation_code
 from nca_core.imaging import read_volume
 from nca_core.metrics import mean_foreground_dice
+from nca_core.options import SegmentSettings
 from nca_core.pipeline import segment_array
 from nca_core.preprocessing import Preprocessing
 from nca_core.registry import load
@@ -203,7 +204,7 @@ def test_evaluation_scores_each_case_on_its_own_voxels(hippocampus_dir, tmp_path
     stored, original = (load_cases(find_pairs(root)[1:2], True)[0] for root in (data, hippocampus_dir))
     assert orientation_code(stored.volume.reference.GetDirection()) == "LPS"
     bundle = load("hippocampus")
-    rows = evaluate_cases(bundle, [stored, original], runs=2, show_progress=False)
+    rows = evaluate_cases(bundle, [stored, original], SegmentSettings(runs=2), show_progress=False)
     assert rows[0].dice == pytest.approx(rows[1].dice) and rows[0].dice > 0.85
     assert rows[0].nqm == pytest.approx(rows[1].nqm)
 

@@ -100,8 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
     device = pick_device(args.device)
     prepare_output_folder(Path(args.output))  # before the evaluation, not after it
-    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device, artifacts=artifacts,
-                          side=args.side)
+    rows = evaluate_cases(bundle, cases, _settings(args, device), artifacts=artifacts)
     target = bundle.calibration.target_dice if bundle.calibration else DEFAULT_TARGET_DICE
     summary = summarise(rows, target)
     write_evaluation(rows, summary, args.output)
@@ -127,8 +126,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
     device = pick_device(args.device)
     prepare_output_folder(args.output.parent)  # before the evaluation, not after it
-    rows = evaluate_cases(bundle, cases, runs=args.runs, seed=args.seed, device=device,
-                          artifacts=artifacts, postprocessing=Postprocessing(), side=args.side)
+    rows = evaluate_cases(bundle, cases, _settings(args, device), artifacts=artifacts, postprocessing=Postprocessing())
     bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
     if bundle.postprocessing.largest_component:
         rows = [replace(r, dice=r.dice_largest_component) for r in rows]
@@ -172,6 +170,13 @@ def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) 
     except ValueError as error:
         raise NCAError(f"cross-validation with {folds} folds failed ({error}); calibrate on more cases "
                        "or pass --cross-validate 1 to skip it") from None
+
+
+def _settings(args: argparse.Namespace, device: str):
+    """The segmentation settings of evaluate/calibrate (the one settings type of segment)."""
+    from ..options import SegmentSettings
+
+    return SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=device, side=args.side)
 
 
 def _add_case_selection(parser: argparse.ArgumentParser) -> None:

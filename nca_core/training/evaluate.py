@@ -13,6 +13,7 @@ from tqdm import tqdm
 from ..atomic import write_json, write_text
 from ..metrics import mean_foreground_dice
 from ..modelfile import ModelBundle
+from ..options import SegmentSettings
 from ..postprocessing import Postprocessing, largest_component
 from ..pipeline import segment_array
 from .artifacts import degrade
@@ -34,24 +35,24 @@ class CaseEvaluation:
 def evaluate_cases(
     bundle: ModelBundle,
     cases: Sequence[Case],
-    runs: int = 10,
-    seed: int = 0,
-    device: str = "cpu",
+    settings: Optional[SegmentSettings] = None,
     artifacts: Sequence[str] = ("none",),
     show_progress: bool = True,
     postprocessing: Optional[Postprocessing] = None,
-    side: str = "auto",
 ) -> List[CaseEvaluation]:
-    """One row per case and artifact, each segmented as ``segment`` does (``side`` too);
-    ``postprocessing`` defaults to the model's."""
+    """One row per case and artifact, each segmented as ``segment`` does with ``settings``
+    (runs, seed, device, side...; default: segment's defaults); ``postprocessing`` defaults to
+    the model's."""
+    settings = (settings or SegmentSettings()).check(bundle.config.levels)
     if postprocessing is not None:
         bundle = replace(bundle, postprocessing=postprocessing)
     classes = bundle.config.output_channels
     rows = []
     jobs = [(case, artifact) for case in cases for artifact in artifacts]
     for index, (case, artifact) in enumerate(tqdm(jobs, desc="evaluating", disable=not show_progress)):
-        image = case.image if artifact == "none" else degrade(case.image, artifact, seed + index)
-        segmentation = segment_array(image, bundle, "", runs=runs, seed=seed, device=device, side=side,
+        image = case.image if artifact == "none" else degrade(case.image, artifact, settings.seed + index)
+        segmentation = segment_array(image, bundle, "", runs=settings.runs, seed=settings.seed, device=settings.device,
+                                     fire_rate=settings.fire_rate, steps=settings.steps, side=settings.side,
                                      spacing=case.volume.spacing, direction=case.volume.reference.GetDirection())
         result, quality = segmentation.ensemble, segmentation.quality  # on the case's own voxels, as users get it
         rows.append(CaseEvaluation(
