@@ -5,6 +5,9 @@ import argparse
 import math
 from typing import Callable, List, TypeVar
 
+from .errors import NCAError
+from .options import LOCATE_CHOICES, SIDE_CHOICES, parse_steps
+
 
 T = TypeVar("T")
 
@@ -36,9 +39,6 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
 
 def steps_list(text: str) -> List[int]:
     """``--steps``: parsed as everywhere else (``options.parse_steps``)."""
-    from .errors import NCAError
-    from .options import parse_steps
-
     try:
         steps = parse_steps(text)
     except NCAError as error:
@@ -46,10 +46,6 @@ def steps_list(text: str) -> List[int]:
     if steps is None:
         raise argparse.ArgumentTypeError("steps are comma-separated integers, e.g. 10,10")
     return steps
-
-
-SIDE_CHOICES = ("auto", "left", "right")
-LOCATE_CHOICES = ("auto", "head", "none")
 
 
 def add_side_option(parser: argparse.ArgumentParser) -> None:

@@ -15,11 +15,24 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .argtypes import LOCATE_CHOICES, SIDE_CHOICES
 from .config import MAX_STEPS
 from .errors import NCAError
 
 DEVICE_NAMES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
+SIDE_CHOICES = ("auto", "left", "right")
+LOCATE_CHOICES = ("auto", "head", "none")
+
+
+def check_side(side: str) -> str:
+    if side not in SIDE_CHOICES:
+        raise NCAError(f"--side must be one of {', '.join(SIDE_CHOICES)}, not {side!r}")
+    return side
+
+
+def check_locate(locate: str) -> str:
+    if locate not in LOCATE_CHOICES:
+        raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {locate!r}")
+    return locate
 
 
 def parse_steps(value: Union[None, str, Sequence[int]]) -> Optional[List[int]]:
@@ -74,10 +87,8 @@ class SegmentSettings:
             raise NCAError("--fire-rate must be in [0, 1)")
         self.device = parse_device(self.device)
         self.steps = parse_steps(self.steps)
-        if self.side not in SIDE_CHOICES:
-            raise NCAError(f"--side must be one of {', '.join(SIDE_CHOICES)}, not {self.side!r}")
-        if self.locate not in LOCATE_CHOICES:
-            raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {self.locate!r}")
+        check_side(self.side)
+        check_locate(self.locate)
         return self
 
     def check(self, levels: int) -> "SegmentSettings":

@@ -11,7 +11,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .argtypes import LOCATE_CHOICES
 from .atomic import atomic_group
 from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
@@ -26,7 +25,8 @@ from .modelfile import ModelBundle
 from .postprocessing import Postprocessing
 from .quality import Quality, assess_segmentation
 from .wholehead import StepProgress, locate_regions, segment_regions, worst
-from .sides import PROBE_RUNS, check_side, choose_side, label_names, mirror
+from .options import check_locate, check_side
+from .sides import PROBE_RUNS, choose_side, label_names, mirror
 
 
 @dataclass
@@ -200,8 +200,7 @@ def segment_image(
     """
     check_options(bundle, runs, steps, fire_rate)
     check_side(side)
-    if locate not in LOCATE_CHOICES:
-        raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {locate!r}")
+    check_locate(locate)
     if not locates_hippocampi(image, locate):
         return segment_array(
             sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, model_name, runs=runs, seed=seed,

@@ -13,8 +13,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .argtypes import SIDE_CHOICES
-from .errors import NCAError
+from .options import check_side
 from .regions import other_side
 # Runs per orientation in the auto probe: on the 36 validation crops and their mirror images,
 # 2 runs chose the right side every time (NQM about 0.03 against 0.1 mirrored).
@@ -28,12 +27,6 @@ class SideChoice:
     side: Optional[str]  # None: the model records no side (never mirrored)
     mirrored: bool
     reason: str
-
-
-def check_side(side: str) -> str:
-    if side not in SIDE_CHOICES:
-        raise NCAError(f"--side must be one of {', '.join(SIDE_CHOICES)}, not {side!r}")
-    return side
 
 
 def choose_side(requested: str, model_side: Optional[str], probe: Callable[[bool], float]) -> SideChoice:

@@ -6,7 +6,7 @@ import importlib.util
 import os
 from typing import List, Optional, Sequence
 
-from nca_core.argtypes import LOCATE_CHOICES, SIDE_CHOICES  # noqa: F401  (the panel's side choices)
+from nca_core.options import LOCATE_CHOICES, SIDE_CHOICES  # noqa: F401  (the panel's side choices)
 from nca_core.errors import NCAError  # noqa: F401
 from nca_core.modelheader import ModelHeader, find_header, model_name, read_model_header, shipped_headers  # noqa: F401
 from nca_core.options import SegmentSettings

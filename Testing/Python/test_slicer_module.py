@@ -219,7 +219,7 @@ def test_torch_older_than_2_needs_the_extension():
 
 
 def test_regions_map_to_the_engine_locate_choices():
-    from nca_core.argtypes import LOCATE_CHOICES, SIDE_CHOICES
+    from nca_core.options import LOCATE_CHOICES, SIDE_CHOICES
 
     assert options.SIDE_CHOICES == SIDE_CHOICES and options.LOCATE_CHOICES == LOCATE_CHOICES
     assert [options.region_locate(region) for region in options.REGION_CHOICES] == ["auto", "none", "none"]
