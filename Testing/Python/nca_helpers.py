@@ -123,6 +123,11 @@ def turned(image: sitk.Image, degrees: float, axis: int) -> sitk.Image:
     return out
 
 
+def turned_in_grid(image: sitk.Image, degrees: float, axis: int, interpolator: int) -> sitk.Image:
+    """The head turned inside the same axis-aligned grid (resampled, as a tilted head is scanned)."""
+    return sitk.Resample(turned(image, degrees, axis), image, sitk.Transform(), interpolator, 0, image.GetPixelID())
+
+
 def shifted(image: sitk.Image, offset) -> sitk.Image:
     out = sitk.Image(image)
     out.SetOrigin([o + d for o, d in zip(image.GetOrigin(), offset)])
@@ -141,14 +146,17 @@ def lps(image: sitk.Image) -> sitk.Image:
 
 def variant(image, label, change):
     """The head and its outline changed alike (labels by nearest neighbour)."""
-    if change[0] is resampled:
-        return resampled(image, change[1], sitk.sitkLinear), resampled(label, change[1], sitk.sitkNearestNeighbor)
+    if change[0] in (resampled, turned_in_grid):
+        return (change[0](image, *change[1:], sitk.sitkLinear),
+                change[0](label, *change[1:], sitk.sitkNearestNeighbor))
     return change[0](image, *change[1:]), change[0](label, *change[1:])
 
 
-HEAD_VARIANTS = {  # name -> change for ``variant``: the head turned, shifted, resampled, stored LPS
+HEAD_VARIANTS = {  # name -> change for ``variant``: the head turned (in the header, or resampled in its
+    # grid), shifted, resampled, stored LPS
     "yaw+15": (turned, 15.0, 2), "yaw-15": (turned, -15.0, 2), "roll+15": (turned, 15.0, 0),
-    "pitch-15": (turned, -15.0, 1), "shift+15": (shifted, (15.0, 15.0, 15.0)),
+    "pitch-15": (turned, -15.0, 1), "yaw+15 in grid": (turned_in_grid, 15.0, 2),
+    "roll-15 in grid": (turned_in_grid, -15.0, 0), "shift+15": (shifted, (15.0, 15.0, 15.0)),
     "shift-15": (shifted, (-15.0, -15.0, -15.0)), "0.8mm": (resampled, (0.8, 0.8, 0.8)),
     "1.5mm": (resampled, (1.5, 1.5, 1.5)), "anisotropic": (resampled, (0.9, 1.5, 1.2)), "lps": (lps,),
 }
