@@ -647,8 +647,10 @@ def _parse_for_39(path: Path):
     return tree
 
 
-@pytest.mark.parametrize("path", sorted(p for p in list(MODULE_DIR.rglob("*.py")) + list((REPOSITORY / "nca_core").rglob("*.py"))
-                                        if "__pycache__" not in p.parts), ids=lambda p: str(p.relative_to(REPOSITORY)))
+# nca_core runs under Python 3.9 in CI (scripts/test39.sh, test_modules.py); the module's files
+# need Slicer to import, so their 3.9 syntax is checked by parsing.
+@pytest.mark.parametrize("path", sorted(p for p in MODULE_DIR.rglob("*.py") if "__pycache__" not in p.parts),
+                         ids=lambda p: str(p.relative_to(REPOSITORY)))
 def test_python_39_syntax(path):
     _parse_for_39(path)
 
