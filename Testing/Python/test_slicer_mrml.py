@@ -14,11 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if sys.version_info < (3, 10):
-    pytest.skip("slicer-core has wheels for Python >= 3.10 only", allow_module_level=True)
-slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e .[test])")
-if not hasattr(slicer, "vtkMRMLScene"):
-    pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+from mrml_helpers import require_slicer_core  # noqa: E402
+
+slicer = require_slicer_core()
 
 import SimpleITK as sitk  # noqa: E402
 import vtk  # noqa: E402
