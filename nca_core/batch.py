@@ -20,7 +20,8 @@ from .imaging import case_name, is_dicom_folder, list_inputs, read_volume
 from .limits import long_run_notice, memory_limit
 from .modelfile import ModelBundle
 from .options import SegmentSettings
-from .pipeline import check_options, locates_hippocampi, output_paths, segment_image, write_outputs
+from .outputs import output_paths, write_outputs
+from .pipeline import check_options, locates_hippocampi, segment_image
 
 SUMMARY = "summary.csv"
 

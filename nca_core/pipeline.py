@@ -1,99 +1,29 @@
 """Segment one volume with a model: the single entry point behind the CLI and Slicer."""
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_group
 from .config import MAX_STEPS, NCAConfig
 from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, combine, label_map, run_ensemble
 from .errors import InputImageError, NCAError
-from .grid import GridChange, ModelGrid, spacing_text
-from .locate import HeadAtlas, is_whole_scan
-from .regions import SIDES, left_right_axis
-from .imaging import Volume, check_not_constant, intensity_array, output_reason, to_image, volume_suffix, write_image
+from .grid import ModelGrid, spacing_text
+from .imaging import check_not_constant, intensity_array
 from .limits import check_fits, check_memory, inference_bytes, size_text
+from .locate import HeadAtlas, is_whole_scan
 from .modelfile import ModelBundle
+from .options import check_locate, check_side
 from .postprocessing import Postprocessing
 from .quality import Quality, assess_segmentation
-from .wholehead import StepProgress, locate_regions, segment_regions, worst
-from .options import check_locate, check_side
+from .regions import SIDES, left_right_axis
+from .result import SegmentationResult, SideResult
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
-
-
-@dataclass
-class SideResult:
-    """One side's segmentation: which side, why, its NQM and light (``box``: where it was cut
-    from a whole scan, None for a crop)."""
-
-    side: Optional[str]
-    reason: str
-    nqm: float
-    quality: Quality
-    foreground_voxels: int
-    box: Optional[Dict[str, Any]]
-    label_values: Sequence[int] = ()
-
-    def report(self) -> Dict[str, Any]:
-        return {
-            "side": self.side,
-            "side_reason": self.reason,
-            "nqm": None if math.isinf(self.nqm) else round(self.nqm, 6),
-            "quality": self.quality.light,
-            "predicted_dice": None if self.quality.predicted_dice is None else round(self.quality.predicted_dice, 4),
-            "explanation": self.quality.explanation,
-            "foreground_voxels": self.foreground_voxels,
-            "box": self.box,
-            "label_values": list(self.label_values),
-        }
-
-
-@dataclass
-class SegmentationResult:
-    """The pseudo-ensemble's outputs with the quality verdict."""
-
-    ensemble: EnsembleResult
-    quality: Quality
-    model_name: str
-    device: str
-    seconds: float
-    largest_component_only: bool = False  # the model's postprocessing removed other components
-    grid: Optional[GridChange] = None  # how the input was brought to the model's grid (None: unknown geometry)
-    sides: List[SideResult] = field(default_factory=list)
-    labels: Dict[int, str] = field(default_factory=dict)  # label value -> name
-    registration: Optional[Dict[str, Any]] = None  # how a whole scan was matched to the head template
-
-    @property
-    def nqm(self) -> float:
-        return self.ensemble.nqm
-
-    def report(self) -> Dict[str, Any]:
-        nqm = self.ensemble.nqm
-        return {
-            "nqm": None if math.isinf(nqm) else round(nqm, 6),
-            "empty_segmentation": not self.ensemble.labels.any(),
-            "quality": self.quality.light,
-            "predicted_dice": None if self.quality.predicted_dice is None else round(self.quality.predicted_dice, 4),
-            "explanation": self.quality.explanation,
-            "runs": self.ensemble.runs,
-            "model": self.model_name,
-            "device": self.device,
-            "seconds": round(self.seconds, 3),
-            "foreground_voxels": int((self.ensemble.labels > 0).sum()),
-            "largest_component_only": self.largest_component_only,
-            "grid": None if self.grid is None else self.grid.to_dict(),
-            "labels": {str(value): name for value, name in self.labels.items()},
-            "registration": self.registration,
-            "sides": [side.report() for side in self.sides],
-        }
+from .wholehead import StepProgress, locate_regions, segment_regions, worst
 
 
 def segment_array(
@@ -292,48 +222,3 @@ def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]]
 def _out_of_memory(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
-def output_paths(outdir: Path, case: str) -> Dict[str, Path]:
-    names = {
-        "segmentation": "seg.nii.gz", "variance": "variance.nii.gz", "probability": "prob.nii.gz",
-        "preview": "preview.png", "report": "report.json",
-    }
-    return {key: Path(outdir) / f"{case}_{suffix}" for key, suffix in names.items()}
-
-
-def write_outputs(
-    volume: Volume,
-    result: SegmentationResult,
-    outdir: Path,
-    save_probability: bool = False,
-    preview: bool = False,
-) -> Dict[str, Path]:
-    """Write the case's files: all to temporary names first, renamed only when every
-    one was written (the report last), so a failure leaves none of them behind."""
-    paths = output_paths(outdir, volume.name)
-    ensemble = result.ensemble
-    images = {"segmentation": ensemble.labels, "variance": ensemble.variance_map}
-    if save_probability:
-        images["probability"] = ensemble.foreground_probability
-    written = {key: paths[key] for key in list(images) + (["preview"] if preview else []) + ["report"]}
-    target = paths["report"]
-    try:
-        with atomic_group() as stage:
-            for key, array in images.items():
-                target = paths[key]
-                write_image(to_image(array, volume.reference), stage(target, volume_suffix(target)))
-            if preview:
-                from .preview import save_preview
-
-                target = paths["preview"]
-                save_preview(volume, result, Path(stage(target, ".png")))
-            target = paths["report"]
-            report = dict(result.report(), case=volume.name, input=volume.source,
-                          outputs={k: str(v) for k, v in written.items() if k != "report"})
-            Path(stage(target)).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    except (RuntimeError, OSError) as error:
-        named = getattr(error, "filename", None)  # renaming into place names the file that failed
-        target = Path(named) if named and Path(named) in written.values() else target
-        raise NCAError(f"{target}: cannot write output ({output_reason(error)})") from None
-    return written

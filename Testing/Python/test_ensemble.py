@@ -14,7 +14,8 @@ from nca_core.ensemble import run_ensemble, runs_per_batch
 from nca_core.fastpath import fast_forward
 from nca_core.imaging import read_volume
 from nca_core.model import LevelPlan
-from nca_core.pipeline import segment_array, write_outputs
+from nca_core.outputs import write_outputs
+from nca_core.pipeline import segment_array
 from nca_core.preprocessing import prepare
 from nca_core.registry import load, shipped_models
 

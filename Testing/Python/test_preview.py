@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from nca_core.ensemble import EnsembleResult
 from nca_core.imaging import Volume
-from nca_core.pipeline import SegmentationResult
+from nca_core.result import SegmentationResult
 from nca_core.preview import choose_view, save_preview
 from nca_core.quality import Quality
 

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 
 import nca_core.atomic
 import nca_core.batch
-import nca_core.pipeline
+import nca_core.outputs
 from nca_core.cli import main
 from nca_core.config import MAX_STEPS
 
@@ -255,7 +255,7 @@ def test_output_folder_that_refuses_new_files(tmp_path, capsys, model, inputs, k
 def failing_writer(monkeypatch, fail_on: int, error: BaseException):
     """Make the n-th image write leave a partial file and raise ``error``."""
     calls = []
-    original = nca_core.pipeline.write_image
+    original = nca_core.outputs.write_image
 
     def write(image, filename):
         calls.append(filename)
@@ -264,7 +264,7 @@ def failing_writer(monkeypatch, fail_on: int, error: BaseException):
             raise error
         original(image, filename)
 
-    monkeypatch.setattr(nca_core.pipeline, "write_image", write)
+    monkeypatch.setattr(nca_core.outputs, "write_image", write)
     return calls
 
 
@@ -391,14 +391,14 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model, inputs,
 def test_termination_while_writing_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
     import signal
 
-    original = nca_core.pipeline.write_image
+    original = nca_core.outputs.write_image
 
     def terminated(image, filename):
         Path(filename).write_bytes(b"partial")
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a batch scheduler would
         original(image, filename)
 
-    monkeypatch.setattr(nca_core.pipeline, "write_image", terminated)
+    monkeypatch.setattr(nca_core.outputs, "write_image", terminated)
     ignored = []  # without the command's own handler the run would go on, and this test fail
 
     def record(signum, frame):
