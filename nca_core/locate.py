@@ -7,6 +7,7 @@ The template and where its hippocampi lie come from ``Resources/Templates`` (mad
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,9 @@ class HeadAtlas:
     centre_in_crop_mm: Tuple[float, float, float]  # where the hippocampus centre sits in it
 
     @classmethod
+    @functools.lru_cache(maxsize=None)
     def load(cls, folder: Optional[Path] = None) -> "HeadAtlas":
+        """The atlas of ``folder`` (default: the shipped one), read from disk once per process."""
         folders = [folder] if folder else template_dirs()
         for candidate in folders:
             if (candidate / ATLAS_FILE).is_file() and (candidate / TEMPLATE_FILE).is_file():

@@ -8,22 +8,22 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .config import MAX_STEPS, NCAConfig
+from .config import NCAConfig
 from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, combine, label_map, run_ensemble
 from .errors import InputImageError, NCAError
 from .grid import ModelGrid, spacing_text
 from .imaging import check_not_constant, intensity_array
 from .limits import check_fits, check_memory, inference_bytes, size_text
-from .locate import HeadAtlas, is_whole_scan
+from .locate import HeadAtlas, StepProgress, is_whole_scan
 from .modelfile import ModelBundle
-from .options import check_locate, check_side
+from .options import SegmentSettings, check_locate, check_side
 from .postprocessing import Postprocessing
 from .quality import Quality, assess_segmentation
 from .regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
-from .wholehead import StepProgress, locate_regions, segment_regions, worst
+from .wholehead import locate_regions, segment_regions, worst
 
 
 def segment_array(
@@ -208,15 +208,9 @@ def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float]) 
 
 def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]],
                   fire_rate: Optional[float] = None) -> None:
-    """Refuse option values the model cannot run with (the API's callers skip argparse)."""
-    if runs < 1:
-        raise NCAError("--runs must be at least 1")
-    if steps is not None and len(steps) != bundle.config.levels:
-        raise NCAError(f"--steps needs {bundle.config.levels} values, one per level")
-    if steps is not None and any(not 0 <= step <= MAX_STEPS for step in steps):
-        raise NCAError(f"--steps must be between 0 and {MAX_STEPS} per level")
-    if fire_rate is not None and not 0.0 <= fire_rate < 1.0:
-        raise NCAError("--fire-rate must be in [0, 1)")
+    """Refuse option values the model cannot run with (the API's callers skip argparse), with
+    the checks of the one settings type."""
+    SegmentSettings(runs=runs, steps=steps, fire_rate=fire_rate).validate().check(bundle.config.levels)
 
 
 def _out_of_memory(error: BaseException) -> bool:

@@ -12,13 +12,12 @@ import SimpleITK as sitk
 from .ensemble import EnsembleResult, ProgressCallback, label_map
 from .errors import InputImageError
 from .imaging import check_not_constant
-from .locate import HeadAtlas, hippocampus_regions, register
+from .locate import HeadAtlas, StepProgress, hippocampus_regions, register
 from .modelfile import ModelBundle
 from .quality import Quality
 from .regions import Region
 from .sides import label_names
 
-StepProgress = Callable[[str, int, int], None]  # (step, done, total)
 LIGHT_ORDER = ("green", "unknown", "yellow", "red")  # worse to the right
 
 
