@@ -115,8 +115,8 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name="M3DNCATestVolume")
 
     def _engine(self, volume):
-        from nca_core import registry
-        from nca_core.pipeline import segment_image
+        from nca_core.modelfile import registry
+        from nca_core.inference.pipeline import segment_image
 
         image, _box = M3DNCASegmentLogic().engineInput(volume, "volume")
         return segment_image(image, registry.load(DEFAULT_MODEL), DEFAULT_MODEL, runs=2, device="cpu",

@@ -16,11 +16,11 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nca_core.grid import ModelGrid
-from nca_core.metrics import mean_foreground_dice
-from nca_core.pipeline import segment_array
-from nca_core.preprocessing import Preprocessing
-from nca_core.registry import load
+from nca_core.space.grid import ModelGrid
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.inference.pipeline import segment_array
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.modelfile.registry import load
 from nca_core.training.data import Case, find_pairs, load_cases, read_split
 
 Geometry = Tuple[Tuple[float, ...], Tuple[float, ...]]  # spacing, direction

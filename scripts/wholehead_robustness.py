@@ -15,8 +15,8 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python"))
 
-from nca_core.pipeline import segment_image  # noqa: E402
-from nca_core.registry import load  # noqa: E402
+from nca_core.inference.pipeline import segment_image  # noqa: E402
+from nca_core.modelfile.registry import load  # noqa: E402
 from nca_helpers import HEAD_VARIANTS, variant  # noqa: E402
 
 

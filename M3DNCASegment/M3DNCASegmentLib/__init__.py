@@ -2,7 +2,7 @@
 
 Slicer-free (tested with plain pytest): ``display`` (light, overlay, segment names and
 terminology), ``geometry`` (array order, RAS/LPS), ``options`` (panel choices -> the engine's
-``nca_core.options.SegmentSettings``, model list, dependencies), ``job`` + ``worker`` (the
+``nca_core.inference.settings.SegmentSettings``, model list, dependencies), ``job`` + ``worker`` (the
 background process). With MRML (tested against real MRML from slicer-core): ``volume`` (volume
 node -> SimpleITK image, ROI box), ``outputs`` (segmentation and variance nodes), ``logic``
 (volume -> engine -> scene), ``dependencies``. With Qt: ``panel`` (the module widget).

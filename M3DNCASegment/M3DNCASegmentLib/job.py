@@ -79,7 +79,7 @@ class BackgroundJob:
     def __init__(self, image, options, engine_dir: str,
                  python: Optional[str] = None, workdir: Optional[str] = None):
         """``image``: the volume as a SimpleITK image (voxels with their LPS geometry);
-        ``options``: ``nca_core.options.SegmentSettings``."""
+        ``options``: ``nca_core.inference.settings.SegmentSettings``."""
         self.options = options
         self.engine_dir = engine_dir
         self.python = python or sys.executable

@@ -116,7 +116,7 @@ class SegmentLogic:
           a markups ROI node, cuts the volume first) or volume (the volume as one crop).
         :param interactive: if False (default) no dialog ever opens; errors are raised.
         :param progress: called with (step, done, total) as the engine's steps advance.
-        :param shouldCancel: polled after every NCA step; True stops with ``nca_core.ensemble.Cancelled``
+        :param shouldCancel: polled after every NCA step; True stops with ``nca_core.inference.ensemble.Cancelled``
           and leaves the scene unchanged.
         """
         started = time.perf_counter()
@@ -124,8 +124,8 @@ class SegmentLogic:
             raise RuntimeError("Required Python packages are not installed.")
         runOptions = self.runOptions(model, runs, seed, device, fireRate, steps, side, region)
         image, box = self.engineInput(inputVolume, region, roi)
-        from nca_core import registry
-        from nca_core.pipeline import segment_image
+        from nca_core.modelfile import registry
+        from nca_core.inference.pipeline import segment_image
 
         bundle = registry.load(runOptions.model)
         logging.info(f"M3D-NCA: segmenting {inputVolume.GetName()} with {runOptions.model}, {runOptions.runs} runs")

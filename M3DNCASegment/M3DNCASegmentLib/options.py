@@ -1,15 +1,15 @@
-"""Panel choices -> the engine's options (``nca_core.options.SegmentSettings``), the model list
-(torch-free headers, ``nca_core.modelheader``) and the module's Python dependencies."""
+"""Panel choices -> the engine's options (``nca_core.inference.settings.SegmentSettings``), the model list
+(torch-free headers, ``nca_core.modelfile.header``) and the module's Python dependencies."""
 from __future__ import annotations
 
 import importlib.util
 import os
 from typing import List, Optional, Sequence
 
-from nca_core.options import LOCATE_CHOICES, SIDE_CHOICES  # noqa: F401  (the panel's side choices)
+from nca_core.inference.settings import LOCATE_CHOICES, SIDE_CHOICES  # noqa: F401  (the panel's side choices)
 from nca_core.errors import NCAError  # noqa: F401
-from nca_core.modelheader import ModelHeader, find_header, model_name, read_model_header, shipped_headers  # noqa: F401
-from nca_core.options import SegmentSettings
+from nca_core.modelfile.header import ModelHeader, find_header, model_name, read_model_header, shipped_headers  # noqa: F401
+from nca_core.inference.settings import SegmentSettings
 
 DEVICE_CHOICES = ("auto", "CPU", "GPU")  # the panel's names; SegmentSettings reads them as auto, cpu, cuda
 # Panel region -> how the engine takes the volume: "auto" finds both hippocampi in a whole head

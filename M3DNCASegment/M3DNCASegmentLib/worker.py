@@ -1,7 +1,7 @@
 """Child process of M3DNCASegment: ``PythonSlicer worker.py JOBDIR``.
 
 Reads ``job.json`` and ``input.nrrd`` (the volume with its geometry) from JOBDIR, runs
-``nca_core.pipeline.segment_image`` and writes ``progress.json`` as the engine's steps advance,
+``nca_core.inference.pipeline.segment_image`` and writes ``progress.json`` as the engine's steps advance,
 then ``result.npz`` and, last, ``result.json``. A user-facing problem goes to ``error.json``
 with the exit code of ``nca_core.errors.exit_code``. Stops, and removes JOBDIR, when Slicer
 is gone (its process id no longer the parent). Kept free of package-relative imports so it
@@ -55,17 +55,17 @@ def main(argv):
     if spec.get("engine_dir"):
         sys.path.insert(0, spec["engine_dir"])
     try:
-        from nca_core.threads import use_threads
+        from nca_core.inference.threads import use_threads
 
         use_threads()  # before torch loads: threads that sleep while Slicer or others keep cores busy
         import numpy as np
         import SimpleITK as sitk
-        from nca_core import registry
-        from nca_core.ensemble import Cancelled
+        from nca_core.modelfile import registry
+        from nca_core.inference.ensemble import Cancelled
         from nca_core.errors import exit_code, user_message
-        from nca_core.modelheader import model_name
-        from nca_core.options import SegmentSettings
-        from nca_core.pipeline import segment_image
+        from nca_core.modelfile.header import model_name
+        from nca_core.inference.settings import SegmentSettings
+        from nca_core.inference.pipeline import segment_image
     except ImportError as error:
         _write_json(os.path.join(jobdir, "error.json"),
                     {"message": f"a required Python package is missing: {error}"})

@@ -17,7 +17,7 @@ def run(argv) -> int:
             sys.path.insert(0, root)
             break
     try:
-        from nca_core.cli import main
+        from nca_core.cli.main import main
         from nca_core.errors import exit_code
     except ImportError as error:
         print(f"m3dnca_batch: missing Python package ({error}); open the M3DNCASegment module once "

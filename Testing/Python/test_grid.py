@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.errors import InputImageError, ModelFileError
-from nca_core.grid import ModelGrid, common_grid, orientation_code
-from nca_core.imaging import read_volume
-from nca_core.metrics import mean_foreground_dice
-from nca_core.options import SegmentSettings
-from nca_core.pipeline import segment_array
-from nca_core.preprocessing import Preprocessing
-from nca_core.registry import load
+from nca_core.space.grid import ModelGrid, common_grid, orientation_code
+from nca_core.space.imaging import read_volume
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.inference.settings import SegmentSettings
+from nca_core.inference.pipeline import segment_array
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.modelfile.registry import load
 from nca_core.training.data import find_pairs, load_cases
 from nca_core.training.evaluate import evaluate_cases
 from nca_core.training.trainer import Trainer

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.config import NCAConfig, preset
+from nca_core.network.config import NCAConfig, preset
 from nca_core.errors import InputImageError, NCAError
-from nca_core.imaging import intensity_array, list_inputs, read_volume, to_image
-from nca_core.model import M3DNCA
-from nca_core.modelfile import ModelBundle
-from nca_core.pipeline import segment_array
+from nca_core.space.imaging import intensity_array, list_inputs, read_volume, to_image
+from nca_core.network.model import M3DNCA
+from nca_core.modelfile.bundle import ModelBundle
+from nca_core.inference.pipeline import segment_array
 
 from nca_helpers import smooth_volume, write_volume
 
@@ -218,7 +218,7 @@ def test_errors_are_nca_errors():
 
 @pytest.mark.parametrize("text, expected", [("512M", 512 << 20), ("8G", 8 << 30), ("1.5GiB", 3 << 29), ("1000", 1000)])
 def test_memory_limit_variable(monkeypatch, text, expected):
-    from nca_core.limits import memory_limit
+    from nca_core.inference.limits import memory_limit
 
     monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", text)
     assert memory_limit("cpu")[0] == expected
@@ -226,7 +226,7 @@ def test_memory_limit_variable(monkeypatch, text, expected):
 
 @pytest.mark.parametrize("value", ["lots", "inf", "1e999", "0", "-2G"])
 def test_bad_memory_limit_variable(monkeypatch, value):
-    from nca_core.limits import memory_limit
+    from nca_core.inference.limits import memory_limit
 
     monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", value)
     with pytest.raises(NCAError, match="not a size"):
@@ -236,7 +236,7 @@ def test_bad_memory_limit_variable(monkeypatch, value):
 def test_memory_limit_defaults_to_physical_memory(monkeypatch):
     import os
 
-    from nca_core.limits import memory_limit
+    from nca_core.inference.limits import memory_limit
 
     monkeypatch.delenv("M3DNCA_MEMORY_LIMIT", raising=False)
     limit, what = memory_limit("cpu")

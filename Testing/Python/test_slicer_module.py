@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPOSITORY))
 
 from M3DNCASegmentLib import display, geometry, options  # noqa: E402
 from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob  # noqa: E402
-from nca_core import registry  # noqa: E402
-from nca_core.lights import LIGHT_COLORS  # noqa: E402
+from nca_core.modelfile import registry  # noqa: E402
+from nca_core.quality.lights import LIGHT_COLORS  # noqa: E402
 
 
 # --- geometry ------------------------------------------------------------------------------
@@ -132,7 +132,7 @@ def test_opacity_is_clamped():
 
 
 def test_every_engine_light_has_a_colour_and_title():
-    from nca_core.quality import EXPLANATIONS
+    from nca_core.quality.nqm import EXPLANATIONS
 
     for light in EXPLANATIONS:
         assert re.fullmatch(r"#[0-9a-f]{6}", display.light_color(light))
@@ -179,7 +179,7 @@ def test_segment_names_colours_and_terminology():
 # --- options --------------------------------------------------------------------------------
 
 def test_panel_choices_become_the_engines_settings(tiny_model):
-    from nca_core.devices import DEVICE_CHOICES
+    from nca_core.inference.devices import DEVICE_CHOICES
     from nca_core.errors import NCAError
 
     for choice in options.DEVICE_CHOICES:
@@ -219,7 +219,7 @@ def test_torch_older_than_2_needs_the_extension():
 
 
 def test_regions_map_to_the_engine_locate_choices():
-    from nca_core.options import LOCATE_CHOICES, SIDE_CHOICES
+    from nca_core.inference.settings import LOCATE_CHOICES, SIDE_CHOICES
 
     assert options.SIDE_CHOICES == SIDE_CHOICES and options.LOCATE_CHOICES == LOCATE_CHOICES
     assert [options.region_locate(region) for region in options.REGION_CHOICES] == ["auto", "none", "none"]
@@ -243,9 +243,9 @@ def test_engine_root_source_and_installed_layouts(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     pytest.importorskip("torch")
-    from nca_core.config import NCAConfig
-    from nca_core.model import M3DNCA
-    from nca_core.modelfile import ModelBundle, save_model
+    from nca_core.network.config import NCAConfig
+    from nca_core.network.model import M3DNCA
+    from nca_core.modelfile.bundle import ModelBundle, save_model
 
     config = NCAConfig(channels=8, hidden=16, kernel_sizes=[3, 3], steps=[2, 2], downscale=2)
     bundle = ModelBundle.from_model(M3DNCA(config), provenance={"description": "tiny test model"})
@@ -255,7 +255,7 @@ def tiny_model(tmp_path_factory):
 
 
 def test_read_model_header_without_torch(tiny_model):
-    script = ("import sys; from nca_core.modelheader import read_model_header; "
+    script = ("import sys; from nca_core.modelfile.header import read_model_header; "
               f"h = read_model_header({str(tiny_model)!r}); print(h.levels, 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(REPOSITORY), timeout=60)
     assert proc.stdout.split() == ["2", "False"], proc.stderr
@@ -268,9 +268,9 @@ def test_read_model_header_without_torch(tiny_model):
 
 def test_read_model_header_shows_largest_component_postprocessing_and_side(tmp_path):
     pytest.importorskip("torch")
-    from nca_core.modelfile import load_model, save_model
-    from nca_core.postprocessing import Postprocessing
-    from nca_core.registry import resolve
+    from nca_core.modelfile.bundle import load_model, save_model
+    from nca_core.space.postprocessing import Postprocessing
+    from nca_core.modelfile.registry import resolve
 
     bundle = load_model(resolve("hippocampus"))
     bundle.postprocessing = Postprocessing(largest_component=True)
@@ -282,7 +282,7 @@ def test_read_model_header_shows_largest_component_postprocessing_and_side(tmp_p
 
 def test_read_model_header_rejects_other_files_as_load_model_does(tmp_path):
     from nca_core.errors import ModelFileError
-    from nca_core.modelfile import load_model
+    from nca_core.modelfile.bundle import load_model
 
     bad = tmp_path / "bad.m3dnca"
     bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}   ")
@@ -342,8 +342,8 @@ def test_background_job_equals_the_engine_for_the_same_seed(hippocampus_dir, see
     """A real case stored with LPS axes: the worker's labels, variance and NQM are the engine's
     for the same seed (and a different seed gives a different variance)."""
     pytest.importorskip("torch")
-    from nca_core.metrics import mean_foreground_dice
-    from nca_core.pipeline import segment_image
+    from nca_core.quality.metrics import mean_foreground_dice
+    from nca_core.inference.pipeline import segment_image
 
     case = sitk.ReadImage(str(hippocampus_dir / "imagesTr" / "hippocampus_011.nii.gz"), sitk.sitkFloat32)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(hippocampus_dir / "labelsTr" / "hippocampus_011.nii.gz")))

@@ -30,9 +30,9 @@ sys.path.insert(0, str(REPOSITORY))
 import slicer.util  # noqa: E402
 from M3DNCASegmentLib import display  # noqa: E402
 from M3DNCASegmentLib.logic import SegmentLogic  # noqa: E402
-from nca_core import registry  # noqa: E402
+from nca_core.modelfile import registry  # noqa: E402
 from nca_core.errors import NCAError  # noqa: E402
-from nca_core.pipeline import segment_image  # noqa: E402
+from nca_core.inference.pipeline import segment_image  # noqa: E402
 
 SAMPLE = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
 RUNS = 2  # the shipped sample is a right hippocampus: side="right" skips the side probe's runs
@@ -315,7 +315,7 @@ def test_bad_options_and_unknown_models_are_refused_before_running(scene):
 
 
 def test_cancel_stops_the_engine_and_adds_nothing(scene):
-    from nca_core.ensemble import Cancelled
+    from nca_core.inference.ensemble import Cancelled
 
     volume = _volume_node(_sample("ras"))
     before = _node_ids(scene)

@@ -12,8 +12,8 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.errors import InputImageError
-from nca_core.pipeline import segment_image
-from nca_core.registry import load
+from nca_core.inference.pipeline import segment_image
+from nca_core.modelfile.registry import load
 
 from nca_helpers import HEAD_VARIANTS, lps, resampled, run_cli, shifted, turned, variant
 

@@ -9,11 +9,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from ..argtypes import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
+from ..cli.options import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
 from ..errors import NCAError
-from ..imaging import case_name
-from ..postprocessing import Postprocessing
-from ..quality import DEFAULT_TARGET_DICE
+from ..space.imaging import case_name
+from ..space.postprocessing import Postprocessing
+from ..quality.nqm import DEFAULT_TARGET_DICE
 from .data import Case, check_cases_found, find_pairs, load_cases, read_split
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _require("tensorboard", *(["torchio"] if settings.augment else []))
     initial = None
     if args.init:
-        from ..registry import load
+        from ..modelfile.registry import load
 
         initial = load(args.init)
     trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
@@ -88,9 +88,9 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..batch import prepare_output_folder
-    from ..devices import pick_device
-    from ..registry import load
+    from ..cli.batch import prepare_output_folder
+    from ..inference.devices import pick_device
+    from ..modelfile.registry import load
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
     bundle = load(args.model)
@@ -109,10 +109,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..batch import prepare_output_folder
-    from ..devices import pick_device
-    from ..modelfile import save_model
-    from ..registry import load
+    from ..cli.batch import prepare_output_folder
+    from ..inference.devices import pick_device
+    from ..modelfile.bundle import save_model
+    from ..modelfile.registry import load
     from .calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
     from .evaluate import evaluate_cases, summarise, write_evaluation
 
@@ -155,7 +155,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
     """calibrate writes a new model file; its input is never replaced."""
-    from ..registry import resolve
+    from ..modelfile.registry import resolve
 
     if output.exists() and os.path.samefile(resolve(model), output):
         raise NCAError(f"{output}: is the input model (--model {model}); write the calibrated model to another file")
@@ -174,7 +174,7 @@ def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) 
 
 def _settings(args: argparse.Namespace, device: str):
     """The segmentation settings of evaluate/calibrate (the one settings type of segment)."""
-    from ..options import SegmentSettings
+    from ..inference.settings import SegmentSettings
 
     return SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=device, side=args.side)
 

@@ -11,11 +11,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import write_json, write_text
-from ..metrics import mean_foreground_dice
-from ..modelfile import ModelBundle
-from ..options import SegmentSettings
-from ..postprocessing import Postprocessing, largest_component
-from ..pipeline import segment_array
+from ..quality.metrics import mean_foreground_dice
+from ..modelfile.bundle import ModelBundle
+from ..inference.settings import SegmentSettings
+from ..space.postprocessing import Postprocessing, largest_component
+from ..inference.pipeline import segment_array
 from .artifacts import degrade
 from .data import Case
 
