@@ -16,6 +16,7 @@ from nca_core.space.imaging import read_volume
 from nca_core.network.model import LevelPlan
 from nca_core.cli.outputs import write_outputs
 from nca_core.inference.pipeline import segment_array
+from nca_core.inference.settings import SegmentSettings
 from nca_core.space.preprocessing import prepare
 from nca_core.modelfile.registry import load, shipped_models
 
@@ -99,7 +100,8 @@ def test_two_class_nqm_and_variance_map_cover_both_classes(hippocampus_dir, tmp_
     mean, std = per_run.mean(axis=0), per_run.std(axis=0)  # population std, as the ensemble's
     expected_nqm = std.sum() / mean.sum()
 
-    result = segment_array(volume.array, bundle, "hippocampus-2class", runs=runs, seed=seed, device="cpu")
+    result = segment_array(volume.array, bundle,
+                           SegmentSettings(model="hippocampus-2class", runs=runs, seed=seed, device="cpu"))
     ensemble = result.ensemble
     np.testing.assert_allclose(ensemble.probability, mean, rtol=0, atol=1e-5)
     np.testing.assert_allclose(ensemble.std, std, rtol=0, atol=1e-5)

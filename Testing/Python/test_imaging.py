@@ -15,6 +15,7 @@ from nca_core.space.imaging import intensity_array, list_inputs, read_volume, to
 from nca_core.network.model import M3DNCA
 from nca_core.modelfile.bundle import ModelBundle
 from nca_core.inference.pipeline import segment_array
+from nca_core.inference.settings import SegmentSettings
 
 from nca_helpers import smooth_volume, write_volume
 
@@ -178,14 +179,14 @@ def test_bool_array_is_refused():
 def test_unsegmentable_arrays_are_refused_by_the_api(array, words):
     bundle = ModelBundle.from_model(M3DNCA(preset("hippocampus")))
     with pytest.raises(InputImageError, match=re.escape(words)):
-        segment_array(array, bundle, "test", runs=1, steps=[1, 1], device="cpu")
+        segment_array(array, bundle, SegmentSettings(model="test", runs=1, steps=[1, 1], device="cpu"))
 
 
 def test_mostly_uniform_image_is_segmented():
     array = np.zeros((16, 14, 12), np.float32)
     array[2, 3, 4] = 5.0  # percentiles coincide; min/max range is used
     bundle = ModelBundle.from_model(M3DNCA(preset("hippocampus")))
-    result = segment_array(array, bundle, "test", runs=1, steps=[1, 1], device="cpu")
+    result = segment_array(array, bundle, SegmentSettings(model="test", runs=1, steps=[1, 1], device="cpu"))
     assert result.ensemble.labels.shape == array.shape
 
 
@@ -193,14 +194,14 @@ def test_model_with_other_input_channels_is_refused():
     config = NCAConfig(input_channels=2, kernel_sizes=[7, 3], steps=[1, 1], downscale=2)
     bundle = ModelBundle.from_model(M3DNCA(config))
     with pytest.raises(InputImageError, match="model expects 2 input channels"):
-        segment_array(smooth_volume(), bundle, "test", runs=1, device="cpu")
+        segment_array(smooth_volume(), bundle, SegmentSettings(model="test", runs=1, device="cpu"))
 
 
 def test_volume_beyond_the_memory_limit_is_refused(monkeypatch):
     monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", "64K")
     bundle = ModelBundle.from_model(M3DNCA(preset("hippocampus")))
     with pytest.raises(InputImageError, match=r"needs about .* of memory to segment, more than the limit"):
-        segment_array(smooth_volume(), bundle, "test", runs=1, steps=[1, 1], device="cpu")
+        segment_array(smooth_volume(), bundle, SegmentSettings(model="test", runs=1, steps=[1, 1], device="cpu"))
 
 
 def test_to_image_copies_geometry(tmp_path):

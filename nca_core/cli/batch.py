@@ -21,7 +21,7 @@ from ..inference.limits import long_run_notice, memory_limit
 from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
 from .outputs import output_paths, write_outputs
-from ..inference.pipeline import check_options, locates_hippocampi, segment_image
+from ..inference.pipeline import locates_hippocampi, segment_image
 
 SUMMARY = "summary.csv"
 
@@ -120,7 +120,6 @@ def segment_inputs(
     inputs: Sequence[Path],
     outdir: Path,
     bundle: ModelBundle,
-    model_name: str,
     options: SegmentOptions,
     progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
     report: Callable[[CaseOutcome], None] = lambda outcome: print(describe(outcome)),
@@ -132,8 +131,7 @@ def segment_inputs(
     fails is reported and skipped, and leaves no output files. ``notify`` gets the line
     announcing a long run.
     """
-    settings = options.settings.check(bundle.config.levels)
-    check_options(bundle, settings.runs, settings.steps, settings.fire_rate)
+    settings = options.settings.check(bundle.config.levels)  # the whole batch is refused at once, not each case
     memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
     paths = unique_cases(list_inputs(given))
@@ -142,13 +140,13 @@ def segment_inputs(
     prepare_output_folder(outdir)
     outcomes = []
     for path in paths:
-        outcome = _segment_one(path, outdir, bundle, model_name, options, progress_for, notify)
+        outcome = _segment_one(path, outdir, bundle, options, progress_for, notify)
         report(outcome)
         outcomes.append(outcome)
     return outcomes
 
 
-def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentOptions, progress_for,
+def _segment_one(path: Path, outdir: Path, bundle, options: SegmentOptions, progress_for,
                  notify: Callable[[str], None]) -> CaseOutcome:
     name = case_name(path)
     existing = [p.name for p in output_paths(outdir, name).values() if p.exists()]
@@ -162,8 +160,7 @@ def _segment_one(path: Path, outdir: Path, bundle, model_name, options: SegmentO
                                 settings.steps, torch.get_num_threads())
         if notice:
             notify(f"m3dnca: {name}: {notice}")
-        result = segment_image(volume.reference, bundle, model_name, progress=progress_for(name) if progress_for else None,
-                               **settings.engine_arguments())
+        result = segment_image(volume.reference, bundle, settings, progress=progress_for(name) if progress_for else None)
         write_outputs(volume, result, outdir, options.save_probability, options.preview)
     except NCAError as error:
         return CaseOutcome(name, str(path), "failed", _naming(str(error), path, outdir))

@@ -11,6 +11,8 @@ from typing import Dict, List, Optional
 from .. import __version__
 from .options import add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
 from ..errors import NCAError, exit_code, user_message
+from ..inference.settings import DEVICE_CHOICES
+from ..modelfile.registry import DEFAULT_MODEL
 from ..space.grid import spacing_text
 from ..inference.threads import use_threads
 
@@ -35,7 +37,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
                              overwrite=args.overwrite, channel=args.channel)
     with BatchProgress(args.inputs, args.runs) as progress:
-        outcomes = segment_inputs(args.inputs, args.output, bundle, args.model, options, progress_for=progress.for_case,
+        outcomes = segment_inputs(args.inputs, args.output, bundle, options, progress_for=progress.for_case,
                                   report=progress.reporting(_print_outcome), notify=progress.write)
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
@@ -124,10 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment = commands.add_parser("segment", help="segment volumes (files, DICOM folders, folders of volumes)")
     segment.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
     segment.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
-    segment.add_argument("--model", default="hippocampus", help="shipped model name or model file")
+    segment.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or model file")
     segment.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
     segment.add_argument("--seed", type=int, default=0)
-    segment.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    segment.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     segment.add_argument("--fire-rate", type=fire_rate_option, default=None, help="default: the model's")
     segment.add_argument("--steps", type=steps_list, default=None, help="steps per level, e.g. 10,10")
     segment.add_argument("--save-probability", action="store_true")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import NCAError
-
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from .settings import DEVICE_CHOICES
 
 
 def pick_device(device: str) -> str:

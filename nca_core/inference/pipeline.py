@@ -17,7 +17,7 @@ from ..space.imaging import check_not_constant, intensity_array
 from .limits import check_fits, check_memory, inference_bytes, size_text
 from ..space.locate import HeadAtlas, StepProgress, is_whole_scan
 from ..modelfile.bundle import ModelBundle
-from .settings import SegmentSettings, check_locate, check_side
+from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing
 from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
@@ -29,29 +29,30 @@ from .wholehead import locate_regions, segment_regions, worst
 def segment_array(
     array: np.ndarray,
     bundle: ModelBundle,
-    model_name: str,
-    runs: int = 10,
-    seed: int = 0,
-    device: str = "auto",
-    fire_rate: Optional[float] = None,
-    steps: Optional[Sequence[int]] = None,
+    settings: SegmentSettings,
     progress: Optional[ProgressCallback] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
     spacing: Optional[Sequence[float]] = None,
     direction: Optional[Sequence[float]] = None,
-    side: str = "auto",
 ) -> SegmentationResult:
     """Run the pseudo-ensemble on a raw (X, Y, Z) crop and judge its quality.
 
+    ``settings`` (checked where they were made) are checked here against the model only.
     ``spacing`` (mm) and ``direction`` (9 cosines, ITK/LPS) are the volume's geometry: with
     them it is turned and resampled to the model's training grid and the outputs mapped back
     (NQM is of the model's grid, where it was calibrated). Without them the volume is taken
-    to be on the model's grid. ``side`` (auto, left, right) is the side the crop shows: a side
-    the model did not learn is mirrored left-right for it (see ``sides``). Raises NCAError
-    subclasses (without a file name) for inputs the model cannot take.
+    to be on the model's grid. ``settings.side`` (auto, left, right) is the side the crop shows:
+    a side the model did not learn is mirrored left-right for it (see ``sides``). Raises
+    NCAError subclasses (without a file name) for inputs the model cannot take.
     """
-    check_options(bundle, runs, steps, fire_rate)
-    check_side(side)
+    settings.check(bundle.config.levels)
+    return _segment_crop(array, bundle, settings, progress, should_cancel, spacing, direction)
+
+
+def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSettings,
+                  progress: Optional[ProgressCallback], should_cancel: Optional[Callable[[], bool]],
+                  spacing: Optional[Sequence[float]], direction: Optional[Sequence[float]]) -> SegmentationResult:
+    runs = settings.runs
     array = intensity_array(array, "")
     check_not_constant(array, "")
     grid = ModelGrid(array.shape, spacing, direction, bundle.preprocessing)
@@ -64,15 +65,16 @@ def segment_array(
         raise InputImageError(f"{error} (after resampling to the model's {spacing_text(grid.change.model_spacing)} "
                               "grid)") from None
     started = time.perf_counter()
-    device = pick_device(device)
+    device = pick_device(settings.device)
     check_memory(shape, bundle.config, bundle.preprocessing, device)
     model_array = grid.to_model(array)
     axis = left_right_axis(grid.code)
 
     def ensemble_of(volume: np.ndarray, count: int, first: int = 0,
                     on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
-        return _ensemble(bundle, volume, shape, runs=count, seed=seed, fire_rate=fire_rate, steps=steps,
-                         device=device, progress=on_progress, should_cancel=should_cancel, first_run=first)
+        return _ensemble(bundle, volume, shape, runs=count, seed=settings.seed, fire_rate=settings.fire_rate,
+                         steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
+                         first_run=first)
 
     probes: Dict[bool, EnsembleResult] = {}
 
@@ -80,7 +82,7 @@ def segment_array(
         probes[mirrored] = ensemble_of(mirror(model_array, axis) if mirrored else model_array, PROBE_RUNS)
         return probes[mirrored].nqm
 
-    choice = choose_side(side, bundle.preprocessing.side, probe)
+    choice = choose_side(settings.side, bundle.preprocessing.side, probe)
     view = mirror(model_array, axis) if choice.mirrored else model_array
     if choice.mirrored in probes and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
         rest = ensemble_of(view, runs - PROBE_RUNS, PROBE_RUNS,
@@ -92,11 +94,11 @@ def segment_array(
         ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
                            labels=mirror(ensemble.labels, axis))
     ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
-    quality = judge(ensemble, bundle, runs, fire_rate)
+    quality = judge(ensemble, bundle, runs, settings.fire_rate)
     return SegmentationResult(
         ensemble=ensemble,
         quality=quality,
-        model_name=model_name,
+        model_name=settings.model,
         device=device,
         seconds=time.perf_counter() - started,
         largest_component_only=bundle.postprocessing.largest_component,
@@ -110,59 +112,50 @@ def segment_array(
 def segment_image(
     image: sitk.Image,
     bundle: ModelBundle,
-    model_name: str,
-    runs: int = 10,
-    seed: int = 0,
-    device: str = "auto",
-    fire_rate: Optional[float] = None,
-    steps: Optional[Sequence[int]] = None,
-    side: str = "auto",
-    locate: str = "auto",
+    settings: SegmentSettings,
     progress: Optional[StepProgress] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
 ) -> SegmentationResult:
     """Segment a scalar volume with its geometry: the one entry point from an image.
 
-    ``locate``: ``head`` finds both hippocampi in a whole-head scan and segments each side's
-    box; ``none`` takes the volume as one crop; ``auto`` picks ``head`` for a volume much
-    larger than a training crop. ``side`` is the crop's side (auto probes), or for a head the
-    side to segment (auto: both). ``progress(step, done, total)`` reports each step.
+    ``settings`` (checked where they were made) are checked here against the model only.
+    ``settings.locate``: ``head`` finds both hippocampi in a whole-head scan and segments each
+    side's box; ``none`` takes the volume as one crop; ``auto`` picks ``head`` for a volume much
+    larger than a training crop. ``settings.side`` is the crop's side (auto probes), or for a
+    head the side to segment (auto: both). ``progress(step, done, total)`` reports each step.
     """
-    check_options(bundle, runs, steps, fire_rate)
-    check_side(side)
-    check_locate(locate)
-    if not locates_hippocampi(image, locate):
-        return segment_array(
-            sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, model_name, runs=runs, seed=seed,
-            device=device, fire_rate=fire_rate, steps=steps, side=side, spacing=image.GetSpacing(),
-            direction=image.GetDirection(), should_cancel=should_cancel,
-            progress=(lambda done, total: progress("segmentation", done, total)) if progress else None)
+    settings.check(bundle.config.levels)
+    if not locates_hippocampi(image, settings.locate):
+        return _segment_crop(
+            sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, settings,
+            (lambda done, total: progress("segmentation", done, total)) if progress else None, should_cancel,
+            image.GetSpacing(), image.GetDirection())
+    runs, side = settings.runs, settings.side
     started = time.perf_counter()
-    device = pick_device(device)
+    device = pick_device(settings.device)
     scan = sitk.GetImageFromArray(intensity_array(sitk.GetArrayFromImage(image), ""))
     scan.CopyInformation(image)
-    regions, registration = locate_regions(scan, bundle, SIDES if side == "auto" else (side,), progress)
+    located = locate_regions(scan, bundle, SIDES if side == "auto" else (side,), progress)
+    regions, registration = located.regions, located.registration
     shape = regions[0].shape
     check_fits(shape, bundle.config, bundle.preprocessing)
     check_memory(shape, bundle.config, bundle.preprocessing, device)
 
     def ensemble_of(crop: np.ndarray, _side: str, on_progress: Optional[ProgressCallback]) -> EnsembleResult:
-        return _ensemble(bundle, crop, shape, runs=runs, seed=seed, fire_rate=fire_rate, steps=steps, device=device,
-                         progress=on_progress, should_cancel=should_cancel)
+        return _ensemble(bundle, crop, shape, runs=runs, seed=settings.seed, fire_rate=settings.fire_rate,
+                         steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel)
 
-    combined, per_side, names = segment_regions(scan, regions, bundle, ensemble_of,
-                                                lambda ensemble: judge(ensemble, bundle, runs, fire_rate), progress)
-    sides = [SideResult(region.side, region.reason, ensemble.nqm, quality, voxels, region.to_dict(), values)
-             for region, ensemble, quality, values, voxels in per_side]
+    head = segment_regions(scan, regions, bundle, ensemble_of,
+                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate), progress)
     return SegmentationResult(
-        ensemble=combined,
-        quality=worst([side_result.quality for side_result in sides]),
-        model_name=model_name,
+        ensemble=head.combined,
+        quality=worst([side_result.quality for side_result in head.sides]),
+        model_name=settings.model,
         device=device,
         seconds=time.perf_counter() - started,
         largest_component_only=bundle.postprocessing.largest_component,
-        sides=sides,
-        labels=names,
+        sides=head.sides,
+        labels=head.labels,
         registration=registration,
     )
 
@@ -204,13 +197,6 @@ def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: O
 def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float]) -> bool:
     """Whether the pseudo-ensemble is stochastic at all: 2+ runs whose cells may skip a step."""
     return runs >= 2 and (config.fire_rate if fire_rate is None else fire_rate) > 0
-
-
-def check_options(bundle: ModelBundle, runs: int, steps: Optional[Sequence[int]],
-                  fire_rate: Optional[float] = None) -> None:
-    """Refuse option values the model cannot run with (the API's callers skip argparse), with
-    the checks of the one settings type."""
-    SegmentSettings(runs=runs, steps=steps, fire_rate=fire_rate).validate().check(bundle.config.levels)
 
 
 def _out_of_memory(error: BaseException) -> bool:

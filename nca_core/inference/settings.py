@@ -9,16 +9,22 @@ text (the command line, the Slicer panel, the console, a job file) and checked a
   step (no randomness, so the light has no verdict).
 - ``steps``: None = the model's own; one count per level, 0..MAX_STEPS ("10,10" as text).
 - ``side``: auto | left | right; ``locate``: auto | head | none (see ``pipeline.segment_image``).
+
+Made once by the command line, the Slicer panel or console, the worker (from the job file) or
+an API caller, checked where it is made, and handed whole to ``pipeline.segment_image``.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from ..network.config import MAX_STEPS
 from ..errors import NCAError
+from ..modelfile.registry import DEFAULT_MODEL
+from ..network.config import MAX_STEPS
 
-DEVICE_NAMES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
+DEVICE_CHOICES = ("auto", "cpu", "cuda")  # the engine's device names
+PANEL_DEVICE_CHOICES = ("auto", "CPU", "GPU")  # the Slicer panel's names for the same devices
+DEVICE_NAMES = {**{name: name for name in DEVICE_CHOICES}, "gpu": "cuda"}  # any case
 SIDE_CHOICES = ("auto", "left", "right")
 LOCATE_CHOICES = ("auto", "head", "none")
 
@@ -60,7 +66,7 @@ def parse_device(value: Optional[str]) -> str:
 
 @dataclass
 class SegmentSettings:
-    model: str = "hippocampus"
+    model: str = DEFAULT_MODEL
     runs: int = 10
     seed: int = 0
     device: str = "auto"
@@ -69,13 +75,16 @@ class SegmentSettings:
     side: str = "auto"
     locate: str = "auto"
 
+    def __post_init__(self) -> None:
+        self.validate()  # checked where made: every holder of a SegmentSettings holds valid settings
+
     @classmethod
     def parse(cls, **values: Any) -> "SegmentSettings":
         """Settings from text or numbers (None keeps the default); checked, not yet against a model."""
-        settings = cls(**{key: value for key, value in values.items() if value is not None})
-        return settings.validate()
+        return cls(**{key: value for key, value in values.items() if value is not None})
 
     def validate(self) -> "SegmentSettings":
+        """Numbers and names read and checked (text accepted); raises NCAError."""
         try:
             self.runs, self.seed = int(self.runs), int(self.seed)
             self.fire_rate = None if self.fire_rate is None else float(self.fire_rate)
@@ -103,8 +112,3 @@ class SegmentSettings:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "SegmentSettings":
         return cls.parse(**{key: data.get(key) for key in cls.__dataclass_fields__})
-
-    def engine_arguments(self) -> Dict[str, Any]:
-        """Keywords of ``pipeline.segment_image`` (besides the image, model bundle and name)."""
-        return {"runs": self.runs, "seed": self.seed, "device": self.device, "fire_rate": self.fire_rate,
-                "steps": self.steps, "side": self.side, "locate": self.locate}

@@ -13,8 +13,8 @@ from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .settings import check_side
 from ..space.regions import other_side
+
 # Runs per orientation in the auto probe: on the 36 validation crops and their mirror images,
 # 2 runs chose the right side every time (NQM about 0.03 against 0.1 mirrored).
 PROBE_RUNS = 2
@@ -30,11 +30,10 @@ class SideChoice:
 
 
 def choose_side(requested: str, model_side: Optional[str], probe: Callable[[bool], float]) -> SideChoice:
-    """The side of a crop: ``requested`` unless ``auto``, else the probe's verdict.
+    """The side of a crop: ``requested`` (checked with the settings) unless ``auto``, else the probe's verdict.
 
     ``probe(mirrored)`` returns the NQM of ``PROBE_RUNS`` runs with or without mirroring.
     """
-    check_side(requested)
     if model_side is None:
         return SideChoice(None, False, "the model records no side: used as stored")
     if requested != "auto":

@@ -4,7 +4,8 @@ each side and put the outputs back onto the scan's voxels."""
 from __future__ import annotations
 
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,9 +17,9 @@ from ..space.locate import HeadAtlas, StepProgress, hippocampus_regions, registe
 from ..modelfile.bundle import ModelBundle
 from ..quality.nqm import Quality
 from ..space.regions import Region
+from .result import SideResult
+from ..quality.lights import LIGHT_ORDER
 from .sides import label_names
-
-LIGHT_ORDER = ("green", "unknown", "yellow", "red")  # worse to the right
 
 
 def worst(qualities: Sequence[Quality]) -> Quality:
@@ -26,16 +27,37 @@ def worst(qualities: Sequence[Quality]) -> Quality:
     return max(qualities, key=lambda quality: (LIGHT_ORDER.index(quality.light), -(quality.predicted_dice or 0.0)))
 
 
+@dataclass
+class LocatedRegions:
+    """The boxes of the requested sides on a whole-head scan and the registration's report."""
+
+    regions: List[Region]
+    registration: Dict[str, Any]
+
+
+@dataclass
+class HeadSegmentation:
+    """Every side of a head segmented and put back onto the scan's voxels.
+
+    ``combined`` has one channel: the foreground probability and the summed standard deviation;
+    its labels give each side's classes their own values (left first), named in ``labels``.
+    """
+
+    combined: EnsembleResult
+    sides: List[SideResult]
+    labels: Dict[int, str]
+
+
 def locate_regions(image: sitk.Image, bundle: ModelBundle, sides: Sequence[str],
-                   progress: Optional[StepProgress] = None) -> tuple:
-    """(regions of the requested ``sides``, registration report) on a whole-head ``image``."""
+                   progress: Optional[StepProgress] = None) -> LocatedRegions:
+    """The regions of the requested ``sides`` on a whole-head ``image``, with the registration."""
     atlas = HeadAtlas.load()
     registration = register(image, atlas, progress)
     spec = bundle.preprocessing
     code = spec.orientation or "RAS"
     spacing = spec.spacing or [1.0, 1.0, 1.0]
     regions = hippocampus_regions(image, registration, atlas, code, spacing, spec.side)
-    return [region for region in regions if region.side in sides], registration.to_dict()
+    return LocatedRegions([region for region in regions if region.side in sides], registration.to_dict())
 
 
 def segment_regions(
@@ -45,12 +67,8 @@ def segment_regions(
     ensemble_of: Callable[[np.ndarray, str, Optional[ProgressCallback]], EnsembleResult],
     judge: Callable[[EnsembleResult], Quality],
     progress: Optional[StepProgress] = None,
-) -> tuple:
-    """Segment each region and paste it back: (combined ensemble, [(region, ensemble, quality, values)], labels).
-
-    The combined ensemble has one channel: the foreground probability and the summed standard
-    deviation; its labels give each side's classes their own values (left first).
-    """
+) -> HeadSegmentation:
+    """Segment each region, judge it and paste it back onto ``image``'s voxels."""
     started = time.perf_counter()
     shape = tuple(image.GetSize())
     probability = np.zeros(shape, np.float32)
@@ -58,7 +76,8 @@ def segment_regions(
     labels = np.zeros(shape, np.uint8)
     classes = len(bundle.config.labels)
     names: Dict[int, str] = {}
-    per_side: List[tuple] = []
+    sides: List[SideResult] = []
+    ensembles: List[EnsembleResult] = []
     for index, region in enumerate(regions):
         crop = region.crop(image)
         try:
@@ -79,9 +98,10 @@ def segment_regions(
         probability[where] = np.maximum(probability[where], side_probability.sum(axis=0).clip(0, 1))
         deviation[where] = np.maximum(deviation[where], side_std.sum(axis=0))
         names.update(label_names(bundle.config.labels, region.side, first))
-        per_side.append((region, ensemble, quality, list(range(first, first + classes)), int(np.count_nonzero(values))))
-    nqm = max(item[1].nqm for item in per_side)
-    runs = per_side[0][1].runs
-    combined = EnsembleResult(probability=probability[None], std=deviation[None], labels=labels, nqm=nqm,
-                              runs=runs, seconds=time.perf_counter() - started)
-    return combined, per_side, names
+        sides.append(SideResult(region.side, region.reason, ensemble.nqm, quality, int(np.count_nonzero(values)),
+                                region.to_dict(), list(range(first, first + classes))))
+        ensembles.append(ensemble)
+    combined = EnsembleResult(probability=probability[None], std=deviation[None], labels=labels,
+                              nqm=max(ensemble.nqm for ensemble in ensembles), runs=ensembles[0].runs,
+                              seconds=time.perf_counter() - started)
+    return HeadSegmentation(combined, sides, names)

@@ -7,7 +7,6 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import ModelFileError
@@ -99,27 +98,3 @@ def read_model_header(path, name: Optional[str] = None) -> ModelHeader:
         )
     except (ValueError, TypeError, AttributeError):
         raise ModelFileError(f"{path}: corrupt model file (unreadable metadata)") from None
-
-
-def shipped_headers() -> List[ModelHeader]:
-    """Every shipped model's header; an unreadable file is listed with the problem."""
-    from .registry import shipped_models
-
-    headers = []
-    for name, path in sorted(shipped_models().items()):
-        try:
-            headers.append(read_model_header(path, name))
-        except ModelFileError as error:
-            headers.append(ModelHeader(name=name, path=str(path), description=f"unreadable: {error}"))
-    return headers
-
-
-def find_header(model: str) -> ModelHeader:
-    """The header of a shipped model name or a model file path."""
-    for header in shipped_headers():
-        if header.name == model:
-            return header
-    if Path(model).is_file():
-        return read_model_header(model)
-    names = ", ".join(header.name for header in shipped_headers()) or "none installed"
-    raise ModelFileError(f"unknown model {model!r}; shipped models: {names}")

@@ -1,4 +1,5 @@
-"""Shipped models, addressed by name (``--model hippocampus``)."""
+"""Shipped models, addressed by name (``--model hippocampus``), and their torch-free headers
+(the Slicer panel's model list). Loading a model (``load``) is the one step that imports torch."""
 from __future__ import annotations
 
 import os
@@ -9,8 +10,7 @@ if TYPE_CHECKING:
     from .bundle import ModelBundle
 
 from ..errors import ModelFileError
-
-MODEL_SUFFIX = ".m3dnca"  # defined here so that listing models needs no torch
+from .header import MODEL_SUFFIX, ModelHeader, read_model_header
 
 MODEL_DIR_VARIABLE = "M3DNCA_MODEL_DIR"
 DEFAULT_MODEL = "hippocampus"
@@ -59,3 +59,25 @@ def load(model: str) -> "ModelBundle":
     from .bundle import load_model
 
     return load_model(resolve(model))
+
+
+def shipped_headers() -> List[ModelHeader]:
+    """Every shipped model's header; an unreadable file is listed with the problem."""
+    headers = []
+    for name, path in sorted(shipped_models().items()):
+        try:
+            headers.append(read_model_header(path, name))
+        except ModelFileError as error:
+            headers.append(ModelHeader(name=name, path=str(path), description=f"unreadable: {error}"))
+    return headers
+
+
+def find_header(model: str) -> ModelHeader:
+    """The header of a shipped model name or a model file path."""
+    for header in shipped_headers():
+        if header.name == model:
+            return header
+    if Path(model).is_file():
+        return read_model_header(model)
+    names = ", ".join(header.name for header in shipped_headers()) or "none installed"
+    raise ModelFileError(f"unknown model {model!r}; shipped models: {names}")

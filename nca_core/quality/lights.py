@@ -1,8 +1,10 @@
-"""The traffic light's palette and titles, shared by the PNG preview and the Slicer module.
+"""The traffic light's order (better to worse), palette and titles, shared by the PNG preview and the Slicer module.
 
 Imports nothing, so that the Slicer side can use it without loading the engine.
 """
 from __future__ import annotations
+
+LIGHT_ORDER = ("green", "unknown", "yellow", "red")  # worse to the right
 
 LIGHT_COLORS = {
     "green": "#2ca02c",

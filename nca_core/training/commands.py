@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Dict, List
 
 from ..cli.options import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
 from ..errors import NCAError
+from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
 from ..space.postprocessing import Postprocessing
 from ..quality.nqm import DEFAULT_TARGET_DICE
@@ -187,7 +188,7 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N cases")
     parser.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     add_side_option(parser)
     add_threads_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True)
@@ -207,7 +208,7 @@ def add_training_commands(commands) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
     train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
     train.add_argument("--split", type=Path, help="reuse another run's split.json")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="Dice, NQM and light per case; CSV + JSON")
