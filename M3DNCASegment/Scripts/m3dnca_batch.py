@@ -11,12 +11,10 @@ import sys
 
 
 def run(argv) -> int:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.path.dirname(here), os.path.dirname(os.path.dirname(here))):  # installed; checkout
-        if os.path.isfile(os.path.join(root, "nca_core", "__init__.py")):
-            sys.path.insert(0, root)
-            break
+    module_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, module_dir)  # importing M3DNCASegmentLib puts the engine first on sys.path
     try:
+        import M3DNCASegmentLib  # noqa: F401
         from nca_core.cli.main import main
         from nca_core.errors import exit_code
     except ImportError as error:
