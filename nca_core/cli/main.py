@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench import add_bench_command
     from .official_command import add_import_command
-    from ..training.commands import add_training_commands
+    from .training import add_training_commands
 
     add_training_commands(commands)
     add_bench_command(commands)

@@ -9,17 +9,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from ..cli.options import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
+from .options import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
 from ..errors import NCAError
 from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
 from ..space.postprocessing import Postprocessing
 from ..quality.nqm import DEFAULT_TARGET_DICE
-from .data import Case, check_cases_found, find_pairs, load_cases, read_split
+from ..training.data import Case, check_cases_found, find_pairs, load_cases, read_split
 
 if TYPE_CHECKING:
-    from .evaluate import CaseEvaluation
-    from .trainer import Trainer, TrainingResult
+    from ..training.evaluate import CaseEvaluation
+    from ..training.trainer import Trainer, TrainingResult
 
 EXIT_OK = 0
 TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install -e '.[train]' in the repository"
@@ -47,8 +47,8 @@ def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .settings import TrainSettings
-    from .trainer import Trainer
+    from ..training.settings import TrainSettings
+    from ..training.trainer import Trainer
 
     run_dir = Path(args.output)
     saved = run_dir / "settings.json"
@@ -75,7 +75,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _outcome(trainer: Trainer, result: TrainingResult) -> str:
     """Where the model is and how it validated, or when the first one appears."""
-    from .trainer import BEST_MODEL
+    from ..training.trainer import BEST_MODEL
 
     model = trainer.run_dir / BEST_MODEL
     settings = trainer.settings
@@ -89,10 +89,10 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..cli.batch import prepare_output_folder
+    from .batch import prepare_output_folder
     from ..inference.devices import pick_device
     from ..modelfile.registry import load
-    from .evaluate import evaluate_cases, summarise, write_evaluation
+    from ..training.evaluate import evaluate_cases, summarise, write_evaluation
 
     bundle = load(args.model)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
@@ -110,12 +110,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..cli.batch import prepare_output_folder
+    from .batch import prepare_output_folder
     from ..inference.devices import pick_device
     from ..modelfile.bundle import save_model
     from ..modelfile.registry import load
-    from .calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
-    from .evaluate import evaluate_cases, summarise, write_evaluation
+    from ..training.calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
+    from ..training.evaluate import evaluate_cases, summarise, write_evaluation
 
     _refuse_to_overwrite_the_model(args.model, args.output)
     if args.output.is_dir():
@@ -164,7 +164,7 @@ def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
 
 def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) -> Dict:
     """The light's detection rates on held-out cases, or NCAError when a fold cannot be fitted."""
-    from .calibrate import cross_validated_rates
+    from ..training.calibrate import cross_validated_rates
 
     try:
         return cross_validated_rates(rows, folds, target_dice)
