@@ -1,5 +1,5 @@
 """A model file's header without torch or the weights: name, labels, levels, steps, calibration,
-grid and side. The Slicer module fills its model list with it; ``modelfile`` reads the same
+grid and side. The Slicer module fills its model list with it; ``bundle`` reads the same
 header (with the same limits) before it verifies the whole file."""
 from __future__ import annotations
 
