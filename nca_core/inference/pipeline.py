@@ -52,6 +52,7 @@ def segment_array(
 def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSettings,
                   progress: Optional[ProgressCallback], should_cancel: Optional[Callable[[], bool]],
                   spacing: Optional[Sequence[float]], direction: Optional[Sequence[float]]) -> SegmentationResult:
+    """``segment_array`` once the settings are checked against the model."""
     runs = settings.runs
     array = intensity_array(array, "")
     check_not_constant(array, "")
