@@ -33,8 +33,9 @@ def main() -> None:
     parser.add_argument("--locate-only", action="store_true")
     parser.add_argument("--only", nargs="*", help="subject ids to run (default: all)")
     args = parser.parse_args()
-    from nca_core.pipeline import segment_image
-    from nca_core.registry import load
+    from nca_core.inference.pipeline import segment_image
+    from nca_core.inference.settings import SegmentSettings
+    from nca_core.modelfile.registry import load
 
     bundle = load(args.model)
     images = sorted((args.folder / "images").glob("*.nii.gz"))
@@ -55,7 +56,7 @@ def main() -> None:
             print(f"| {name} | {_locate_only(image, labels, bundle)} | {time.perf_counter() - started:.1f} |", flush=True)
             continue
         try:
-            result = segment_image(image, bundle, args.model, runs=args.runs, device="cpu")
+            result = segment_image(image, bundle, SegmentSettings(model=args.model, runs=args.runs, device="cpu"))
         except NCAError as error:
             failures += 1
             print(f"| {name} | refused: {str(error)[:70]} | | | | | | | {time.perf_counter() - started:.1f} |")
@@ -83,7 +84,7 @@ def _distance(found: np.ndarray, expected: np.ndarray, image: sitk.Image) -> flo
 
 
 def _locate_only(image: sitk.Image, labels: sitk.Image, bundle) -> str:
-    from nca_core.locate import HeadAtlas, register
+    from nca_core.space.locate import HeadAtlas, register
 
     atlas = HeadAtlas.load()
     try:

@@ -9,7 +9,7 @@ from typing import Callable, Dict, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nca_core.regions import code_axes
+from nca_core.space.regions import code_axes
 from nca_helpers import resampled, turned
 
 LABEL_OF_SIDE = {"left": 48, "right": 47}  # DLMUSE (MUSE) label values of each hippocampus
