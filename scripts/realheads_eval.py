@@ -84,7 +84,8 @@ def _distance(found: np.ndarray, expected: np.ndarray, image: sitk.Image) -> flo
 
 
 def _locate_only(image: sitk.Image, labels: sitk.Image, bundle) -> str:
-    from nca_core.space.locate import HeadAtlas, register
+    from nca_core.space.atlas import HeadAtlas
+    from nca_core.space.locate import register
 
     atlas = HeadAtlas.load()
     try:
@@ -96,7 +97,7 @@ def _locate_only(image: sitk.Image, labels: sitk.Image, bundle) -> str:
     for side, label in LABEL_OF_SIDE.items():
         centre = np.asarray(registration.transform.TransformPoint(atlas.centres[side]))
         cells.append(f"{side} {np.linalg.norm(centre - centroid_mm(truth == label, image)):.1f} mm")
-    return ", ".join(cells) + f" (r {registration.correlation:.2f})"
+    return ", ".join(cells) + f" (brain r {registration.correlation:.2f}, head r {registration.head_correlation:.2f})"
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from ..errors import InputImageError, NCAError
 from ..space.grid import ModelGrid, spacing_text
 from ..space.imaging import check_not_constant, intensity_array
 from .limits import check_fits, check_memory, inference_bytes, size_text
-from ..space.locate import HeadAtlas, StepProgress, is_whole_scan
+from ..space.atlas import HeadAtlas
+from ..space.locate import StepProgress, is_whole_scan
 from ..modelfile.bundle import ModelBundle
 from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing

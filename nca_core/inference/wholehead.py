@@ -13,9 +13,10 @@ import SimpleITK as sitk
 from .ensemble import EnsembleResult, ProgressCallback, label_map
 from ..errors import InputImageError
 from ..space.imaging import check_not_constant
-from ..space.locate import HeadAtlas, StepProgress, hippocampus_regions, register
+from ..space.atlas import HeadAtlas
+from ..space.locate import StepProgress, hippocampus_regions, register
 from ..modelfile.bundle import ModelBundle
-from ..quality.nqm import Quality
+from ..quality.nqm import Quality, at_least
 from ..space.regions import Region
 from .result import SideResult
 from ..quality.lights import LIGHT_ORDER
@@ -89,6 +90,8 @@ def segment_regions(
         ensemble = ensemble_of(crop, region.side, (lambda done, runs, step=step: progress(step, done, runs))
                                if progress else None)
         quality = judge(ensemble)
+        if region.doubt:
+            quality = at_least(quality, "yellow", region.doubt)
         where, pasted = region.paste(np.concatenate([ensemble.probability, ensemble.std]), image)
         side_probability, side_std = pasted[:classes], pasted[classes:]
         first = 1 + index * classes

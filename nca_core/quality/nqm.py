@@ -8,6 +8,7 @@ from typing import Any, Dict, Optional
 
 from ..errors import ModelFileError
 from ..fields import checked_fields
+from .lights import LIGHT_ORDER
 
 DEFAULT_TARGET_DICE = 0.8
 
@@ -99,6 +100,13 @@ def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
     else:
         light = "yellow"
     return Quality(light, predicted, EXPLANATIONS[light])
+
+
+def at_least(quality: Quality, light: str, reason: str) -> Quality:
+    """``quality`` made no better than ``light`` (green < unknown < yellow < red), with ``reason``
+    leading its explanation."""
+    worse = max(quality.light, light, key=LIGHT_ORDER.index)
+    return Quality(worse, quality.predicted_dice, f"{reason}; {quality.explanation}")
 
 
 def assess_segmentation(nqm: float, foreground_voxels: int, runs_can_disagree: bool,

@@ -9,7 +9,7 @@ model knows, and resampling back through physical space un-mirrors every output.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,6 +42,8 @@ class Region:
     grid: sitk.Image
     mirrored: bool  # the grid's left-right axis is reversed (the model learned the other side)
     reason: str  # why this side: "located ..." or "given ..."
+    centre: Optional[Tuple[float, float, float]] = None  # where the hippocampus is expected (LPS mm)
+    doubt: Optional[str] = None  # why the box may miss the hippocampus (its light cannot be green)
 
     @property
     def shape(self) -> Tuple[int, int, int]:
@@ -51,13 +53,6 @@ class Region:
         """The scan's intensities on the box (X, Y, Z), linear interpolation, 0 outside."""
         resampled = sitk.Resample(image, self.grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
-
-    def fraction_inside(self, image: sitk.Image) -> float:
-        """How much of the box lies inside the scan (1 = all of it)."""
-        ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
-        ones.CopyInformation(image)
-        inside = sitk.Resample(ones, self.grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-        return float(sitk.GetArrayViewFromImage(inside).mean())
 
     def footprint(self, image: sitk.Image) -> Tuple[slice, slice, slice]:
         """The scan's (X, Y, Z) index ranges that the box covers."""
@@ -88,14 +83,24 @@ class Region:
         return where, np.stack(pasted)
 
     def to_dict(self) -> Dict[str, object]:
-        """The box for reports: centre (LPS mm), size (voxels), spacing, whether mirrored."""
+        """The box for reports: centre (LPS mm), size (voxels), spacing, whether mirrored, and
+        why it may miss the hippocampus (None when nothing speaks against it)."""
         centre = self.grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in self.grid.GetSize()])
         return {
             "centre_lps_mm": [round(c, 1) for c in centre],
             "size": list(self.shape),
             "spacing_mm": [round(s, 4) for s in self.grid.GetSpacing()],
             "mirrored": self.mirrored,
+            "doubt": self.doubt,
         }
+
+
+def fraction_inside(grid: sitk.Image, image: sitk.Image) -> float:
+    """How much of the box ``grid`` lies inside ``image`` (1 = all of it)."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    inside = sitk.Resample(ones, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return float(sitk.GetArrayViewFromImage(inside).mean())
 
 
 def box_grid(centre: Sequence[float], rotation: np.ndarray, model_code: str, spacing: Sequence[float],
