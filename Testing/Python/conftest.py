@@ -30,6 +30,11 @@ def wholehead_dir() -> Path:
     return _require(SHARED_DATA / "wholehead")
 
 
+@pytest.fixture(scope="session")
+def realheads_dir() -> Path:
+    return _require(SHARED_DATA / "realheads")
+
+
 # --- real MRML (slicer-core) for the Slicer module's tests --------------------------------------
 
 class _Module:

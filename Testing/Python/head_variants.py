@@ -4,7 +4,9 @@ skull-stripped, the neck cut off, resampled. Used by the real-head tests and
 ``scripts/realheads_eval.py``."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -95,3 +97,33 @@ REAL_HEAD_VARIANTS: Dict[str, Callable[[sitk.Image, sitk.Image], Pair]] = {
 def real_head_variant(image: sitk.Image, labels: sitk.Image, name: str) -> Pair:
     """The head and its labels changed by the variant ``name``."""
     return REAL_HEAD_VARIANTS[name](image, labels)
+
+
+@dataclass(frozen=True)
+class SideAgreement:
+    """One side of a whole-head result against the labels of the same head."""
+
+    side: str
+    dice: float
+    distance_mm: float  # between the centroids of the segmentation and of the label
+
+
+def agreement(result, labels: sitk.Image, image: sitk.Image) -> List[SideAgreement]:
+    """Each side's Dice and centroid distance against the DLMUSE hippocampus of that side."""
+    truth = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
+    found_all = []
+    for side in result.sides:
+        found = np.isin(result.ensemble.labels, side.label_values)
+        expected = truth == LABEL_OF_SIDE[side.side]
+        dice = 2 * np.count_nonzero(found & expected) / max(1, np.count_nonzero(found) + np.count_nonzero(expected))
+        distance = (float(np.linalg.norm(centroid_mm(found, image) - centroid_mm(expected, image)))
+                    if found.any() else float("inf"))
+        found_all.append(SideAgreement(side.side, dice, distance))
+    return found_all
+
+
+def real_head(folder: Path, subject: str) -> Pair:
+    """The T1 and DLMUSE labels of one subject of ``realheads/`` (e.g. ``IXI212``)."""
+    image = next((folder / "images").glob(f"{subject}-*_T1.nii.gz"))
+    labels = folder / "labels" / image.name.replace("_T1.nii.gz", "_T1_DLMUSE.nii.gz")
+    return sitk.ReadImage(str(image)), sitk.ReadImage(str(labels))

@@ -22,6 +22,8 @@ from .regions import SIDES, Region, box_grid, fraction_inside
 MIN_HEAD_CORRELATION = 0.3
 # A brain fit this good (r inside the brain) is trusted; below it the light is at most yellow.
 MIN_CORRELATION = 0.5
+# Below this the head's brain does not look T1-weighted (T2, FLAIR and CT correlate near 0 or below).
+MIN_T1_CORRELATION = 0.2
 # Scales of the brain fit outside this range are no adult head (or a wrong fit).
 SCALE_RANGE = (0.75, 1.35)
 MIN_BOX_INSIDE = 0.5  # fraction of each box inside the scan below which a side cannot be segmented
@@ -77,7 +79,8 @@ def is_whole_scan(image: sitk.Image, atlas_crop_mm: Sequence[float]) -> bool:
 def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgress] = None) -> Registration:
     """The brain template fitted onto ``image``: the head's pose, then an affine brain fit.
 
-    Raises InputImageError when ``image`` does not match the head template (no T1 head).
+    Raises InputImageError when ``image`` does not match the head template (no head), or its
+    brain does not match the T1 brain template (another contrast).
     """
     if progress:
         progress("registration", 0, 2)
@@ -94,6 +97,11 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     fitted = _fit_brain(atlas, scan, start)
     fits = [(correlation(atlas.template, scan, atlas.brain_mask, t), t) for t in (fitted, start)]
     brain_r, transform = max(fits, key=lambda item: item[0])  # the fit only if it improved the match
+    if brain_r < MIN_T1_CORRELATION:
+        raise InputImageError(
+            f"this head does not look like a T1-weighted MRI (its brain correlates {brain_r:.2f} with the T1 "
+            f"template, {MIN_CORRELATION} or more expected); the model knows T1 only: to segment it anyway, "
+            "pass --locate none with a crop around the hippocampus")
     if progress:
         progress("registration", 2, 2)
     scales = tuple(float(s) for s in np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3), compute_uv=False))
