@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from .ensemble import EnsembleResult
 from .grid import GridChange
 from .quality import Quality
+from .volumes import SideVolume, VolumeSummary
 
 
 @dataclass
@@ -23,6 +24,7 @@ class SideResult:
     foreground_voxels: int
     box: Optional[Dict[str, Any]]
     label_values: Sequence[int] = ()
+    volume: Optional[SideVolume] = None
 
     def report(self) -> Dict[str, Any]:
         return {
@@ -35,6 +37,7 @@ class SideResult:
             "foreground_voxels": self.foreground_voxels,
             "box": self.box,
             "label_values": list(self.label_values),
+            "volume": None if self.volume is None else self.volume.report(),
         }
 
 
@@ -52,6 +55,7 @@ class SegmentationResult:
     sides: List[SideResult] = field(default_factory=list)
     labels: Dict[int, str] = field(default_factory=dict)  # label value -> name
     registration: Optional[Dict[str, Any]] = None  # how a whole scan was matched to the head template
+    volumes: Optional[VolumeSummary] = None  # per side in ``sides``; eTIV and asymmetry for whole heads
 
     @property
     def nqm(self) -> float:
@@ -74,5 +78,6 @@ class SegmentationResult:
             "grid": None if self.grid is None else self.grid.to_dict(),
             "labels": {str(value): name for value, name in self.labels.items()},
             "registration": self.registration,
+            "volumes": None if self.volumes is None else self.volumes.report(),
             "sides": [side.report() for side in self.sides],
         }

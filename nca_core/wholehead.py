@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .ensemble import EnsembleResult, ProgressCallback, label_map
+from .ensemble import EnsembleResult, ProgressCallback, RunCounter, label_map
 from .errors import InputImageError
 from .imaging import check_not_constant
 from .locate import HeadAtlas, StepProgress, hippocampus_regions, register
@@ -17,6 +17,7 @@ from .modelfile import ModelBundle
 from .quality import Quality
 from .regions import Region
 from .sides import label_names
+from .volumes import run_counter
 
 LIGHT_ORDER = ("green", "unknown", "yellow", "red")  # worse to the right
 
@@ -35,21 +36,24 @@ def locate_regions(image: sitk.Image, bundle: ModelBundle, sides: Sequence[str],
     code = spec.orientation or "RAS"
     spacing = spec.spacing or [1.0, 1.0, 1.0]
     regions = hippocampus_regions(image, registration, atlas, code, spacing, spec.side)
-    return [region for region in regions if region.side in sides], registration.to_dict()
+    determinant = float(np.linalg.det(np.asarray(registration.transform.GetMatrix()).reshape(3, 3)))
+    return ([region for region in regions if region.side in sides],
+            dict(registration.to_dict(), determinant=round(determinant, 5)))
 
 
 def segment_regions(
     image: sitk.Image,
     regions: Sequence[Region],
     bundle: ModelBundle,
-    ensemble_of: Callable[[np.ndarray, str, Optional[ProgressCallback]], EnsembleResult],
+    ensemble_of: Callable[[np.ndarray, str, Optional[ProgressCallback], RunCounter], EnsembleResult],
     judge: Callable[[EnsembleResult], Quality],
     progress: Optional[StepProgress] = None,
 ) -> tuple:
     """Segment each region and paste it back: (combined ensemble, [(region, ensemble, quality, values)], labels).
 
     The combined ensemble has one channel: the foreground probability and the summed standard
-    deviation; its labels give each side's classes their own values (left first).
+    deviation; its labels give each side's classes their own values (left first). Each run of a
+    side is counted on the scan's voxels as it ends (its ensemble's ``run_counts``).
     """
     started = time.perf_counter()
     shape = tuple(image.GetSize())
@@ -67,8 +71,10 @@ def segment_regions(
             raise InputImageError(f"the {region.side} hippocampus box is empty (constant intensity); "
                                   "this does not look like a whole-head T1") from None
         step = f"{region.side} hippocampus"
+        counter = run_counter(lambda run, region=region: bundle.postprocessing.apply(label_map(region.paste(run, image)[1])),
+                              classes)
         ensemble = ensemble_of(crop, region.side, (lambda done, runs, step=step: progress(step, done, runs))
-                               if progress else None)
+                               if progress else None, counter)
         quality = judge(ensemble)
         where, pasted = region.paste(np.concatenate([ensemble.probability, ensemble.std]), image)
         side_probability, side_std = pasted[:classes], pasted[classes:]
