@@ -171,3 +171,35 @@ def volume_text(side: SideVolume) -> str:
                  f"SD {side.total.runs_std_mm3 / MM3_PER_ML:.2f})")
     text += f" {side.light}"
     return text if side.trusted else text + " NOT TO BE TRUSTED"
+
+
+CSV_SIDES = ("left", "right")
+CSV_MEASURES = ("mm3", "ml", "runs_min_mm3", "runs_max_mm3", "runs_std_mm3", "quality", "trusted", "fraction_of_etiv")
+
+
+def csv_columns(summary: Optional[VolumeSummary]) -> Dict[str, Any]:
+    """``summary.csv``'s volume columns of one case: each side's measures (empty for a side not
+    segmented), each class's volume of a multi-class model, total, eTIV and asymmetry. A red
+    side's ``trusted`` is "no"."""
+    row: Dict[str, Any] = {f"{side}_{measure}": "" for side in CSV_SIDES for measure in CSV_MEASURES}
+    row.update(total_mm3="", etiv_ml="", asymmetry_index="")
+    if summary is None:
+        return row
+    for side in summary.sides:
+        prefix = side.side or "crop"
+        interval, std, fraction = side.total.interval_mm3, side.total.runs_std_mm3, side.fraction_of_etiv
+        row.update({
+            f"{prefix}_mm3": round(side.total.mm3, 1), f"{prefix}_ml": round(side.total.ml, 4),
+            f"{prefix}_runs_min_mm3": "" if interval is None else round(interval[0], 1),
+            f"{prefix}_runs_max_mm3": "" if interval is None else round(interval[1], 1),
+            f"{prefix}_runs_std_mm3": "" if std is None else round(std, 1),
+            f"{prefix}_quality": side.light, f"{prefix}_trusted": "yes" if side.trusted else "no",
+            f"{prefix}_fraction_of_etiv": "" if fraction is None else round(fraction, 7),
+        })
+        for volume in side.classes:
+            row[f"{'_'.join(volume.name.split())}_mm3"] = round(volume.mm3, 1)
+    asymmetry = summary.asymmetry_index
+    row.update(total_mm3=round(summary.total_mm3, 1),
+               etiv_ml="" if summary.etiv_ml is None else round(summary.etiv_ml, 1),
+               asymmetry_index="" if asymmetry is None else round(asymmetry, 4))
+    return row
