@@ -102,7 +102,8 @@ def segment_array(
     values = list(range(1, classes + 1))
     voxel_mm3 = voxel_volume_mm3(spacing if spacing is not None else (bundle.preprocessing.spacing or (1, 1, 1)))
     volume = side_volume(choice.side, quality.light, ensemble.labels, values,
-                         list(label_names(bundle.config.labels, choice.side).values()), voxel_mm3, ensemble.run_counts)
+                         list(label_names(bundle.config.labels, choice.side).values()), voxel_mm3, ensemble.run_counts,
+                         probability_sums=ensemble.probability.reshape(classes, -1).sum(axis=1, dtype=np.float64))
     return SegmentationResult(
         ensemble=ensemble,
         quality=quality,
@@ -168,8 +169,8 @@ def segment_image(
     voxel_mm3 = voxel_volume_mm3(image.GetSpacing())
     sides = [SideResult(region.side, region.reason, ensemble.nqm, quality, voxels, region.to_dict(), values,
                         side_volume(region.side, quality.light, combined.labels, values, [names[v] for v in values],
-                                    voxel_mm3, ensemble.run_counts, etiv))
-             for region, ensemble, quality, values, voxels in per_side]
+                                    voxel_mm3, ensemble.run_counts, etiv, probability))
+             for region, ensemble, quality, values, voxels, probability in per_side]
     return SegmentationResult(
         ensemble=combined,
         quality=worst([side_result.quality for side_result in sides]),

@@ -59,6 +59,7 @@ class Volume:
     name: str
     mm3: float
     runs_mm3: Tuple[float, ...] = ()
+    probability_mm3: Optional[float] = None  # the ensemble's mean probabilities summed: no threshold
 
     @property
     def ml(self) -> float:
@@ -82,6 +83,7 @@ class Volume:
             "ml": round(self.ml, 4),
             "runs_interval_mm3": None if interval is None else [round(v, 1) for v in interval],
             "runs_std_mm3": None if std is None else round(std, 1),
+            "probability_mm3": None if self.probability_mm3 is None else round(self.probability_mm3, 1),
         }
 
 
@@ -112,15 +114,18 @@ class SideVolume:
 
 def side_volume(side: Optional[str], light: str, labels: np.ndarray, values: Sequence[int],
                 names: Sequence[str], voxel_mm3: float, run_counts: Optional[np.ndarray],
-                etiv_ml: Optional[float] = None) -> SideVolume:
+                etiv_ml: Optional[float] = None, probability_sums: Optional[Sequence[float]] = None) -> SideVolume:
     """The side whose classes have the label ``values`` (named ``names``) in ``labels``;
-    ``run_counts`` (runs, classes) are the runs' own voxel counts."""
+    ``run_counts`` (runs, classes) are the runs' own voxel counts, ``probability_sums`` each
+    class's mean probability summed over the input's voxels."""
     counts = class_counts(labels, values)
     runs = np.zeros((0, len(values)), np.int64) if run_counts is None else np.asarray(run_counts)
-    classes = tuple(Volume(name, float(count) * voxel_mm3, tuple(float(c) * voxel_mm3 for c in runs[:, k]))
+    soft = [None] * len(values) if probability_sums is None else [float(p) * voxel_mm3 for p in probability_sums]
+    classes = tuple(Volume(name, float(count) * voxel_mm3, tuple(float(c) * voxel_mm3 for c in runs[:, k]), soft[k])
                     for k, (name, count) in enumerate(zip(names, counts)))
     total = Volume(f"{side} hippocampus" if side else "segmentation", float(counts.sum()) * voxel_mm3,
-                   tuple(float(c) * voxel_mm3 for c in runs.sum(axis=1)))
+                   tuple(float(c) * voxel_mm3 for c in runs.sum(axis=1)),
+                   None if probability_sums is None else sum(soft))
     return SideVolume(side, light, total, classes if len(classes) > 1 else (), etiv_ml)
 
 
@@ -174,7 +179,8 @@ def volume_text(side: SideVolume) -> str:
 
 
 CSV_SIDES = ("left", "right")
-CSV_MEASURES = ("mm3", "ml", "runs_min_mm3", "runs_max_mm3", "runs_std_mm3", "quality", "trusted", "fraction_of_etiv")
+CSV_MEASURES = ("mm3", "ml", "runs_min_mm3", "runs_max_mm3", "runs_std_mm3", "quality", "trusted", "fraction_of_etiv",
+                "probability_mm3")
 
 
 def csv_columns(summary: Optional[VolumeSummary]) -> Dict[str, Any]:
@@ -195,6 +201,7 @@ def csv_columns(summary: Optional[VolumeSummary]) -> Dict[str, Any]:
             f"{prefix}_runs_std_mm3": "" if std is None else round(std, 1),
             f"{prefix}_quality": side.light, f"{prefix}_trusted": "yes" if side.trusted else "no",
             f"{prefix}_fraction_of_etiv": "" if fraction is None else round(fraction, 7),
+            f"{prefix}_probability_mm3": "" if side.total.probability_mm3 is None else round(side.total.probability_mm3, 1),
         })
         for volume in side.classes:
             row[f"{'_'.join(volume.name.split())}_mm3"] = round(volume.mm3, 1)

@@ -49,7 +49,8 @@ def segment_regions(
     judge: Callable[[EnsembleResult], Quality],
     progress: Optional[StepProgress] = None,
 ) -> tuple:
-    """Segment each region and paste it back: (combined ensemble, [(region, ensemble, quality, values)], labels).
+    """Segment each region and paste it back: (combined ensemble, [(region, ensemble, quality, values,
+    voxels, each class's probability summed on the scan)], labels).
 
     The combined ensemble has one channel: the foreground probability and the summed standard
     deviation; its labels give each side's classes their own values (left first). Each run of a
@@ -85,7 +86,8 @@ def segment_regions(
         probability[where] = np.maximum(probability[where], side_probability.sum(axis=0).clip(0, 1))
         deviation[where] = np.maximum(deviation[where], side_std.sum(axis=0))
         names.update(label_names(bundle.config.labels, region.side, first))
-        per_side.append((region, ensemble, quality, list(range(first, first + classes)), int(np.count_nonzero(values))))
+        per_side.append((region, ensemble, quality, list(range(first, first + classes)), int(np.count_nonzero(values)),
+                         side_probability.reshape(classes, -1).sum(axis=1, dtype=np.float64)))
     nqm = max(item[1].nqm for item in per_side)
     runs = per_side[0][1].runs
     combined = EnsembleResult(probability=probability[None], std=deviation[None], labels=labels, nqm=nqm,

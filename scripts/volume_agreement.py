@@ -28,6 +28,11 @@ def reference_ml(label: sitk.Image) -> Dict[str, float]:
     return {side: float(np.count_nonzero(array == value)) * voxel_ml for side, value in DLMUSE_LABELS.items()}
 
 
+def labelled_ml(label: sitk.Image) -> float:
+    """All of DLMUSE's labels together (mL): a head-size reference for the eTIV (not an ICV)."""
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(label))) * float(np.prod(label.GetSpacing())) / 1000
+
+
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> Dict[str, float]:
     """Pearson r, Bland-Altman bias and limits (ours - theirs), mean ratio."""
     difference = ours - theirs
@@ -46,17 +51,20 @@ def main() -> None:
     bundle = load(args.model)
     images = sorted((args.folder / "images").glob("*.nii.gz"))
     rows: List[Dict[str, object]] = []
-    print("| case | left ours mL (runs) | left DLMUSE mL | right ours mL (runs) | right DLMUSE mL | lights | eTIV mL |")
-    print("|---|---|---|---|---|---|---|")
+    heads: List[tuple] = []  # (eTIV, DLMUSE labelled volume) per located head
+    print("| case | left ours mL (runs) | left DLMUSE mL | right ours mL (runs) | right DLMUSE mL | lights | eTIV mL "
+          "| DLMUSE labelled mL |")
+    print("|---|---|---|---|---|---|---|---|")
     for path in images:
         case = path.name[: -len(".nii.gz")]
-        reference = reference_ml(sitk.ReadImage(str(args.folder / "labels" / f"{case}_DLMUSE.nii.gz")))
+        label = sitk.ReadImage(str(args.folder / "labels" / f"{case}_DLMUSE.nii.gz"))
+        reference = reference_ml(label)
         try:
             result = segment_image(sitk.ReadImage(str(path), sitk.sitkFloat32), bundle, args.model, runs=args.runs,
                                    device="cpu")
         except NCAError as error:
             print(f"| {case} | not located: {' '.join(str(error).split())[:90]} | {reference['left']:.2f} | | "
-                  f"{reference['right']:.2f} | | |", flush=True)
+                  f"{reference['right']:.2f} | | | {labelled_ml(label):.0f} |", flush=True)
             continue
         cells = []
         for side in ("left", "right"):
@@ -65,7 +73,9 @@ def main() -> None:
             cells += [f"{volume.total.ml:.2f} ({low / 1000:.2f}-{high / 1000:.2f})", f"{reference[side]:.2f}"]
             rows.append({"side": side, "ours": volume.total.ml, "theirs": reference[side], "light": volume.light})
         lights = ", ".join(side.quality.light for side in result.sides)
-        print(f"| {case} | {' | '.join(cells)} | {lights} | {result.volumes.etiv_ml:.0f} |", flush=True)
+        heads.append((result.volumes.etiv_ml, labelled_ml(label)))
+        print(f"| {case} | {' | '.join(cells)} | {lights} | {result.volumes.etiv_ml:.0f} | {heads[-1][1]:.0f} |",
+              flush=True)
     located = len(rows) // 2
     print(f"\nlocated: {located} of {len(images)} heads ({args.model}, {args.runs} runs)\n")
     print("| side | sides counted | n | Pearson r | bias mL (ours - DLMUSE) | 95 % limits mL | mean ratio ours/DLMUSE |")
@@ -79,6 +89,10 @@ def main() -> None:
             stats = agreement(np.array([r["ours"] for r in chosen]), np.array([r["theirs"] for r in chosen]))
             print(f"| {side} | {which} | {stats['n']} | {stats['r']:.2f} | {stats['bias']:+.2f} | "
                   f"{stats['low']:+.2f} to {stats['high']:+.2f} | {stats['ratio']:.2f} |")
+    if len(heads) > 2:
+        etiv, labelled = np.array(heads).T
+        print(f"\neTIV against DLMUSE's labelled volume (all labels): Pearson r {np.corrcoef(etiv, labelled)[0, 1]:.2f}, "
+              f"mean ratio {float((etiv / labelled).mean()):.2f} (n = {len(heads)})")
 
 
 if __name__ == "__main__":

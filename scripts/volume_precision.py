@@ -3,7 +3,10 @@
 Prints the table of docs/volumes.md.
 
     python scripts/volume_precision.py ../shared/data/wholehead/ch2.nii.gz \
-        ../shared/data/realheads/images/IXI002-Guys-0828_T1.nii.gz [--runs 10] [--model hippocampus]
+        ../shared/data/realheads/images/IXI162-HH-1548_T1.nii.gz [--runs 10] [--model hippocampus]
+
+"label map": the volume reported (voxels of the label map on the input's grid); "probability":
+the ensemble's mean probabilities summed on the same voxels (no threshold).
 """
 from __future__ import annotations
 
@@ -22,9 +25,10 @@ from nca_core.registry import load  # noqa: E402
 from nca_helpers import HEAD_VARIANTS  # noqa: E402
 
 
-def side_ml(result, side: str) -> float:
-    volume = result.volumes.side(side)
-    return float("nan") if volume is None else volume.total.ml
+def side_ml(result, side: str) -> np.ndarray:
+    """(label-map volume, probability volume) of ``side`` in mL."""
+    volume = result.volumes.side(side).total
+    return np.array([volume.ml, volume.probability_mm3 / 1000])
 
 
 def main() -> None:
@@ -37,8 +41,8 @@ def main() -> None:
     for path in args.heads:
         head = sitk.ReadImage(str(path), sitk.sitkFloat32)
         print(f"\n{path.name}\n")
-        print("| variant | left mL | change | right mL | change | eTIV mL | lights |")
-        print("|---|---|---|---|---|---|---|")
+        print("| variant | left mL: label map (change), probability (change) | right mL: the same | eTIV mL | lights |")
+        print("|---|---|---|---|---|")
         changes = []
         reference = None
         for name, change in [("as stored", None)] + list(HEAD_VARIANTS.items()):
@@ -53,18 +57,21 @@ def main() -> None:
             except NCAError as error:
                 print(f"| {name} | not located: {error} |||||")
                 continue
-            volumes = np.array([side_ml(result, "left"), side_ml(result, "right")])
+            volumes = np.array([side_ml(result, "left"), side_ml(result, "right")])  # (side, measure)
             if reference is None:
                 reference = volumes
             delta = 100 * (volumes / reference - 1)
             changes.append(delta)
             lights = ", ".join(side.quality.light for side in result.sides)
-            print(f"| {name} | {volumes[0]:.3f} | {delta[0]:+.1f} % | {volumes[1]:.3f} | {delta[1]:+.1f} % | "
-                  f"{result.volumes.etiv_ml:.0f} | {lights} |", flush=True)
+            cells = [f"{v[0]:.3f} ({d[0]:+.1f} %), {v[1]:.3f} ({d[1]:+.1f} %)" for v, d in zip(volumes, delta)]
+            print(f"| {name} | {' | '.join(cells)} | {result.volumes.etiv_ml:.0f} | {lights} |", flush=True)
         if len(changes) > 1:
-            spread = np.abs(np.array(changes[1:]))
-            print(f"\nlargest change: left {spread[:, 0].max():.1f} %, right {spread[:, 1].max():.1f} %; "
-                  f"mean absolute change: left {spread[:, 0].mean():.2f} %, right {spread[:, 1].mean():.2f} %")
+            spread = np.abs(np.array(changes[1:]))  # (variant, side, measure)
+            for index, measure in enumerate(("label map", "probability")):
+                print(f"\n{measure}: largest change left {spread[:, 0, index].max():.1f} %, right "
+                      f"{spread[:, 1, index].max():.1f} %; mean absolute change left {spread[:, 0, index].mean():.2f} %, "
+                      f"right {spread[:, 1, index].mean():.2f} %; within 1 %: "
+                      f"{int((spread[:, :, index] <= 1).all(axis=1).sum())} of {len(spread)} variants")
 
 
 if __name__ == "__main__":

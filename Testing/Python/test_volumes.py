@@ -183,5 +183,9 @@ def test_volume_precision_on_the_same_head_turned_shifted_resampled(head, bundle
         image = change[0](head, *change[1:])
     reference = segment_image(head, bundle, "hippocampus", runs=10, device="cpu").volumes
     moved = segment_image(image, bundle, "hippocampus", runs=10, device="cpu").volumes
-    for side in ("left", "right"):
-        assert moved.side(side).total.mm3 == pytest.approx(reference.side(side).total.mm3, rel=0.01), side
+    for side in ("left", "right"):  # the ensemble's volume before the threshold varies least
+        assert moved.side(side).total.probability_mm3 == pytest.approx(reference.side(side).total.probability_mm3,
+                                                                       rel=0.01), side
+        # the label map's: resampled onto the input's voxels and thresholded, so up to 1.5 % on
+        # the shared head (docs/volumes.md, precision)
+        assert moved.side(side).total.mm3 == pytest.approx(reference.side(side).total.mm3, rel=0.02), side
