@@ -33,6 +33,10 @@ def labelled_ml(label: sitk.Image) -> float:
     return float(np.count_nonzero(sitk.GetArrayViewFromImage(label))) * float(np.prod(label.GetSpacing())) / 1000
 
 
+def asymmetry_index(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    return (left - right) / ((left + right) / 2)
+
+
 def agreement(ours: np.ndarray, theirs: np.ndarray) -> Dict[str, float]:
     """Pearson r, Bland-Altman bias and limits (ours - theirs), mean ratio."""
     difference = ours - theirs
@@ -89,6 +93,14 @@ def main() -> None:
             stats = agreement(np.array([r["ours"] for r in chosen]), np.array([r["theirs"] for r in chosen]))
             print(f"| {side} | {which} | {stats['n']} | {stats['r']:.2f} | {stats['bias']:+.2f} | "
                   f"{stats['low']:+.2f} to {stats['high']:+.2f} | {stats['ratio']:.2f} |")
+    if len(rows) > 4:
+        ours, theirs = (np.array([[r[key] for r in rows if r["side"] == side] for side in ("left", "right")])
+                        for key in ("ours", "theirs"))
+        index = [asymmetry_index(left, right) for left, right in (ours, theirs)]
+        print(f"\nasymmetry index (L - R) / mean: ours {index[0].mean():+.3f} (SD {index[0].std(ddof=1):.3f}), "
+              f"DLMUSE {index[1].mean():+.3f} (SD {index[1].std(ddof=1):.3f}), Pearson r "
+              f"{np.corrcoef(*index)[0, 1]:.2f}; right larger in {int((index[0] < 0).sum())} (ours) and "
+              f"{int((index[1] < 0).sum())} (DLMUSE) of {len(index[0])} heads")
     if len(heads) > 2:
         etiv, labelled = np.array(heads).T
         print(f"\neTIV against DLMUSE's labelled volume (all labels): Pearson r {np.corrcoef(etiv, labelled)[0, 1]:.2f}, "

@@ -173,15 +173,20 @@ def test_a_red_sides_volume_is_marked_in_the_csv(tmp_path):
     assert broken["left_mm3"] == "" and set(csv_columns(None)) <= set(broken)
 
 
+@pytest.fixture(scope="module")
+def head_volumes(head, bundle):
+    return segment_image(head, bundle, "hippocampus", runs=10, device="cpu").volumes
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(HEAD_VARIANTS))
-def test_volume_precision_on_the_same_head_turned_shifted_resampled(head, bundle, name):
+def test_volume_precision_on_the_same_head_turned_shifted_resampled(head, bundle, head_volumes, name):
     change = HEAD_VARIANTS[name]
     if change[0].__name__ in ("resampled", "turned_in_grid"):
         image = change[0](head, *change[1:], sitk.sitkLinear)
     else:
         image = change[0](head, *change[1:])
-    reference = segment_image(head, bundle, "hippocampus", runs=10, device="cpu").volumes
+    reference = head_volumes
     moved = segment_image(image, bundle, "hippocampus", runs=10, device="cpu").volumes
     for side in ("left", "right"):  # the ensemble's volume before the threshold varies least
         assert moved.side(side).total.probability_mm3 == pytest.approx(reference.side(side).total.probability_mm3,
