@@ -167,10 +167,12 @@ def segment_image(
                                                 lambda ensemble: judge(ensemble, bundle, runs, fire_rate), progress)
     etiv = estimated_tiv_ml(registration["determinant"])
     voxel_mm3 = voxel_volume_mm3(image.GetSpacing())
-    sides = [SideResult(region.side, region.reason, ensemble.nqm, quality, voxels, region.to_dict(), values,
-                        side_volume(region.side, quality.light, combined.labels, values, [names[v] for v in values],
-                                    voxel_mm3, ensemble.run_counts, etiv, probability))
-             for region, ensemble, quality, values, voxels, probability in per_side]
+    sides = [SideResult(item.region.side, item.region.reason, item.ensemble.nqm, item.quality, item.voxels,
+                        item.region.to_dict(), item.values,
+                        side_volume(item.region.side, item.quality.light, combined.labels, item.values,
+                                    [names[v] for v in item.values], voxel_mm3, item.ensemble.run_counts, etiv,
+                                    item.probability_sums))
+             for item in per_side]
     return SegmentationResult(
         ensemble=combined,
         quality=worst([side_result.quality for side_result in sides]),
@@ -220,7 +222,8 @@ def run_labels_on_input(probability: np.ndarray, grid: ModelGrid, postprocessing
     changing their count, so there the model grid's map counts the same)."""
     if not grid.resampled:
         return postprocessing.apply(label_map(probability))
-    return postprocessing.apply(label_map(grid.channels_to_input(mirror(probability, axis) if mirrored else probability)))
+    on_model_grid = mirror(probability, axis) if mirrored else probability
+    return postprocessing.apply(label_map(grid.channels_to_input(on_model_grid)))
 
 
 def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None) -> Quality:

@@ -4,6 +4,7 @@ each side and put the outputs back onto the scan's voxels."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -20,6 +21,19 @@ from .sides import label_names
 from .volumes import run_counter
 
 LIGHT_ORDER = ("green", "unknown", "yellow", "red")  # worse to the right
+
+
+@dataclass
+class SideSegmentation:
+    """One side of a whole head: its box, ensemble (on the box) and light, and on the scan its
+    label values, voxels and each class's mean probability summed."""
+
+    region: Region
+    ensemble: EnsembleResult
+    quality: Quality
+    values: List[int]
+    voxels: int
+    probability_sums: np.ndarray
 
 
 def worst(qualities: Sequence[Quality]) -> Quality:
@@ -49,8 +63,7 @@ def segment_regions(
     judge: Callable[[EnsembleResult], Quality],
     progress: Optional[StepProgress] = None,
 ) -> tuple:
-    """Segment each region and paste it back: (combined ensemble, [(region, ensemble, quality, values,
-    voxels, each class's probability summed on the scan)], labels).
+    """Segment each region and paste it back: (combined ensemble, [SideSegmentation], labels).
 
     The combined ensemble has one channel: the foreground probability and the summed standard
     deviation; its labels give each side's classes their own values (left first). Each run of a
@@ -63,7 +76,7 @@ def segment_regions(
     labels = np.zeros(shape, np.uint8)
     classes = len(bundle.config.labels)
     names: Dict[int, str] = {}
-    per_side: List[tuple] = []
+    per_side: List[SideSegmentation] = []
     for index, region in enumerate(regions):
         crop = region.crop(image)
         try:
@@ -72,8 +85,10 @@ def segment_regions(
             raise InputImageError(f"the {region.side} hippocampus box is empty (constant intensity); "
                                   "this does not look like a whole-head T1") from None
         step = f"{region.side} hippocampus"
-        counter = run_counter(lambda run, region=region: bundle.postprocessing.apply(label_map(region.paste(run, image)[1])),
-                              classes)
+        def run_labels(run: np.ndarray, region: Region = region) -> np.ndarray:
+            return bundle.postprocessing.apply(label_map(region.paste(run, image)[1]))
+
+        counter = run_counter(run_labels, classes)
         ensemble = ensemble_of(crop, region.side, (lambda done, runs, step=step: progress(step, done, runs))
                                if progress else None, counter)
         quality = judge(ensemble)
@@ -86,10 +101,11 @@ def segment_regions(
         probability[where] = np.maximum(probability[where], side_probability.sum(axis=0).clip(0, 1))
         deviation[where] = np.maximum(deviation[where], side_std.sum(axis=0))
         names.update(label_names(bundle.config.labels, region.side, first))
-        per_side.append((region, ensemble, quality, list(range(first, first + classes)), int(np.count_nonzero(values)),
-                         side_probability.reshape(classes, -1).sum(axis=1, dtype=np.float64)))
-    nqm = max(item[1].nqm for item in per_side)
-    runs = per_side[0][1].runs
+        per_side.append(SideSegmentation(region, ensemble, quality, list(range(first, first + classes)),
+                                         int(np.count_nonzero(values)),
+                                         side_probability.reshape(classes, -1).sum(axis=1, dtype=np.float64)))
+    nqm = max(item.ensemble.nqm for item in per_side)
+    runs = per_side[0].ensemble.runs
     combined = EnsembleResult(probability=probability[None], std=deviation[None], labels=labels, nqm=nqm,
                               runs=runs, seconds=time.perf_counter() - started)
     return combined, per_side, names
