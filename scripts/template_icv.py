@@ -1,4 +1,4 @@
-"""The intracranial volume of the ICBM 2009a template behind the eTIV (nca_core/volumes.py,
+"""The intracranial volume of the ICBM 2009a template behind the eTIV (nca_core/inference/volumes.py,
 TEMPLATE_ICV_ML): the volume of the template's own average brain mask, read from the nilearn wheel
 on PyPI (the same file scripts/make_head_template.py makes the shipped template from).
 

@@ -15,8 +15,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from nca_core.errors import NCAError
-from nca_core.pipeline import segment_image
-from nca_core.registry import load
+from nca_core.inference.pipeline import segment_image
+from nca_core.inference.settings import SegmentSettings
+from nca_core.modelfile.registry import load
 
 DLMUSE_LABELS = {"left": 48, "right": 47}
 
@@ -64,8 +65,8 @@ def main() -> None:
         label = sitk.ReadImage(str(args.folder / "labels" / f"{case}_DLMUSE.nii.gz"))
         reference = reference_ml(label)
         try:
-            result = segment_image(sitk.ReadImage(str(path), sitk.sitkFloat32), bundle, args.model, runs=args.runs,
-                                   device="cpu")
+            result = segment_image(sitk.ReadImage(str(path), sitk.sitkFloat32), bundle,
+                                   SegmentSettings(model=args.model, runs=args.runs, device="cpu"))
         except NCAError as error:
             print(f"| {case} | not located: {' '.join(str(error).split())[:90]} | {reference['left']:.2f} | | "
                   f"{reference['right']:.2f} | | | {labelled_ml(label):.0f} |", flush=True)

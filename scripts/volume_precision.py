@@ -20,8 +20,9 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python"))
 
 from nca_core.errors import NCAError  # noqa: E402
-from nca_core.pipeline import segment_image  # noqa: E402
-from nca_core.registry import load  # noqa: E402
+from nca_core.inference.pipeline import segment_image  # noqa: E402
+from nca_core.inference.settings import SegmentSettings  # noqa: E402
+from nca_core.modelfile.registry import load  # noqa: E402
 from nca_helpers import HEAD_VARIANTS  # noqa: E402
 
 
@@ -53,7 +54,7 @@ def main() -> None:
             else:
                 image = change[0](head, *change[1:])
             try:
-                result = segment_image(image, bundle, args.model, runs=args.runs, device="cpu")
+                result = segment_image(image, bundle, SegmentSettings(model=args.model, runs=args.runs, device="cpu"))
             except NCAError as error:
                 print(f"| {name} | not located: {error} |||||")
                 continue

@@ -493,7 +493,7 @@ def test_the_gui_is_connected_once_and_choices_survive_reentering(module, scene)
 
 
 def test_the_same_model_file_loaded_twice_is_one_entry(module, scene, tmp_path, monkeypatch):
-    from nca_core.registry import resolve
+    from nca_core.modelfile.registry import resolve
 
     panel, volume = _panel(module, scene)
     copy = tmp_path / "mine.m3dnca"

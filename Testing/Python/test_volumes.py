@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.batch import CaseOutcome, write_summary
-from nca_core.pipeline import segment_image
-from nca_core.registry import load
-from nca_core.regions import SIDES
-from nca_core.volumes import (TEMPLATE_ICV_ML, VolumeSummary, asymmetry_index, csv_columns, estimated_tiv_ml,
-                              side_volume)
-from nca_core.wholehead import locate_regions
+from nca_core.cli.batch import CaseOutcome, write_summary
+from nca_core.inference.pipeline import segment_image
+from nca_core.inference.settings import SegmentSettings
+from nca_core.inference.volumes import (TEMPLATE_ICV_ML, VolumeSummary, asymmetry_index, csv_columns,
+                                        estimated_tiv_ml, side_volume)
+from nca_core.inference.wholehead import locate_regions
+from nca_core.modelfile.registry import load
+from nca_core.space.regions import SIDES
 
 from nca_helpers import HEAD_VARIANTS, resampled, run_cli, turned
 
@@ -40,6 +41,11 @@ def head(wholehead_dir):
     return sitk.ReadImage(str(wholehead_dir / "ch2.nii.gz"), sitk.sitkFloat32)
 
 
+def segmented(image: sitk.Image, model: str = "hippocampus", **settings):
+    """``segment_image`` with the model of that name, on the CPU."""
+    return segment_image(image, load(model), SegmentSettings(model=model, device="cpu", **settings))
+
+
 def anisotropic_oblique(image: sitk.Image) -> sitk.Image:
     """The crop resampled to 0.9 x 1.5 x 1.2 mm and its grid turned 20 degrees in the header."""
     return turned(resampled(image, (0.9, 1.5, 1.2), sitk.sitkLinear), 20.0, 2)
@@ -59,16 +65,16 @@ def check_counts(result, image: sitk.Image) -> None:
 
 @pytest.mark.parametrize("geometry", ["as stored", "anisotropic oblique"])
 @pytest.mark.parametrize("side", ["left", "right"])  # one of them mirrored for the model
-def test_volume_is_label_count_times_voxel_volume_and_one_run_is_the_ensemble(crop, bundle, geometry, side):
+def test_volume_is_label_count_times_voxel_volume_and_one_run_is_the_ensemble(crop, geometry, side):
     image = crop if geometry == "as stored" else anisotropic_oblique(crop)
-    result = segment_image(image, bundle, "hippocampus", runs=1, side=side, locate="none", device="cpu")
+    result = segmented(image, "hippocampus", runs=1, side=side, locate="none")
     check_counts(result, image)
     volume = result.sides[0].volume.total
     assert volume.runs_mm3 == (volume.mm3,)  # the run's own map is counted as the ensemble's is made
 
 
-def test_a_whole_heads_runs_are_counted_on_the_scans_voxels_with_etiv_and_asymmetry(head, bundle):
-    result = segment_image(head, bundle, "hippocampus", runs=1, device="cpu")
+def test_a_whole_heads_runs_are_counted_on_the_scans_voxels_with_etiv_and_asymmetry(head):
+    result = segmented(head, "hippocampus", runs=1)
     check_counts(result, head)
     for side in result.sides:
         assert side.volume.total.runs_mm3 == (side.volume.total.mm3,)
@@ -83,9 +89,9 @@ def test_a_whole_heads_runs_are_counted_on_the_scans_voxels_with_etiv_and_asymme
 
 
 @pytest.mark.parametrize("name", CROPS[:1])
-def test_the_runs_interval_contains_the_ensembles_volume(hippocampus_dir, bundle, name):
+def test_the_runs_interval_contains_the_ensembles_volume(hippocampus_dir, name):
     image = anisotropic_oblique(sitk.ReadImage(str(hippocampus_dir / "imagesTr" / name), sitk.sitkFloat32))
-    result = segment_image(image, bundle, "hippocampus", runs=10, locate="none", device="cpu")
+    result = segmented(image, "hippocampus", runs=10, locate="none")
     check_counts(result, image)
     volume = result.sides[0].volume.total
     low, high = volume.interval_mm3
@@ -95,9 +101,8 @@ def test_the_runs_interval_contains_the_ensembles_volume(hippocampus_dir, bundle
 
 
 def test_two_classes_sum_to_the_hippocampus(crop):
-    bundle = load("hippocampus-2class")
     image = anisotropic_oblique(crop)
-    result = segment_image(image, bundle, "hippocampus-2class", runs=4, locate="none", device="cpu")
+    result = segmented(image, "hippocampus-2class", runs=4, locate="none")
     check_counts(result, image)
     side = result.sides[0].volume
     assert [volume.name for volume in side.classes] == [result.labels[value] for value in (1, 2)]
@@ -105,7 +110,7 @@ def test_two_classes_sum_to_the_hippocampus(crop):
     assert sum(volume.mm3 for volume in side.classes) == pytest.approx(side.total.mm3)
     for run in range(4):  # each run's classes make up that run's hippocampus
         assert sum(volume.runs_mm3[run] for volume in side.classes) == pytest.approx(side.total.runs_mm3[run])
-    one_class = segment_image(image, load("hippocampus"), "hippocampus", runs=4, locate="none", device="cpu")
+    one_class = segmented(image, "hippocampus", runs=4, locate="none")
     assert side.total.mm3 == pytest.approx(one_class.sides[0].volume.total.mm3, rel=0.15)  # the same structure
 
 
@@ -114,8 +119,8 @@ def test_etiv_scales_with_the_determinant_of_a_known_affine(head, bundle):
     scaled = sitk.Image(head)
     scaled.SetSpacing([s * f for s, f in zip(head.GetSpacing(), factors)])
     scaled = turned(scaled, 10.0, 2)
-    _, as_stored = locate_regions(head, bundle, SIDES)
-    _, stretched = locate_regions(scaled, bundle, SIDES)
+    as_stored = locate_regions(head, bundle, SIDES).registration
+    stretched = locate_regions(scaled, bundle, SIDES).registration
     ratio = estimated_tiv_ml(stretched["determinant"]) / estimated_tiv_ml(as_stored["determinant"])
     assert ratio == pytest.approx(float(np.prod(factors)), rel=0.02)
     assert estimated_tiv_ml(as_stored["determinant"]) == pytest.approx(TEMPLATE_ICV_ML, rel=0.05)  # ch2 is in MNI space
@@ -174,20 +179,20 @@ def test_a_red_sides_volume_is_marked_in_the_csv(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def head_volumes(head, bundle):
-    return segment_image(head, bundle, "hippocampus", runs=10, device="cpu").volumes
+def head_volumes(head):
+    return segmented(head, "hippocampus", runs=10).volumes
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(HEAD_VARIANTS))
-def test_volume_precision_on_the_same_head_turned_shifted_resampled(head, bundle, head_volumes, name):
+def test_volume_precision_on_the_same_head_turned_shifted_resampled(head, head_volumes, name):
     change = HEAD_VARIANTS[name]
     if change[0].__name__ in ("resampled", "turned_in_grid"):
         image = change[0](head, *change[1:], sitk.sitkLinear)
     else:
         image = change[0](head, *change[1:])
     reference = head_volumes
-    moved = segment_image(image, bundle, "hippocampus", runs=10, device="cpu").volumes
+    moved = segmented(image, "hippocampus", runs=10).volumes
     for side in ("left", "right"):  # the ensemble's volume before the threshold varies least
         assert moved.side(side).total.probability_mm3 == pytest.approx(reference.side(side).total.probability_mm3,
                                                                        rel=0.01), side
