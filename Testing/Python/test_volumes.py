@@ -170,7 +170,7 @@ def test_a_red_sides_volume_is_marked_in_the_csv(tmp_path):
     labels[5:] = 2
     sides = (side_volume("left", "green", labels, [1], ["left hippocampus"], 1.0, np.array([[480], [520]])),
              side_volume("right", "red", labels, [2], ["right hippocampus"], 1.0, np.array([[300], [700]])))
-    outcome = CaseOutcome("case", "case.nii.gz", "ok", "", 0.2, "red", 0.5, 1.0, VolumeSummary(sides))
+    outcome = CaseOutcome("case", "case.nii.gz", "ok", "", 0.2, "red", 0.5, 1.0, volumes=VolumeSummary(sides))
     failed = CaseOutcome("broken", "broken.nii.gz", "failed", "cannot read")
     row, broken = csv.DictReader(write_summary([outcome, failed], tmp_path).open(newline=""))
     assert (row["left_trusted"], row["right_trusted"], row["right_quality"]) == ("yes", "no", "red")

@@ -194,6 +194,7 @@ def csv_columns(summary: Optional[VolumeSummary]) -> Dict[str, Any]:
     for side in summary.sides:
         prefix = side.side or "crop"
         interval, std, fraction = side.total.interval_mm3, side.total.runs_std_mm3, side.fraction_of_etiv
+        probability = side.total.probability_mm3
         row.update({
             f"{prefix}_mm3": round(side.total.mm3, 1), f"{prefix}_ml": round(side.total.ml, 4),
             f"{prefix}_runs_min_mm3": "" if interval is None else round(interval[0], 1),
@@ -201,7 +202,7 @@ def csv_columns(summary: Optional[VolumeSummary]) -> Dict[str, Any]:
             f"{prefix}_runs_std_mm3": "" if std is None else round(std, 1),
             f"{prefix}_quality": side.light, f"{prefix}_trusted": "yes" if side.trusted else "no",
             f"{prefix}_fraction_of_etiv": "" if fraction is None else round(fraction, 7),
-            f"{prefix}_probability_mm3": "" if side.total.probability_mm3 is None else round(side.total.probability_mm3, 1),
+            f"{prefix}_probability_mm3": "" if probability is None else round(probability, 1),
         })
         for volume in side.classes:
             row[f"{'_'.join(volume.name.split())}_mm3"] = round(volume.mm3, 1)
