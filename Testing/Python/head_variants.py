@@ -1,6 +1,6 @@
 """Real scanner-space heads changed the way scanners and pipelines change them, with their
 labels changed alike: lying on a side or prone, pitched or rolled, conformed as FreeSurfer does,
-skull-stripped, the neck cut off, resampled. Used by the real-head tests and
+skull-stripped, the neck cut off, resampled, thick slices, a bias field. Used by the real-head tests and
 ``scripts/realheads_eval.py``."""
 from __future__ import annotations
 
@@ -30,9 +30,23 @@ def _header_turn(degrees: float, axis: int) -> Callable[[sitk.Image, sitk.Image]
     return lambda image, labels: (turned(image, degrees, axis), turned(labels, degrees, axis))
 
 
-def _resampled(spacing: float) -> Callable[[sitk.Image, sitk.Image], Pair]:
-    return lambda image, labels: (resampled(image, (spacing,) * 3, sitk.sitkLinear),
-                                  resampled(labels, (spacing,) * 3, sitk.sitkNearestNeighbor))
+def _resampled(*spacing: float) -> Callable[[sitk.Image, sitk.Image], Pair]:
+    """Resampled to ``spacing`` (one size for all axes, or one per index axis)."""
+    spacing = spacing * 3 if len(spacing) == 1 else spacing
+    return lambda image, labels: (resampled(image, spacing, sitk.sitkLinear),
+                                  resampled(labels, spacing, sitk.sitkNearestNeighbor))
+
+
+def bias_field(image: sitk.Image, labels: sitk.Image) -> Pair:
+    """Grey levels multiplied by a smooth field from 0.6 to 1.4 across the head (a receive coil's
+    shading), quantised to 8 bits again."""
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    ramp = np.linspace(0.6, 1.4, array.shape[0], dtype=np.float32)[:, None, None]
+    ramp = ramp * np.linspace(1.2, 0.8, array.shape[1], dtype=np.float32)[None, :, None]
+    shaded = np.clip(np.round(array * ramp / max(1.0, float((array * ramp).max())) * 255.0), 0, 255)
+    out = sitk.GetImageFromArray(shaded.astype(np.uint8))
+    out.CopyInformation(image)
+    return out, labels
 
 
 def conformed(image: sitk.Image, labels: sitk.Image) -> Pair:
@@ -91,6 +105,8 @@ REAL_HEAD_VARIANTS: Dict[str, Callable[[sitk.Image, sitk.Image], Pair]] = {
     "neck cut": neck_cut,
     "1mm": _resampled(1.0),
     "1.5mm": _resampled(1.5),
+    "thick slices": _resampled(1.0, 1.0, 4.0),  # 4 mm sagittal slices (IXI is stored PSR)
+    "bias field": bias_field,
 }
 
 
