@@ -205,6 +205,7 @@ def _one_refusal(capsys, path: Path, outdir: Path, words: str) -> str:
     return err[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(REFUSED_HEADS))
 def test_heads_that_cannot_be_segmented_are_refused_in_one_line(head, boxes, tmp_path, capsys, name):
     make, words = REFUSED_HEADS[name]
