@@ -27,8 +27,7 @@ from M3DNCASegmentLib import display, options
 from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob
 from M3DNCASegmentLib.logic import M3DNCASegmentResult, SegmentLogic  # noqa: F401  (console API)
 from M3DNCASegmentLib.panel import Panel
-
-DEFAULT_MODEL = "hippocampus"
+from nca_core.modelfile.registry import DEFAULT_MODEL
 
 
 class M3DNCASegment(ScriptedLoadableModule):
@@ -131,11 +130,12 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name="M3DNCATestVolume"), image
 
     def _engine(self, image):
-        from nca_core import registry
-        from nca_core.pipeline import segment_image
+        from nca_core.inference.pipeline import segment_image
+        from nca_core.inference.settings import SegmentSettings
+        from nca_core.modelfile import registry
 
-        return segment_image(image, registry.load(DEFAULT_MODEL), DEFAULT_MODEL, runs=2, device="cpu",
-                             side="left", locate="none")
+        settings = SegmentSettings(model=DEFAULT_MODEL, runs=2, device="cpu", side="left", locate="none")
+        return segment_image(image, registry.load(DEFAULT_MODEL), settings)
 
     def _checkMatches(self, volume, result, engine):
         labels = engine.ensemble.labels.transpose(2, 1, 0)

@@ -1,5 +1,5 @@
 """How results are shown: variance overlay settings, traffic-light text (colours and titles
-from nca_core.lights, shared with the PNG preview), segment colours and terminology. Pure
+from nca_core.quality.lights, shared with the PNG preview), segment colours and terminology. Pure
 functions; the module applies them to MRML nodes. The engine's folder must be on sys.path."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
-from nca_core.lights import light_color, light_title
+from nca_core.quality.lights import light_color, light_title
 
 # Slicer colour table node for the variance overlay (listed in vtkMRMLColorLogic.h).
 VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"

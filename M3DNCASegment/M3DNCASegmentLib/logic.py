@@ -19,6 +19,7 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
+from nca_core.modelfile.registry import DEFAULT_MODEL
 
 from . import dependencies, display, options, outputs, volume
 from . import ENGINE_DIR
@@ -102,7 +103,7 @@ class SegmentLogic:
         """See ``dependencies.setupPythonRequirements``."""
         return dependencies.setupPythonRequirements(interactive)
 
-    def process(self, inputVolume, model: str = "hippocampus", runs: int = 10, seed: int = 0,
+    def process(self, inputVolume, model: str = DEFAULT_MODEL, runs: int = 10, seed: int = 0,
                 device: str = "auto", fireRate: Optional[float] = None, steps=None,
                 side: str = "auto", region: str = "auto", roi=None,
                 interactive: bool = False, showResult: bool = True, overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY,
@@ -116,7 +117,7 @@ class SegmentLogic:
           a markups ROI node, cuts the volume first) or volume (the volume as one crop).
         :param interactive: if False (default) no dialog ever opens; errors are raised.
         :param progress: called with (step, done, total) as the engine's steps advance.
-        :param shouldCancel: polled after every NCA step; True stops with ``nca_core.ensemble.Cancelled``
+        :param shouldCancel: polled after every NCA step; True stops with ``nca_core.inference.ensemble.Cancelled``
           and leaves the scene unchanged.
         """
         started = time.perf_counter()
@@ -124,13 +125,12 @@ class SegmentLogic:
             raise RuntimeError("Required Python packages are not installed.")
         runOptions = self.runOptions(model, runs, seed, device, fireRate, steps, side, region)
         image, box = self.engineInput(inputVolume, region, roi)
-        from nca_core import registry
-        from nca_core.pipeline import segment_image
+        from nca_core.modelfile import registry
+        from nca_core.inference.pipeline import segment_image
 
         bundle = registry.load(runOptions.model)
         logging.info(f"M3D-NCA: segmenting {inputVolume.GetName()} with {runOptions.model}, {runOptions.runs} runs")
-        segmentation = segment_image(image, bundle, options.model_name(runOptions.model), progress=progress,
-                                     should_cancel=shouldCancel, **runOptions.engine_arguments())
+        segmentation = segment_image(image, bundle, runOptions, progress=progress, should_cancel=shouldCancel)
         result = JobResult(labels=segmentation.ensemble.labels, variance=segmentation.ensemble.variance_map,
                            report=segmentation.report())
         return self.createOutputs(inputVolume, result, time.perf_counter() - started, box=box,
@@ -161,5 +161,3 @@ class SegmentLogic:
         segmented = M3DNCASegmentResult(segmentationNode, varianceNode, result.report, totalSeconds)
         logging.info("M3D-NCA: " + segmented.summary())
         return segmented
-
-    hideOutputs = staticmethod(outputs.hideOutputs)

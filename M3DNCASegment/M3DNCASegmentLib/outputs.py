@@ -16,7 +16,7 @@ from .geometry import ijk_to_kji
 FALLBACK_VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 
 
-def createSegmentation(inputVolume, labels_xyz: np.ndarray, labelNames, created: List):
+def createSegmentation(inputVolume, labelsIJK: np.ndarray, labelNames, created: List):
     """A segmentation node on the input's geometry with one segment per label value."""
     scene = inputVolume.GetScene()
     segmentationNode = scene.AddNewNodeByClass(
@@ -26,7 +26,7 @@ def createSegmentation(inputVolume, labels_xyz: np.ndarray, labelNames, created:
     # Transform first: the reference geometry is stored relative to the node's parent transform.
     segmentationNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
-    labelsKJI = ijk_to_kji(np.asarray(labels_xyz))
+    labelsKJI = ijk_to_kji(np.asarray(labelsIJK))
     expected = tuple(reversed(inputVolume.GetImageData().GetDimensions()))
     if labelsKJI.shape != expected:
         raise RuntimeError(f"segmentation shape {labelsKJI.shape} does not match the input {expected}")
@@ -61,12 +61,12 @@ def setSegmentMask(segmentationNode, segmentId: str, maskKJI: np.ndarray, inputV
         raise RuntimeError(f"cannot set the voxels of segment {segmentId}")
 
 
-def createVariance(inputVolume, variance_xyz: np.ndarray, created: List):
+def createVariance(inputVolume, varianceIJK: np.ndarray, created: List):
     """A scalar volume of the variance (std) map on the input's geometry, coloured and thresholded."""
     scene = inputVolume.GetScene()
     ijkToRAS = vtk.vtkMatrix4x4()
     inputVolume.GetIJKToRASMatrix(ijkToRAS)
-    variance = np.asarray(variance_xyz, dtype=np.float32)
+    variance = np.asarray(varianceIJK, dtype=np.float32)
     varianceNode = slicer.util.addVolumeFromArray(
         ijk_to_kji(variance), ijkToRAS=ijkToRAS,
         name=scene.GenerateUniqueName(f"{inputVolume.GetName()} M3D-NCA variance"))

@@ -13,8 +13,11 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from . import display, options
-from .options import NCAError
+from nca_core.errors import NCAError
+from nca_core.modelfile.header import read_model_header
+from nca_core.modelfile.registry import DEFAULT_MODEL
+
+from . import display
 from .job import CANCELLED, FAILED, FINISHED, BackgroundJob
 
 LOAD_MODEL_ITEM = "Load model file\u2026"
@@ -40,7 +43,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module's widget; the module file names its logic class (``logicClass``)."""
 
     logicClass = None
-    defaultModel = "hippocampus"
+    defaultModel = DEFAULT_MODEL
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -195,7 +198,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.currentIndex = self._previousModelIndex
                 return
             try:
-                options.read_model_header(path)
+                read_model_header(path)
             except (OSError, ValueError, NCAError) as error:
                 slicer.util.errorDisplay(str(error), windowTitle=_("Cannot load model"))
                 combo.currentIndex = self._previousModelIndex

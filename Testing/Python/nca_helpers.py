@@ -11,12 +11,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nca_core.cli import main
+from nca_core.cli.main import main
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-from nca_core.config import NCAConfig, preset
-from nca_core.model import M3DNCA
-from nca_core.modelfile import ModelBundle, save_model
+from nca_core.network.config import NCAConfig, preset
+from nca_core.network.model import M3DNCA
+from nca_core.modelfile.bundle import ModelBundle, save_model
 from nca_core.training.data import find_pairs
 from nca_core.training.settings import TrainSettings
 
@@ -167,7 +167,7 @@ def preview_badges(png: Path) -> list:
     bands of rows in the picture's right margin holding a light's exact colour)."""
     import matplotlib.image
 
-    from nca_core.lights import LIGHT_COLORS
+    from nca_core.quality.lights import LIGHT_COLORS
 
     pixels = matplotlib.image.imread(str(png))[..., :3]
     width = pixels.shape[1]

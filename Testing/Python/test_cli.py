@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.cli import main
-from nca_core.config import preset
-from nca_core.modelfile import load_model
+from nca_core.cli.main import main
+from nca_core.network.config import preset
+from nca_core.modelfile.bundle import load_model
 
 from nca_helpers import REPOSITORY, assert_same_geometry, model_file, run_cli
 
@@ -74,9 +74,9 @@ def test_light_is_not_green_when_the_runs_cannot_disagree(hippocampus_dir, tmp_p
 def test_report_of_a_calibrated_model_predicts_dice(tmp_path, capsys):
     from dataclasses import replace
 
-    from nca_core.modelfile import save_model
-    from nca_core.quality import Calibration
-    from nca_core.registry import load
+    from nca_core.modelfile.bundle import save_model
+    from nca_core.quality.nqm import Calibration
+    from nca_core.modelfile.registry import load
 
     path = tmp_path / "calibrated.m3dnca"
     calibration = Calibration(slope=-0.1, intercept=0.99)
@@ -141,7 +141,7 @@ def test_python_m_equals_the_m3dnca_command(tmp_path, capsys):
     module = python_m("info", path, "--json")
     assert module.returncode == code == 0 and module.stdout == in_process
     scripts = (REPOSITORY / "pyproject.toml").read_text()
-    assert 'm3dnca = "nca_core.cli:main"' in scripts  # the console script is this same main()
+    assert 'm3dnca = "nca_core.cli.main:main"' in scripts  # the console script is this same main()
     # the installed console script sits beside this interpreter (a venv's bin/ is often not on PATH)
     installed = Path(sys.executable).parent / ("m3dnca.exe" if os.name == "nt" else "m3dnca")
     assert installed.is_file(), f"{installed}: no console script; install the package (bash scripts/setup.sh test)"

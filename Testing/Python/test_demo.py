@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.registry import load
+from nca_core.modelfile.registry import load
 
 from nca_helpers import REPOSITORY, preview_badges
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core import locate
-from nca_core.registry import load
-from nca_core.regions import SIDES
-from nca_core.wholehead import locate_regions
+from nca_core.space import locate
+from nca_core.modelfile.registry import load
+from nca_core.space.regions import SIDES
+from nca_core.inference.wholehead import locate_regions
 
 from nca_helpers import REPOSITORY, assert_same_geometry, preview_badges, run_cli
 
@@ -43,7 +43,7 @@ def head(wholehead_dir):
 @pytest.fixture(scope="module")
 def boxes(head, bundle):
     """Side -> the voxels of the head its hippocampus box covers (where the engine finds it)."""
-    regions, _ = locate_regions(head, bundle, SIDES)
+    regions = locate_regions(head, bundle, SIDES).regions
     return {region.side: region.footprint(head) for region in regions}
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.ensemble import EnsembleResult
-from nca_core.imaging import Volume
-from nca_core.result import SegmentationResult
-from nca_core.preview import choose_view, save_preview
-from nca_core.quality import Quality
+from nca_core.inference.ensemble import EnsembleResult
+from nca_core.space.imaging import Volume
+from nca_core.inference.result import SegmentationResult
+from nca_core.cli.preview import choose_view, save_preview
+from nca_core.quality.nqm import Quality
 
 RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # the MSD hippocampus images'
 

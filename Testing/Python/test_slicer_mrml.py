@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPOSITORY))
 import slicer.util  # noqa: E402
 from M3DNCASegmentLib import display  # noqa: E402
 from M3DNCASegmentLib.logic import SegmentLogic  # noqa: E402
-from nca_core import registry  # noqa: E402
+from nca_core.modelfile import registry  # noqa: E402
 from nca_core.errors import NCAError  # noqa: E402
-from nca_core.pipeline import segment_image  # noqa: E402
+from nca_core.inference.pipeline import segment_image  # noqa: E402
+from nca_core.inference.settings import SegmentSettings  # noqa: E402
 
 SAMPLE = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
 RUNS = 2  # the shipped sample is a right hippocampus: side="right" skips the side probe's runs
@@ -105,7 +106,7 @@ def test_outputs_match_the_engine_voxel_for_voxel(scene, model, geometry):
         transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParent))
         volume.SetAndObserveTransformNodeID(transform.GetID())
     result = SegmentLogic().process(volume, runs=RUNS, region="volume", side="right")
-    engine = segment_image(image, model, "hippocampus", runs=RUNS, locate="none", side="right")
+    engine = segment_image(image, model, SegmentSettings(model="hippocampus", runs=RUNS, locate="none", side="right"))
 
     labels = engine.ensemble.labels.transpose(2, 1, 0)  # engine (I, J, K) -> Slicer (K, J, I)
     assert labels.any(), "the engine found nothing: the comparison would be empty"
@@ -219,7 +220,7 @@ def test_an_roi_is_cut_from_the_volume_and_the_result_pasted_back(scene, model):
     roi.SetRadiusXYZ(*(np.abs(corners[1][:3] - corners[0][:3]) / 2 - 0.01))
     result = SegmentLogic().process(volume, runs=RUNS, region="roi", roi=roi, side="right")
     engine = segment_image(image[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])],
-                           model, "hippocampus", runs=RUNS, locate="none", side="right")
+                           model, SegmentSettings(model="hippocampus", runs=RUNS, locate="none", side="right"))
     expected = np.zeros(tuple(size), np.uint8)
     expected[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = engine.ensemble.labels
     name = display.segment_name(engine.labels[1])
@@ -285,12 +286,12 @@ def test_a_whole_head_gives_two_named_sides_each_on_its_own_side(scene, wholehea
 
 
 def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, monkeypatch):
-    from M3DNCASegmentLib import options
+    from M3DNCASegmentLib import dependencies
 
     volume = _volume_node(_sample("ras"))
     before = _node_ids(scene)
-    monkeypatch.setattr(options, "torch_needs_install", lambda: True)
-    monkeypatch.setattr(options, "pytorch_extension_missing", lambda: False)
+    monkeypatch.setattr(dependencies, "torch_needs_install", lambda: True)
+    monkeypatch.setattr(dependencies, "pytorch_extension_missing", lambda: False)
 
     def dialog(*args, **kwargs):
         raise AssertionError("a dialog was opened")
@@ -298,7 +299,7 @@ def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, mon
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", dialog)
     with pytest.raises(RuntimeError, match="Install them from the M3DNCASegment panel"):
         SegmentLogic().process(volume, runs=RUNS, region="volume", side="right")
-    monkeypatch.setattr(options, "pytorch_extension_missing", lambda: True)
+    monkeypatch.setattr(dependencies, "pytorch_extension_missing", lambda: True)
     with pytest.raises(RuntimeError, match="install the PyTorch extension"):  # said before any question
         SegmentLogic().process(volume, runs=RUNS, region="volume", side="right", interactive=True)
     assert _node_ids(scene) == before
@@ -319,7 +320,7 @@ def test_bad_options_and_unknown_models_are_refused_before_running(scene):
 
 
 def test_cancel_stops_the_engine_and_adds_nothing(scene):
-    from nca_core.ensemble import Cancelled
+    from nca_core.inference.ensemble import Cancelled
 
     volume = _volume_node(_sample("ras"))
     before = _node_ids(scene)

@@ -427,7 +427,7 @@ def test_apply_runs_the_job_and_shows_the_result_and_the_light(module, scene):
     # the shipped sample (a right hippocampus) is segmented with runs that agree: below the model's
     # calibrated NQM threshold, so green
     from M3DNCASegmentLib import display
-    from nca_core.registry import load
+    from nca_core.modelfile.registry import load
 
     nqm = float(panel.ui.nqmLabel.text.removeprefix("NQM: "))
     assert nqm < load("hippocampus").calibration.nqm_threshold
@@ -510,7 +510,7 @@ def test_the_gui_is_connected_once_and_choices_survive_reentering(module, scene)
 
 
 def test_the_same_model_file_loaded_twice_is_one_entry(module, scene, tmp_path, monkeypatch):
-    from nca_core.registry import resolve
+    from nca_core.modelfile.registry import resolve
 
     panel, volume = _panel(module, scene)
     copy = tmp_path / "mine.m3dnca"

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from nca_core.cli import main
-from nca_core.config import preset
-from nca_core.limits import long_run_notice
-from nca_core.preprocessing import Preprocessing
-from nca_core.threads import busy_cores, usable_cores
+from nca_core.cli.main import main
+from nca_core.inference.limits import long_run_notice
+from nca_core.inference.threads import busy_cores, usable_cores
+from nca_core.network.config import preset
+from nca_core.space.preprocessing import Preprocessing
 
 from nca_helpers import REPOSITORY
 
@@ -29,7 +29,7 @@ def python_c(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 CHOSEN = ("import os\n"
-          "import nca_core.threads as threads\n"
+          "import nca_core.inference.threads as threads\n"
           "{cores}{load}"
           "chosen = threads.use_threads({requested})\n"
           "{torch}"
@@ -102,7 +102,7 @@ def test_the_users_thread_and_wait_settings_win():
                                    "--runs", "0"]])
 def test_errors_that_need_no_model_exit_before_torch_loads(tmp_path, args):
     code = ("import sys\n"
-            "from nca_core.cli import main\n"
+            "from nca_core.cli.main import main\n"
             "try:\n"
             f"    code = main({[a.format(tmp=tmp_path) for a in args]!r})\n"
             "except SystemExit as exit:\n"
