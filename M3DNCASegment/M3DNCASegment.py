@@ -56,7 +56,8 @@ class M3DNCASegmentParameterNode:
     roi - the markups ROI for region roi; side - auto, left or right.
     model - shipped model name or path to a .m3dnca file (kept in sync with the model combo box).
     runs, device, seed, fireRate (0 = the model's own), steps ("" = the model's own, else "10,10").
-    overlayOpacity - opacity of the variance overlay; outputSegmentation, outputVariance - the latest results.
+    overlayOpacity - opacity of the variance overlay; showSearchBoxes - show a whole head's search boxes (ROIs);
+    outputSegmentation, outputVariance - the latest results.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -70,6 +71,7 @@ class M3DNCASegmentParameterNode:
     fireRate: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     steps: str = ""
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_OVERLAY_OPACITY
+    showSearchBoxes: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     outputVariance: vtkMRMLScalarVolumeNode
 

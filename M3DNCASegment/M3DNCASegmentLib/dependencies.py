@@ -15,6 +15,7 @@ PIP_REQUIREMENTS = {
     "safetensors": "safetensors>=0.4,<1",
     "matplotlib": "matplotlib>=3.5",  # --preview of the batch script / m3dnca segment
     "tqdm": "tqdm>=4.60",  # progress bars of the command line the batch script runs
+    "nibabel": "nibabel>=4.0",  # FreeSurfer .mgz/.mgh inputs of the batch script
 }
 # SimpleITK and numpy ship with Slicer.
 

@@ -48,6 +48,12 @@ def clamp_opacity(value: float) -> float:
 
 # --- traffic light ----------------------------------------------------------------------
 
+def light_rgb(light: str) -> Tuple[float, float, float]:
+    """The light's colour as (r, g, b) in 0-1, for MRML display nodes."""
+    code = light_color(light).lstrip("#")
+    return tuple(int(code[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+
+
 def light_stylesheet(light: Optional[str], diameter: int = 72) -> str:
     """Qt style sheet that draws the light as a filled circle (grey outline when idle)."""
     radius = diameter // 2

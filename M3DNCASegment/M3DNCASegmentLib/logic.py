@@ -27,11 +27,13 @@ from .job import JobResult
 
 
 class M3DNCASegmentResult:
-    """What ``process`` returns: the nodes and the report (overall light and one entry per side)."""
+    """What ``process`` returns: the nodes and the report (overall light and one entry per side);
+    ``searchBoxes``: a whole head's ROI node per side, where that hippocampus was looked for."""
 
-    def __init__(self, segmentationNode, varianceNode, report: dict, totalSeconds: float):
+    def __init__(self, segmentationNode, varianceNode, report: dict, totalSeconds: float, searchBoxes=()):
         self.segmentationNode = segmentationNode
         self.varianceNode = varianceNode
+        self.searchBoxes = list(searchBoxes)
         self.report = dict(report)
         nqm = report.get("nqm")
         self.nqm = math.inf if nqm is None else float(nqm)  # inf: empty segmentation
@@ -136,11 +138,18 @@ class SegmentLogic:
         return self.createOutputs(inputVolume, result, time.perf_counter() - started, box=box,
                                   showResult=showResult, overlayOpacity=overlayOpacity)
 
+    @staticmethod
+    def showSearchBoxes(segmentationNode, visible: bool) -> None:
+        """Show or hide the search boxes (ROI nodes) of a result."""
+        if segmentationNode:
+            outputs.showSearchBoxes(segmentationNode, visible)
+
     def createOutputs(self, inputVolume, result: JobResult, totalSeconds: float, box=None,
                       showResult: bool = True,
                       overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY) -> M3DNCASegmentResult:
-        """Segmentation and variance nodes from engine outputs ((X, Y, Z) arrays of the input, or
-        of its ``box``); on any error the nodes made so far are removed."""
+        """Segmentation and variance nodes, and for a whole head one hidden ROI per side's search
+        box (``searchBoxes``), from engine outputs ((X, Y, Z) arrays of the input, or of its
+        ``box``); on any error the nodes made so far are removed."""
         shape = inputVolume.GetImageData().GetDimensions()
         labels = volume.pasteIntoVolume(np.asarray(result.labels), shape, box)
         variance = volume.pasteIntoVolume(np.asarray(result.variance, dtype=np.float32), shape, box)
@@ -149,15 +158,16 @@ class SegmentLogic:
         try:
             segmentationNode = outputs.createSegmentation(inputVolume, labels, result.label_names, created)
             varianceNode = outputs.createVariance(inputVolume, variance, created)
+            searchBoxes = outputs.createSearchBoxes(inputVolume, result.report.get("sides") or [], created)
         except Exception:
             outputs.removeNodes(created)
             raise
         for earlier in previous:  # new contours are not drawn over old ones; the old stay in the scene
             outputs.hideOutputs(*earlier)
-        outputs.markResult(inputVolume, segmentationNode, varianceNode)
+        outputs.markResult(inputVolume, segmentationNode, varianceNode, searchBoxes)
         if showResult:
             segmentationNode.CreateClosedSurfaceRepresentation()  # show the segments in 3D too
             outputs.showVarianceOverlay(inputVolume, varianceNode, overlayOpacity)
-        segmented = M3DNCASegmentResult(segmentationNode, varianceNode, result.report, totalSeconds)
+        segmented = M3DNCASegmentResult(segmentationNode, varianceNode, result.report, totalSeconds, searchBoxes)
         logging.info("M3D-NCA: " + segmented.summary())
         return segmented

@@ -74,6 +74,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # "activated" fires on user choices only; programmatic selection goes through selectModel().
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.showSearchBoxesCheckBox.connect("toggled(bool)", self.onShowSearchBoxes)
         self.ui.progressBar.hide()
         self.showLight(None)
         self.populateModels()
@@ -286,6 +287,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         showResult=True, overlayOpacity=self._parameterNode.overlayOpacity)
                     self._parameterNode.outputSegmentation = result.segmentationNode
                     self._parameterNode.outputVariance = result.varianceNode
+                    self.logic.showSearchBoxes(result.segmentationNode, self.ui.showSearchBoxesCheckBox.checked)
                     self.showResult(result)
                     self._resultInputID = self._jobInput.GetID()
             except Exception:
@@ -326,6 +328,11 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p and p.outputVariance and slicer.mrmlScene.IsNodePresent(p.outputVariance):
             slicer.util.setSliceViewerLayers(foregroundOpacity=display.clamp_opacity(value))
+
+    def onShowSearchBoxes(self, checked: bool) -> None:
+        p = self._parameterNode
+        if p and p.outputSegmentation and slicer.mrmlScene.IsNodePresent(p.outputSegmentation):
+            self.logic.showSearchBoxes(p.outputSegmentation, checked)
 
     def showResult(self, result) -> None:
         self.showLight(result.light)

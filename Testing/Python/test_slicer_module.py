@@ -617,10 +617,10 @@ def test_ui_parameter_names_are_parameter_node_fields_of_a_connectable_type():
     assert set(parameters) <= set(fields)
     # widget classes the parameterNodeWrapper GUI connectors accept for each type (guiConnectors.py)
     accepted = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
-                "str": {"QLineEdit", "QComboBox", "QLabel"}, "vtkMRML": {"qMRMLNodeComboBox"}}
+                "str": {"QLineEdit", "QComboBox", "QLabel"}, "bool": {"QCheckBox"}, "vtkMRML": {"qMRMLNodeComboBox"}}
     for name, widget in parameters.items():
         annotation = fields[name]
-        kind = next(k for k in ("vtkMRML", "int", "float", "str") if k in annotation)
+        kind = next(k for k in ("vtkMRML", "int", "float", "str", "bool") if k in annotation)
         assert widgets[widget] in accepted[kind], (name, widgets[widget], annotation)
         if widgets[widget] == "QComboBox":
             assert "Choice" in annotation  # QComboBoxToStringableConnector needs Choice

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPOSITORY))
 
 import slicer.util  # noqa: E402
 from M3DNCASegmentLib import display  # noqa: E402
+from M3DNCASegmentLib.job import JobResult  # noqa: E402
 from M3DNCASegmentLib.logic import SegmentLogic  # noqa: E402
 from nca_core.modelfile import registry  # noqa: E402
 from nca_core.errors import NCAError  # noqa: E402
@@ -196,6 +197,7 @@ def test_a_rerun_hides_the_previous_result_of_the_same_volume(scene):
     assert not slicer.modules.colors.logic().GetColorLegendDisplayNode(first.varianceNode).GetVisibility()
     assert second.segmentationNode.GetDisplayVisibility()
     assert unrelated.segmentationNode.GetDisplayVisibility()
+    assert first.searchBoxes == second.searchBoxes == []  # a crop has no search boxes
 
 
 def test_scene_close_removes_the_outputs_and_the_logic_still_works(scene):
@@ -283,6 +285,39 @@ def test_a_whole_head_gives_two_named_sides_each_on_its_own_side(scene, wholehea
     for name, value in (("Left hippocampus", 1), ("Right hippocampus", 2)):
         mask = _labelmap_kji(segmentationNode, name, volume) > 0
         assert (atlas[mask] == value).mean() > 0.5, f"{name} is mostly outside the atlas's {name.lower()}"
+    _check_search_boxes(scene, volume, result)
+
+
+def _check_search_boxes(scene, volume, result) -> None:
+    """One hidden ROI per side, placed, sized and turned as the report's box (LPS -> RAS), that
+    holds its side's segmentation; the panel's switch shows them; a re-run hides them."""
+    boxes = {box.GetName(): box for box in result.searchBoxes}
+    assert sorted(boxes) == ["ch2 left hippocampus box", "ch2 right hippocampus box"]
+    ijkToRAS = _matrix(volume)
+    for side in result.sides:
+        roi, box = boxes[f"ch2 {side['side']} hippocampus box"], side["box"]
+        assert scene.IsNodePresent(roi) and not roi.GetDisplayVisibility() and roi.GetLocked()
+        assert np.allclose(roi.GetCenter(), np.array(box["centre_lps_mm"]) * (-1, -1, 1), atol=1e-6)
+        assert np.allclose(roi.GetSize(), np.multiply(box["size"], box["spacing_mm"]), atol=1e-6)
+        axes = slicer.util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix())[:3, :3]
+        expected = np.diag([-1.0, -1.0, 1.0]) @ np.reshape(box["direction"], (3, 3))
+        assert np.allclose(np.abs(np.sum(axes * expected, axis=0)), 1.0, atol=1e-6)  # each axis, either way round
+        voxels = np.argwhere(_labelmap_kji(result.segmentationNode, f"{side['side'].capitalize()} hippocampus",
+                                           volume) > 0)[:, ::-1]
+        ras = (ijkToRAS @ np.c_[voxels, np.ones(len(voxels))].T)[:3]
+        inside = np.abs(axes.T @ (ras - np.reshape(roi.GetCenter(), (3, 1)))) <= np.reshape(roi.GetSize(), (3, 1)) / 2
+        assert inside.all(axis=0).mean() > 0.99, f"{side['side']}: the segmentation is not inside its box"
+    logic = SegmentLogic()
+    logic.showSearchBoxes(result.segmentationNode, True)
+    assert all(box.GetDisplayVisibility() for box in result.searchBoxes)
+    shape = tuple(volume.GetImageData().GetDimensions())
+    rerun = JobResult(labels=np.zeros(shape, np.uint8), variance=np.zeros(shape, np.float32), report=result.report)
+    again = logic.createOutputs(volume, rerun, 1.0, showResult=False)  # the same report again, as a re-run
+    assert not any(box.GetDisplayVisibility() for box in result.searchBoxes)  # the earlier result's, hidden
+    assert len(again.searchBoxes) == 2 and not any(box.GetDisplayVisibility() for box in again.searchBoxes)
+    ids = [box.GetID() for box in result.searchBoxes + again.searchBoxes]
+    scene.Clear(0)
+    assert all(scene.GetNodeByID(node_id) is None for node_id in ids)
 
 
 def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, monkeypatch):

@@ -61,7 +61,7 @@ API = _read_api()
 SIGNALS = {"clicked", "toggled", "activated", "currentIndexChanged", "valueChanged", "timeout", "textChanged",
            "currentNodeChanged", "mrmlSceneChanged", "destroyed", "pressed", "released", "currentTextChanged",
            "editingFinished"}
-DEFAULTS = {"text": "", "toolTip": "", "enabled": True, "visible": True, "styleSheet": "", "value": 0}
+DEFAULTS = {"text": "", "toolTip": "", "enabled": True, "visible": True, "styleSheet": "", "value": 0, "checked": False}
 
 
 class Signal:
@@ -438,6 +438,25 @@ def test_apply_runs_the_job_and_shows_the_result_and_the_light(module, scene):
     _run(panel)  # again: the earlier result is hidden, the new one shown
     assert p.outputSegmentation is not first and not first.GetDisplayVisibility()
     assert p.outputSegmentation.GetDisplayVisibility()
+
+
+def test_show_search_boxes_switches_the_boxes_of_the_latest_result(module, scene):
+    from M3DNCASegmentLib import outputs
+
+    panel, volume = _panel(module, scene)
+    _run(panel)
+    result = panel._parameterNode.outputSegmentation
+    box = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "a search box")  # as a whole head's result has
+    box.CreateDefaultDisplayNodes()
+    box.SetDisplayVisibility(False)
+    result.AddNodeReferenceID(outputs.SEARCH_BOX_REFERENCE_ROLE, box.GetID())
+    checkBox = panel.ui.showSearchBoxesCheckBox
+    checkBox.checked = True
+    checkBox.toggled.emit(True)
+    assert box.GetDisplayVisibility()
+    checkBox.checked = False
+    checkBox.toggled.emit(False)
+    assert not box.GetDisplayVisibility()
 
 
 def test_a_failed_job_says_why_and_leaves_the_scene(module, scene, monkeypatch):

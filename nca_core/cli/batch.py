@@ -36,6 +36,7 @@ class CaseOutcome:
     quality: str = ""
     predicted_dice: Optional[float] = None
     seconds: Optional[float] = None
+    note: str = ""  # what the reader must know about a result (thick slices)
 
 
 @dataclass
@@ -50,10 +51,11 @@ class SegmentOptions:
 
 
 def describe(outcome: CaseOutcome) -> str:
-    """One line per case; a failed case's line is its error message (it names the file)."""
+    """One line per case (a second for its note); a failed case's line is its error message (it names the file)."""
     if outcome.status == "ok":
         nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
-        return f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
+        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
+        return f"{line}\n{outcome.case}: note: {outcome.note}" if outcome.note else line
     if outcome.status == "failed":
         return f"error: {outcome.message}"
     return f"{outcome.case}: skipped: {outcome.message}"
@@ -169,7 +171,7 @@ def _segment_one(path: Path, outdir: Path, bundle, options: SegmentOptions, prog
         return CaseOutcome(name, str(path), "failed", _naming(message, path, outdir))
     report = result.report()
     return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
-                       report["predicted_dice"], report["seconds"])
+                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "")
 
 
 def _is_done(report: Path) -> bool:

@@ -4,6 +4,7 @@ map with its scale, and the traffic light as a coloured badge."""
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -12,11 +13,13 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..quality.lights import light_color, light_title
+from .overview import coronal_overview, draw_overview
 
 OUTLINE_COLOR = "cyan"
 STD_SCALE = 0.5  # heat-map maximum: a class's probability split half and half between the runs
 STD_HIDDEN_BELOW = 0.01  # see-through below this, as in the Slicer overlay
 PANEL_HEIGHT, HEADER, FOOTER, MIN_WIDTH, ROW_HEADER = 4.0, 1.3, 0.75, 8.0, 1.1  # inches
+OVERVIEW_GAP = 0.3  # inches between the whole-head overview and the first side's row
 SIDE_VIEW_MM = 70.0  # a whole head's side is shown in a box this wide around its segmentation
 THICK_SLICES = 1.5  # slices this much thicker than the finest spacing are shown as acquired
 PLANES = ("sagittal", "coronal", "axial")  # by the physical axis across the slice: x (L), y (P), z (S)
@@ -192,10 +195,12 @@ def save_preview(volume, result, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = preview_rows(volume, result)
+    overview = coronal_overview(volume, result)
     panel_height = PANEL_HEIGHT
     row_height = panel_height + (ROW_HEADER if len(rows) > 1 else 0)
     width = MIN_WIDTH + 2.0
-    height = HEADER + len(rows) * row_height + FOOTER
+    overview_height = PANEL_HEIGHT + ROW_HEADER + OVERVIEW_GAP if overview else 0.0
+    height = HEADER + overview_height + len(rows) * row_height + FOOTER
     figure = plt.figure(figsize=(width, height))
     top = 1 - 0.12 / height
     figure.text(0.15 / width, top, volume.name, ha="left", va="top", fontsize=13, fontweight="bold")
@@ -208,8 +213,13 @@ def save_preview(volume, result, path: Path) -> None:
         bottom = FOOTER + (len(rows) - 1 - number) * row_height
         captions.append(_draw_row(figure, row, bottom, panel_height, width, height, result.ensemble.runs,
                                   with_badge=len(rows) > 1))
+    if overview:
+        _draw_overview_row(figure, overview, FOOTER + len(rows) * row_height + OVERVIEW_GAP, width, height)
     header = captions[0] if len(rows) == 1 else "both hippocampi of a whole head, one row per side"
     figure.text(0.15 / width, top - 0.35 / height, f"{header}, radiological view", ha="left", va="top", fontsize=10)
+    if result.thick_slices:
+        figure.text(0.15 / width, top - 0.85 / height, textwrap.fill(f"Note: {result.thick_slices}.", 120),
+                    ha="left", va="top", fontsize=10, fontweight="bold", color="#b35900")
     explanation = result.quality.explanation
     figure.text(0.15 / width, 0.38 / height, f"Light: {explanation}.", ha="left", va="bottom", fontsize=9)
     figure.text(0.15 / width, 0.1 / height, "NQM: the runs' summed standard deviation over their summed "
@@ -219,6 +229,20 @@ def save_preview(volume, result, path: Path) -> None:
             figure.savefig(temporary, dpi=90)
     finally:
         plt.close(figure)
+
+
+def _draw_overview_row(figure, overview, bottom: float, width: float, height: float) -> None:
+    """The whole head's overview panel with its title above it, at ``bottom`` inches."""
+    left, right, low, high = overview.extent
+    panel_width = min(width - 0.6, PANEL_HEIGHT * (right - left) / (high - low))
+    ax = figure.add_axes([(width - panel_width) / 2 / width, bottom / height, panel_width / width,
+                          PANEL_HEIGHT / height])
+    draw_overview(ax, overview, OUTLINE_COLOR)
+    row_top = (bottom + PANEL_HEIGHT + ROW_HEADER - 0.1) / height
+    figure.text(0.15 / width, row_top, f"Where it looked: {overview.caption()}", ha="left", va="top",
+                fontsize=11, fontweight="bold")
+    figure.text(0.15 / width, row_top - 0.3 / height, "each side's search box outlined in the colour of its "
+                "light, the segmentation in cyan", ha="left", va="top", fontsize=10)
 
 
 def _draw_row(figure, row: Row, bottom: float, panel_height: float, width: float, height: float, runs: int,

@@ -104,6 +104,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
         seconds=time.perf_counter() - started,
         largest_component_only=bundle.postprocessing.largest_component,
         grid=grid.change,
+        input_spacing=None if spacing is None else tuple(spacing),
         sides=[SideResult(choice.side, choice.reason, ensemble.nqm, quality,
                           int(np.count_nonzero(ensemble.labels)), None, list(range(1, len(bundle.config.labels) + 1)))],
         labels=label_names(bundle.config.labels, choice.side),
@@ -158,6 +159,7 @@ def segment_image(
         sides=head.sides,
         labels=head.labels,
         registration=registration,
+        input_spacing=tuple(image.GetSpacing()),
     )
 
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .ensemble import EnsembleResult
 from ..space.grid import GridChange
 from ..quality.nqm import Quality
+
+
+THICK_SLICE_MM = 3.0  # coarser than this, the hippocampus (a few mm across) is poorly sampled
 
 
 @dataclass
@@ -52,10 +55,19 @@ class SegmentationResult:
     sides: List[SideResult] = field(default_factory=list)
     labels: Dict[int, str] = field(default_factory=dict)  # label value -> name
     registration: Optional[Dict[str, Any]] = None  # how a whole scan was matched to the head template
+    input_spacing: Optional[Tuple[float, ...]] = None  # the input's voxel spacing in mm (None: unknown)
 
     @property
     def nqm(self) -> float:
         return self.ensemble.nqm
+
+    @property
+    def thick_slices(self) -> Optional[str]:
+        """A warning when the input's slices are thicker than ``THICK_SLICE_MM``, else None."""
+        if not self.input_spacing or max(self.input_spacing) <= THICK_SLICE_MM:
+            return None
+        return (f"thick slices ({max(self.input_spacing):g} mm, over {THICK_SLICE_MM:g} mm): the hippocampus is "
+                "poorly sampled; a 1 mm 3D T1 is more reliable")
 
     def report(self) -> Dict[str, Any]:
         nqm = self.ensemble.nqm
@@ -74,5 +86,7 @@ class SegmentationResult:
             "grid": None if self.grid is None else self.grid.to_dict(),
             "labels": {str(value): name for value, name in self.labels.items()},
             "registration": self.registration,
+            "largest_spacing_mm": None if not self.input_spacing else round(max(self.input_spacing), 4),
+            "thick_slices": self.thick_slices,
             "sides": [side.report() for side in self.sides],
         }

@@ -17,8 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputImageError
+from .freesurfer import FREESURFER_SUFFIXES, is_freesurfer_file, read_freesurfer
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") + FREESURFER_SUFFIXES
 # Intensities are scaled by a power of two (exact) when their magnitude leaves this
 # range, so that float32 neither overflows nor loses them to underflow.
 SAFE_MAGNITUDE = (2.0**-100, 2.0**100)
@@ -79,6 +80,8 @@ def _read_image(path: Path) -> sitk.Image:
         return _read_dicom(path)
     if path.stat().st_size == 0:
         raise InputImageError(f"{path}: file is empty")
+    if is_freesurfer_file(path):
+        return read_freesurfer(path)
     _check_nifti_complete(path)
     with _captured_stderr() as captured:
         try:
@@ -134,7 +137,7 @@ def _itk_reason(error: Exception, printed: str = "") -> str:
     """The informative part of a SimpleITK/ITK error message (and of what ITK printed)."""
     text = str(error)
     if "Unable to determine ImageIO reader" in text:
-        return "not a recognised image file (NIfTI, NRRD, MetaImage or DICOM) or corrupt"
+        return "not a recognised image file (NIfTI, NRRD, MetaImage, FreeSurfer MGH or DICOM) or corrupt"
     lines = [line.strip().replace("sitk::ERROR: ", "") for line in (printed + "\n" + text).splitlines()]
     useful = [line for line in lines if line and ".cxx:" not in line and not line.startswith("Exception thrown")]
     hints = [line for line in useful if any(w in line for w in ("expected", "not read completely", "fread", "ideal"))]

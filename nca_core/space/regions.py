@@ -88,12 +88,14 @@ class Region:
         return where, np.stack(pasted)
 
     def to_dict(self) -> Dict[str, object]:
-        """The box for reports: centre (LPS mm), size (voxels), spacing, whether mirrored."""
+        """The box for reports: centre (LPS mm), size (voxels), spacing, direction (9 row-major
+        LPS cosines, ITK's order), whether mirrored."""
         centre = self.grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in self.grid.GetSize()])
         return {
             "centre_lps_mm": [round(c, 1) for c in centre],
             "size": list(self.shape),
             "spacing_mm": [round(s, 4) for s in self.grid.GetSpacing()],
+            "direction": [round(d, 6) for d in self.grid.GetDirection()],
             "mirrored": self.mirrored,
         }
 
