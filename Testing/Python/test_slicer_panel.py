@@ -406,6 +406,14 @@ def _run(panel, timeout=240):
     assert panel._job is None, "the job did not end"
 
 
+def _segment_ml(segmentationNode, volume) -> float:
+    """The first segment's volume in mL on the volume's voxels."""
+    segmentId = segmentationNode.GetSegmentation().GetNthSegmentID(0)
+    voxels = int(slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume).sum())
+    spacing = volume.GetSpacing()
+    return voxels * spacing[0] * spacing[1] * spacing[2] / 1000
+
+
 def _outputs(scene):
     return scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
 
@@ -432,6 +440,9 @@ def test_apply_runs_the_job_and_shows_the_result_and_the_light(module, scene):
     nqm = float(panel.ui.nqmLabel.text.removeprefix("NQM: "))
     assert nqm < load("hippocampus").calibration.nqm_threshold
     assert panel.ui.lightTitleLabel.text == display.light_title("green")
+    table = panel.ui.volumesLabel.text  # the side's volume, the runs' interval and the light in one row
+    assert table.count("<tr>") == 2 and "Right" in table and f"{_segment_ml(p.outputSegmentation, volume):.2f} mL" in table
+    assert "SD" in table and panel.ui.lightTitleLabel.text in table
     assert "Done in" in panel.ui.statusLabel.text
     assert not panel.ui.progressBar.visible and panel.ui.inputsCollapsibleButton.enabled
     first = p.outputSegmentation
