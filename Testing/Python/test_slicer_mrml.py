@@ -269,7 +269,11 @@ def test_a_whole_head_gives_two_named_sides_each_on_its_own_side(scene, wholehea
     names = sorted(segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments()))
     assert names == ["Left hippocampus", "Right hippocampus"]
     assert sorted(side["side"] for side in result.sides) == ["left", "right"]
-    assert all(side["quality"] in ("green", "yellow", "red", "unknown") for side in result.sides)
+    # Colin 27's runs agree on both sides (NQM about 0.03): below the model's calibrated
+    # threshold, so each side is green, and so is the overall light
+    threshold = registry.load("hippocampus").calibration.nqm_threshold
+    assert all(side["quality"] == "green" and side["nqm"] < threshold for side in result.sides), result.sides
+    assert result.light == "green"
     assert "Left:" in result.summary() and "Right:" in result.summary()
     assert "Left volume:" in result.summary() and "eTIV" in result.summary()
     voxel_mm3 = float(np.prod(volume.GetSpacing()))
