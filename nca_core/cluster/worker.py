@@ -59,13 +59,17 @@ def file_sha256(path: Path) -> str:
 
 
 class CaseWorker(WorkerPlugin):
-    """Worker plugin: PyTorch threads = the worker's threads (set before torch loads), and the
-    resource that lets the scheduler give the worker one case at a time."""
+    """Worker plugin: PyTorch's and ITK's threads = the worker's threads (torch's set before it
+    loads), and the resource that lets the scheduler give the worker one case at a time."""
 
     name = PLUGIN_NAME
 
     async def setup(self, worker) -> None:
+        import SimpleITK as sitk
+
+        os.environ["MKL_NUM_THREADS"] = str(worker.state.nthreads)  # Dask's nanny sets 1; torch reads it too
         use_threads(worker.state.nthreads)
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(worker.state.nthreads)  # head localisation
         await worker.set_resources(**{CASE_RESOURCE: 1})
 
 
@@ -103,8 +107,9 @@ def remove_stale_temporaries(outdir: Path, case: str) -> None:
 def segment_on_worker(path: str, job: CaseJob) -> "CaseOutcome":
     """One case on a worker; a failure is returned as a failed outcome. A case whose outputs
     are complete (an earlier try of this cohort finished it before its worker died) is not redone."""
-    use_threads(get_worker().state.nthreads)
     from ..batch import CaseOutcome, is_done, outcome_from_report, segment_case
+
+    use_threads(get_worker().state.nthreads)  # torch is loaded now: its threads set directly
     from ..errors import NCAError
     from ..imaging import case_name
     from ..outputs import output_paths
