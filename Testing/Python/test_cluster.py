@@ -18,10 +18,10 @@ import SimpleITK as sitk
 
 distributed = pytest.importorskip("distributed", reason="the cluster extra (Dask distributed) is not installed")
 
-from nca_core.cluster.connect import require_distributed
-from nca_core.cluster.jobqueue import JobQueueConfig
-from nca_core.cluster.progress import CohortProgress
-from nca_core.cluster.spec import ADDRESS, JOBQUEUE, LOCAL, ClusterSpec, cluster_spec
+from nca_core.cli.cluster.connect import require_distributed
+from nca_core.cli.cluster.jobqueue import JobQueueConfig
+from nca_core.cli.cluster.progress import CohortProgress
+from nca_core.cli.cluster.spec import ADDRESS, JOBQUEUE, LOCAL, ClusterSpec, cluster_spec
 from nca_core.errors import NCAError
 
 from nca_helpers import run_cli
@@ -94,9 +94,9 @@ class KillOnce(distributed.WorkerPlugin):
         self.case, self.marker = case, marker
 
     def setup(self, worker) -> None:
-        import nca_core.outputs
+        import nca_core.cli.outputs as outputs
 
-        original = self.original = nca_core.outputs.write_image
+        original = self.original = outputs.write_image
 
         def write_image(image, filename):
             if Path(filename).name.startswith(f".{self.case}_variance") and not os.path.exists(self.marker):
@@ -104,12 +104,12 @@ class KillOnce(distributed.WorkerPlugin):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(image, filename)
 
-        nca_core.outputs.write_image = write_image
+        outputs.write_image = write_image
 
     def teardown(self, worker) -> None:
-        import nca_core.outputs
+        import nca_core.cli.outputs as outputs
 
-        nca_core.outputs.write_image = self.original
+        outputs.write_image = self.original
 
 
 def test_a_worker_killed_mid_case_loses_nothing(cohort, scheduler, tmp_path, capsys):
@@ -181,6 +181,25 @@ def test_a_stopped_cohort_resumes_with_only_its_unfinished_cases(cohort, schedul
     assert sorted(line.split(":")[0] for line in out.splitlines()) == sorted({f"case{i}" for i in range(6)} - done)
     summary = {r["case"]: r["status"] for r in rows(outdir)}
     assert summary == {f"case{i}": "skipped" if f"case{i}" in done else "ok" for i in range(6)}
+
+
+WORKER_THREADS = """
+import asyncio, os, types
+os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")  # what Dask's nanny gives a worker process
+from nca_core.cli.cluster.worker import CaseWorker
+async def set_resources(**resources): pass
+worker = types.SimpleNamespace(state=types.SimpleNamespace(nthreads=2), set_resources=set_resources)
+asyncio.run(CaseWorker().setup(worker))
+import torch, SimpleITK
+print(torch.get_num_threads(), SimpleITK.ProcessObject.GetGlobalDefaultNumberOfThreads())
+"""
+
+
+def test_a_worker_of_two_threads_runs_torch_and_itk_on_two_threads():
+    expected = min(2, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
+    result = subprocess.run([sys.executable, "-c", WORKER_THREADS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(expected), "2"]
 
 
 def test_cluster_option_values():
