@@ -223,19 +223,23 @@ def test_without_dask_the_option_says_what_to_install(monkeypatch):
         require_distributed()
 
 
-def test_slurm_config_becomes_the_job_script(tmp_path):
+def test_the_documented_slurm_config_becomes_its_job_script(tmp_path):
+    """The ``slurm.yaml`` of docs/scale.md, read as ``--cluster slurm.yaml`` reads it."""
     pytest.importorskip("dask_jobqueue")
-    config = tmp_path / "slurm.yaml"
-    config.write_text("queue: cpu\naccount: lab\ncores: 8\nprocesses: 4\nmemory: 16GB\nwalltime: '01:00:00'\n"
-                      "jobs: 3\n")
-    read = JobQueueConfig.read(config)
-    assert (read.system, read.jobs, read.arguments["processes"]) == ("slurm", 3, 4)
-    assert cluster_spec(str(config)) == ClusterSpec(JOBQUEUE, config=config)
     import dask_jobqueue
 
+    from conftest import REPOSITORY
+
+    doc = (REPOSITORY / "docs" / "scale.md").read_text(encoding="utf-8")
+    config = tmp_path / "slurm.yaml"
+    config.write_text(doc.split("```yaml\n")[1].split("```")[0])
+    assert cluster_spec(str(config)) == ClusterSpec(JOBQUEUE, config=config)
+    read = JobQueueConfig.read(config)
+    assert (read.system, read.adapt) == ("slurm", {"minimum_jobs": 0, "maximum_jobs": 20})
     with dask_jobqueue.SLURMCluster(**read.arguments, scheduler_options={"dashboard_address": ":0"}) as cluster:
         script = cluster.job_script()
-    for line in ("#SBATCH -p cpu", "#SBATCH -A lab", "#SBATCH -t 01:00:00", "--nworkers 4", "--nthreads 2"):
+    for line in ("#SBATCH -p cpu", "#SBATCH -A my-lab", "#SBATCH -t 04:00:00", "--nworkers 16", "--nthreads 2",
+                 "--lifetime 3h50m", "source /shared/m3dnca/.venv/bin/activate"):
         assert line in script
     for text, problem in (("jobs: 0\n", "jobs must be"), ("system: cloud\n", "system 'cloud'"), ("- a\n", "mapping")):
         config.write_text(text)

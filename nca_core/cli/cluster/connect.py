@@ -64,7 +64,7 @@ def _local(spec: ClusterSpec, worker_memory: str):
         memory = MEMORY_LIMIT // processes if worker_memory == "auto" else parse_bytes(worker_memory)
     except ValueError:
         raise NCAError(f"--worker-memory {worker_memory!r}: not a size (e.g. 3GB, 1500MB)") from None
-    dashboard = ":8787" if importlib.util.find_spec("bokeh") else None
+    dashboard = ":8787" if importlib.util.find_spec("bokeh") else ":0"  # without bokeh: only its HTTP server
     cluster = LocalCluster(n_workers=processes, threads_per_worker=threads, processes=True, memory_limit=memory,
                            dashboard_address=dashboard, silence_logs=logging.ERROR)
     thread_text = "thread" if threads == 1 else "threads"
