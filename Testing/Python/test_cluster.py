@@ -38,6 +38,16 @@ def cohort(hippocampus_dir, tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module", autouse=True)
+def environment():
+    """This process's environment back as it was: Dask's nanny sets OMP_NUM_THREADS=1,
+    MKL_NUM_THREADS=1 ... in the process that spawns its workers."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def scheduler():
     """A LocalCluster of 2 single-thread worker processes, joined by address (``--cluster tcp://``)."""
@@ -69,9 +79,11 @@ def image(path: Path) -> np.ndarray:
 def test_two_single_thread_workers_give_the_serial_outputs(cohort, tmp_path, capsys, one_thread):
     code, _, _ = run_cli(capsys, "segment", cohort, "-o", tmp_path / "serial", "--runs", RUNS, "--threads", "1")
     assert code == 0
+    environment = dict(os.environ)
     code, out, err = run_cli(capsys, "segment", cohort, "-o", tmp_path / "cluster", "--runs", RUNS,
                              "--cluster", "local:2x1")
     assert code == 0, err
+    assert dict(os.environ) == environment  # the command leaves this process's environment as it was
     assert err[0].startswith("m3dnca: 3 cases on a local Dask cluster of 2 x 1 thread (processes x threads), ")
     serial, cluster = rows(tmp_path / "serial"), rows(tmp_path / "cluster")
     drop = ("seconds",)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from ...errors import NCAError
 from .jobqueue import JobQueueConfig
@@ -37,6 +38,7 @@ def connect(spec: ClusterSpec, worker_memory: str = "auto") -> Iterator[Connecti
     from distributed import Client
 
     with contextlib.ExitStack() as stack:
+        stack.callback(_restore, dict(os.environ))  # Dask's nanny sets OMP/MKL_NUM_THREADS=1 here as it spawns
         if spec.kind == ADDRESS:
             try:
                 client = Client(spec.address, timeout=CONNECT_TIMEOUT)
@@ -51,6 +53,12 @@ def connect(spec: ClusterSpec, worker_memory: str = "auto") -> Iterator[Connecti
             client = Client(cluster)
         stack.callback(client.close)
         yield Connection(client, description, _dashboard(client))
+
+
+def _restore(environment: Dict[str, str]) -> None:
+    """This process's environment as it was (callers of the API and later torch imports see theirs)."""
+    os.environ.clear()
+    os.environ.update(environment)
 
 
 def _local(spec: ClusterSpec, worker_memory: str):
