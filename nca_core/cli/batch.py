@@ -22,6 +22,7 @@ from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
 from .outputs import output_paths, write_outputs
 from ..inference.pipeline import locates_hippocampi, segment_image
+from ..inference.volumes import VolumeSummary, csv_columns, volume_text
 
 SUMMARY = "summary.csv"
 REPORT_SUFFIX = output_paths(Path(), "")["report"].name  # CASE_report.json
@@ -38,6 +39,7 @@ class CaseOutcome:
     predicted_dice: Optional[float] = None
     seconds: Optional[float] = None
     note: str = ""  # what the reader must know about a result (thick slices)
+    volumes: Optional[VolumeSummary] = None
 
 
 @dataclass
@@ -55,7 +57,9 @@ def describe(outcome: CaseOutcome) -> str:
     """One line per case (a second for its note); a failed case's line is its error message (it names the file)."""
     if outcome.status == "ok":
         nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
-        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
+        volumes = "; ".join(volume_text(side) for side in outcome.volumes.sides) if outcome.volumes else ""
+        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)" + (
+            f"; {volumes}" if volumes else "")
         return f"{line}\n{outcome.case}: note: {outcome.note}" if outcome.note else line
     if outcome.status == "failed":
         return f"error: {outcome.message}"
@@ -181,7 +185,7 @@ def segment_case(path: Path, outdir: Path, bundle: ModelBundle, options: Segment
         return CaseOutcome(name, str(path), "failed", _naming(message, path, outdir))
     report = result.report()
     return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
-                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "")
+                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "", result.volumes)
 
 
 def skipped_outcome(report: Path, path: Path) -> CaseOutcome:
@@ -226,13 +230,19 @@ def _naming(message: str, path: Path, outdir: Path) -> str:
 
 
 def write_summary(outcomes: Sequence[CaseOutcome], outdir: Path) -> Path:
-    """``summary.csv``: one row per case with its status, written atomically."""
+    """``summary.csv``: one row per case with its status and volume columns (``volumes.csv_columns``;
+    a class's column where a case has one), written atomically."""
     buffer = io.StringIO()
-    fields = list(asdict(CaseOutcome("", "", "")).keys())
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
+    rows = []
     for outcome in outcomes:
-        writer.writerow(asdict(outcome))
+        row = {key: value for key, value in asdict(outcome).items() if key != "volumes"}
+        rows.append(dict(row, **csv_columns(outcome.volumes)))
+    fields = list(rows[0]) if rows else [key for key in asdict(CaseOutcome("", "", "")) if key != "volumes"]
+    fields += [key for row in rows for key in row if key not in fields]
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(fields)), restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
     path = Path(outdir) / SUMMARY
     write_text(path, buffer.getvalue())
     return path
@@ -241,7 +251,7 @@ def write_summary(outcomes: Sequence[CaseOutcome], outdir: Path) -> Path:
 def rebuild_summary(outdir: Path) -> Path:
     """``summary.csv`` anew from the reports of the finished cases in ``outdir`` (status ok),
     e.g. after a run that was stopped before it wrote its summary; raises NCAError when there
-    are none."""
+    are none. The volume columns stay empty (a report's volumes are not read back yet)."""
     reports = sorted(p for p in Path(outdir).glob(f"*{REPORT_SUFFIX}") if is_done(p))
     if not reports:
         raise NCAError(f"{outdir}: no finished case (no *{REPORT_SUFFIX} listing its outputs)")
