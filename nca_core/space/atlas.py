@@ -70,6 +70,11 @@ class HeadAtlas:
         return sitk.Cast(self.template > 0, sitk.sitkUInt8)
 
     @functools.cached_property
+    def brain_rim_mask(self) -> sitk.Image:
+        """The brain and 4 mm around it (the dark rim a skull-stripped scan also has)."""
+        return sitk.Cast(sitk.BinaryDilate(self.brain_mask, [2] * 3), sitk.sitkUInt8)
+
+    @functools.cached_property
     def head_mask(self) -> sitk.Image:
         """The head template's head and a rim of air around it (where the metric looks)."""
         return sitk.Cast(sitk.BinaryDilate(sitk.OtsuThreshold(self.head, 0, 1), [2] * 3), sitk.sitkUInt8)

@@ -17,7 +17,7 @@ from typing import List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .atlas import HeadAtlas, composed
+from .atlas import composed
 
 POSE_SPACING = 4.0  # mm: the grid the head template and the scan are compared on
 TOP_TO_BRAIN_MM = 65.0  # from the top of the head down to the brain's centre (adults, about)
@@ -48,9 +48,13 @@ def on_grid(image: sitk.Image, spacing: float) -> sitk.Image:
                          [spacing] * 3, image.GetDirection(), 0.0, sitk.sitkFloat32)
 
 
-def find_head_pose(scan: sitk.Image, atlas: HeadAtlas) -> HeadPose:
-    """The head template fitted onto ``scan`` (float32 on the ``POSE_SPACING`` grid)."""
-    head, mask = atlas.head, atlas.head_mask
+def find_head_pose(scan: sitk.Image, head: sitk.Image, mask: sitk.Image, orientations: int = 1) -> List[HeadPose]:
+    """The template ``head`` (compared inside ``mask``) fitted onto ``scan`` (float32 on the
+    ``POSE_SPACING`` grid): the whole-head template, or for a skull-stripped scan the brain's.
+
+    Returns a fit from each of the ``orientations`` best-scoring orientations, best first (a
+    brain alone scores its front and back alike at 8 mm; a head with its face does not).
+    """
     template_points, scan_points = head_points(head), head_points(scan)
     coarse = metric(sitk.BinShrink(mask, [2] * 3), [1], [0.0])
     small_head, small_scan = sitk.BinShrink(head, [2] * 3), sitk.BinShrink(scan, [2] * 3)
@@ -61,9 +65,14 @@ def find_head_pose(scan: sitk.Image, atlas: HeadAtlas) -> HeadPose:
         return coarse.MetricEvaluate(small_head, small_scan), start
 
     ranked = sorted((score(rotation)[0], index) for index, rotation in enumerate(ROTATIONS))
-    tilted = [score(ROTATIONS[index] @ turn(0, pitch) @ turn(1, roll))
-              for _, index in ranked[:BEST_ORIENTATIONS] for pitch in TILTS for roll in TILTS]
-    start = min(tilted, key=lambda item: item[0])[1]
+    best = [min((score(ROTATIONS[index] @ turn(0, pitch) @ turn(1, roll)) for pitch in TILTS for roll in TILTS),
+                key=lambda item: item[0]) for _, index in ranked[:BEST_ORIENTATIONS]]
+    best.sort(key=lambda item: item[0])
+    return [_fitted(head, scan, mask, start) for _, start in best[:orientations]]
+
+
+def _fitted(head: sitk.Image, scan: sitk.Image, mask: sitk.Image, start: sitk.Transform) -> HeadPose:
+    """``start`` refined rigidly, then affinely, at 8 and 4 mm."""
     residual: sitk.Transform = sitk.Euler3DTransform()  # fitted after ``start`` (no 180° turn to optimise)
     for stage in (sitk.VersorRigid3DTransform(), sitk.AffineTransform(3)):
         stage.SetCenter(start.GetCenter())

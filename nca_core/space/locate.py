@@ -20,6 +20,10 @@ from .regions import SIDES, Region, box_grid, fraction_inside
 
 # The head template must match a scan this well (Pearson r over the head) for it to be a head.
 MIN_HEAD_CORRELATION = 0.3
+# Heads with skull, face and neck match the head template better than this (IXI: 0.77-0.83);
+# below it the scan may be a brain without skull, whose pose the brain template is also asked for.
+WHOLE_HEAD_CORRELATION = 0.65
+BRAIN_ORIENTATIONS = 3  # a brain's pose is fitted from this many orientations, the brain fit judges
 # A brain fit this good (r inside the brain) is trusted; below it the light is at most yellow.
 MIN_CORRELATION = 0.5
 # Below this the head's brain does not look T1-weighted (T2, FLAIR and CT correlate near 0 or below).
@@ -84,7 +88,8 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     """
     if progress:
         progress("registration", 0, 2)
-    pose = find_head_pose(on_grid(image, POSE_SPACING), atlas)
+    pose_scan = on_grid(image, POSE_SPACING)
+    pose = find_head_pose(pose_scan, atlas.head, atlas.head_mask)[0]
     if pose.correlation < MIN_HEAD_CORRELATION:
         raise InputImageError(
             "this is neither a hippocampus crop nor a whole-head T1 MRI: it does not match the head template "
@@ -93,10 +98,13 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     if progress:
         progress("registration", 1, 2)
     scan = on_grid(image, BRAIN_SPACING)
-    start = composed(pose.transform, atlas.template_to_head)
-    fitted = _fit_brain(atlas, scan, start)
-    fits = [(correlation(atlas.template, scan, atlas.brain_mask, t), t) for t in (fitted, start)]
-    brain_r, transform = max(fits, key=lambda item: item[0])  # the fit only if it improved the match
+    starts = [composed(pose.transform, atlas.template_to_head)]
+    if pose.correlation < WHOLE_HEAD_CORRELATION:  # maybe a brain without skull: its pose from the brain
+        starts += [brain.transform for brain in find_head_pose(pose_scan, atlas.template, atlas.brain_rim_mask,
+                                                               BRAIN_ORIENTATIONS)]
+    fits = [(correlation(atlas.template, scan, atlas.brain_mask, t), t)
+            for start in starts for t in (_fit_brain(atlas, scan, start), start)]
+    brain_r, transform = max(fits, key=lambda item: item[0])  # a fit only where it improved the match
     if brain_r < MIN_T1_CORRELATION:
         raise InputImageError(
             f"this head does not look like a T1-weighted MRI (its brain correlates {brain_r:.2f} with the T1 "
