@@ -9,6 +9,8 @@ text (the command line, the Slicer panel, the console, a job file) and checked a
   step (no randomness, so the light has no verdict).
 - ``steps``: None = the model's own; one count per level, 0..MAX_STEPS ("10,10" as text).
 - ``side``: auto | left | right; ``locate``: auto | head | none (see ``pipeline.segment_image``).
+- ``engine``: auto | torch | fused: how each NCA step runs (``fused.choose_engine``); auto takes
+  the fused CPU kernels where numba is installed and the model fits them, else torch.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from .errors import NCAError
 DEVICE_NAMES = {"auto": "auto", "cpu": "cpu", "cuda": "cuda", "gpu": "cuda"}
 SIDE_CHOICES = ("auto", "left", "right")
 LOCATE_CHOICES = ("auto", "head", "none")
+ENGINE_CHOICES = ("auto", "torch", "fused")  # fused.choose_engine says what each means
 
 
 def check_side(side: str) -> str:
@@ -33,6 +36,12 @@ def check_locate(locate: str) -> str:
     if locate not in LOCATE_CHOICES:
         raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {locate!r}")
     return locate
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINE_CHOICES:
+        raise NCAError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
+    return engine
 
 
 def parse_steps(value: Union[None, str, Sequence[int]]) -> Optional[List[int]]:
@@ -68,6 +77,7 @@ class SegmentSettings:
     steps: Optional[List[int]] = None
     side: str = "auto"
     locate: str = "auto"
+    engine: str = "auto"
 
     @classmethod
     def parse(cls, **values: Any) -> "SegmentSettings":
@@ -89,6 +99,7 @@ class SegmentSettings:
         self.steps = parse_steps(self.steps)
         check_side(self.side)
         check_locate(self.locate)
+        check_engine(self.engine)
         return self
 
     def check(self, levels: int) -> "SegmentSettings":
@@ -107,4 +118,4 @@ class SegmentSettings:
     def engine_arguments(self) -> Dict[str, Any]:
         """Keywords of ``pipeline.segment_image`` (besides the image, model bundle and name)."""
         return {"runs": self.runs, "seed": self.seed, "device": self.device, "fire_rate": self.fire_rate,
-                "steps": self.steps, "side": self.side, "locate": self.locate}
+                "steps": self.steps, "side": self.side, "locate": self.locate, "engine": self.engine}

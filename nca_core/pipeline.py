@@ -40,6 +40,7 @@ def segment_array(
     spacing: Optional[Sequence[float]] = None,
     direction: Optional[Sequence[float]] = None,
     side: str = "auto",
+    engine: str = "auto",
 ) -> SegmentationResult:
     """Run the pseudo-ensemble on a raw (X, Y, Z) crop and judge its quality.
 
@@ -72,7 +73,8 @@ def segment_array(
     def ensemble_of(volume: np.ndarray, count: int, first: int = 0,
                     on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
         return _ensemble(bundle, volume, shape, runs=count, seed=seed, fire_rate=fire_rate, steps=steps,
-                         device=device, progress=on_progress, should_cancel=should_cancel, first_run=first)
+                         device=device, progress=on_progress, should_cancel=should_cancel, first_run=first,
+                         engine=engine)
 
     probes: Dict[bool, EnsembleResult] = {}
 
@@ -120,6 +122,7 @@ def segment_image(
     locate: str = "auto",
     progress: Optional[StepProgress] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
+    engine: str = "auto",
 ) -> SegmentationResult:
     """Segment a scalar volume with its geometry: the one entry point from an image.
 
@@ -135,7 +138,7 @@ def segment_image(
         return segment_array(
             sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, model_name, runs=runs, seed=seed,
             device=device, fire_rate=fire_rate, steps=steps, side=side, spacing=image.GetSpacing(),
-            direction=image.GetDirection(), should_cancel=should_cancel,
+            direction=image.GetDirection(), should_cancel=should_cancel, engine=engine,
             progress=(lambda done, total: progress("segmentation", done, total)) if progress else None)
     started = time.perf_counter()
     device = pick_device(device)
@@ -148,7 +151,7 @@ def segment_image(
 
     def ensemble_of(crop: np.ndarray, _side: str, on_progress: Optional[ProgressCallback]) -> EnsembleResult:
         return _ensemble(bundle, crop, shape, runs=runs, seed=seed, fire_rate=fire_rate, steps=steps, device=device,
-                         progress=on_progress, should_cancel=should_cancel)
+                         progress=on_progress, should_cancel=should_cancel, engine=engine)
 
     combined, per_side, names = segment_regions(scan, regions, bundle, ensemble_of,
                                                 lambda ensemble: judge(ensemble, bundle, runs, fire_rate), progress)

@@ -53,7 +53,8 @@ def evaluate_cases(
         image = case.image if artifact == "none" else degrade(case.image, artifact, settings.seed + index)
         segmentation = segment_array(image, bundle, "", runs=settings.runs, seed=settings.seed, device=settings.device,
                                      fire_rate=settings.fire_rate, steps=settings.steps, side=settings.side,
-                                     spacing=case.volume.spacing, direction=case.volume.reference.GetDirection())
+                                     spacing=case.volume.spacing, direction=case.volume.reference.GetDirection(),
+                                     engine=settings.engine)
         result, quality = segmentation.ensemble, segmentation.quality  # on the case's own voxels, as users get it
         rows.append(CaseEvaluation(
             case=case.name, artifact=artifact,
