@@ -189,8 +189,8 @@ def main() -> int:
         return 1
     import numba
 
-    print(f"fused kernels ready in {time.perf_counter() - started:.1f} s (numba {numba.__version__}, "
-          f"threading layer after first use; cache: {module.plane_update.stats.cache_path})")
+    print(f"fused kernels ready in {time.perf_counter() - started:.1f} s (numba {numba.__version__}; "
+          f"cache folder {module.plane_update._cache._cache_path})")
     return 0
 
 

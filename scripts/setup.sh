@@ -3,6 +3,7 @@
 # Usage: scripts/setup.sh [cuda] [EXTRAS]
 #   Default: PyTorch's CPU build (one ~190 MB wheel): inference runs well on the CPU.
 #   cuda: the build on pip's ordinary index (on Linux: CUDA, ~3 GB with its nvidia-* and triton wheels).
+#   EXTRAS: e.g. fast (numba: the fused CPU engine), train, test, or "fast,train".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=cpu
