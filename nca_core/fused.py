@@ -100,12 +100,15 @@ class _Level:
         runs, width = shape[0], 2 * shape[2]
         self.means = np.empty((runs * nx, width), np.float64)
         self.scatters = np.empty((runs * nx, width, width), np.float64)
+        # consecutive planes per task (each source plane padded once), yet 8+ tasks per thread
+        self.planes_per_task = int(max(1, min(8, runs * nx // (8 * _threads()))))
 
     def folding(self, state: np.ndarray, parked: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Per run: fc0 with BatchNorm folded in (R, 2C, H) and the shift (R, H), float32;
         the filtered perception is left in ``parked``."""
         k = kernels()
-        k.plane_moments(state, parked, *self.tables, self.weight, self.bias, self.means, self.scatters)
+        k.plane_moments(state, parked, *self.tables, self.weight, self.bias, self.planes_per_task, self.means,
+                        self.scatters)
         runs, nx = state.shape[0], state.shape[1]
         cells = state.shape[3] * state.shape[4]
         means = self.means.reshape(runs, nx, -1)
@@ -178,6 +181,12 @@ def _match_threads() -> None:
     import numba
 
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def main() -> int:

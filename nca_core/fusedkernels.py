@@ -30,7 +30,7 @@ WIDTH = 2 * CHANNELS
 _STATE = "float32[:, :, :, :, ::1]"
 _VEC_F = "float32[::1]"
 _VEC_I = "int64[::1]"
-_MOMENTS_SIG = (f"void({_STATE}, {_STATE}, {_VEC_I}, {_VEC_I}, {_VEC_I}, float32[:, :, :, ::1], {_VEC_F}, "
+_MOMENTS_SIG = (f"void({_STATE}, {_STATE}, {_VEC_I}, {_VEC_I}, {_VEC_I}, float32[:, :, :, ::1], {_VEC_F}, int64, "
                 f"float64[:, ::1], float64[:, :, ::1])")
 _UPDATE_SIG = (f"void({_STATE}, {_STATE}, float32[:, :, ::1], float32[:, ::1], float32[:, ::1], "
                f"int64[::1], int64)")
@@ -53,29 +53,29 @@ def fires(key, cell, threshold):
 
 
 @njit(cache=True, fastmath=FLAGS, inline="always")
-def _pad_planes(state, r, x, rx, ry, rz, k, padded):
-    """``padded`` (k, C, (Y+2p)*(Z+2p)): run ``r``'s source planes of plane ``x``, reflected
-    at the volume's borders, rows of padded width."""
-    pad = k // 2
+def _pad_plane(state, r, q, rx, ry, rz, pad, padded):
+    """Padded plane ``q`` (X coordinate + pad) of run ``r`` into its ring slot ``padded[q % k]``
+    (C, (Y+2p)*(Z+2p)): reflected at the volume's borders, rows of padded width."""
     ny, nz = state.shape[3], state.shape[4]
     wide = nz + 2 * pad
-    for dx in range(k):
-        sx = rx[x + dx]
-        for c in range(CHANNELS):
-            target = padded[dx, c]
-            for yp in range(ny + 2 * pad):
-                source = state[r, sx, c, ry[yp]]
-                row = yp * wide
-                for z in range(nz):
-                    target[row + pad + z] = source[z]
-                for zp in range(pad):
-                    target[row + zp] = source[rz[zp]]
-                    target[row + pad + nz + zp] = source[rz[pad + nz + zp]]
+    sx = rx[q]
+    slot = padded[q % padded.shape[0]]
+    for c in range(CHANNELS):
+        target = slot[c]
+        for yp in range(ny + 2 * pad):
+            source = state[r, sx, c, ry[yp]]
+            row = yp * wide
+            for z in range(nz):
+                target[row + pad + z] = source[z]
+            for zp in range(pad):
+                target[row + zp] = source[rz[zp]]
+                target[row + pad + nz + zp] = source[rz[pad + nz + zp]]
 
 
 @njit(cache=True, fastmath=FLAGS, inline="always")
-def _convolve(padded, c, weight, bias, wide, out):
-    """``out`` (Y*(Z+2p) - 2p) = bias + the depthwise conv of channel ``c`` on rows of padded
+def _convolve(padded, x, c, weight, bias, wide, out):
+    """``out`` (Y*(Z+2p) - 2p) = bias + the depthwise conv of plane ``x``, channel ``c``, from the
+    ring of padded planes (``_pad_plane``), on rows of padded
     width (the last 2p values of each row are unused); each pass adds a row of k taps (all
     k*k taps of a source plane for k = 3) so that every pass is one contiguous loop."""
     k = weight.shape[1]
@@ -83,7 +83,7 @@ def _convolve(padded, c, weight, bias, wide, out):
     for m in range(count):
         out[m] = bias[c]
     for dx in range(k):
-        rows = padded[dx, c]
+        rows = padded[(x + dx) % k, c]
         if k == 3:
             w = weight[c, dx]
             s0, s1, s2 = rows[0:count], rows[1:count + 1], rows[2:count + 2]
@@ -144,50 +144,65 @@ def _scatter_block(plane, i, j, out):
             out[j + q, i + p] = block[p][q]
 
 
+@njit(cache=True, fastmath=FLAGS, inline="always")
+def _plane_moments(state, parked, r, x, padded, weight, bias, wide, filtered, plane, mean, scatter):
+    """The moments of plane ``x`` of run ``r`` into ``mean`` and ``scatter``; its filtered
+    channels into ``parked[r, x]``."""
+    ny, nz = state.shape[3], state.shape[4]
+    cells = ny * nz
+    for c in range(CHANNELS):
+        _convolve(padded, x, c, weight, bias, wide, filtered)
+        own, seen, target = plane[c], plane[CHANNELS + c], parked[r, x, c]
+        source = state[r, x, c]
+        for y in range(ny):
+            for z in range(nz):
+                own[y * nz + z] = source[y, z]
+                seen[y * nz + z] = filtered[y * wide + z]
+                target[y, z] = filtered[y * wide + z]
+    for i in range(WIDTH):
+        total = 0.0
+        for n in range(cells):
+            total += plane[i, n]
+        mean[i] = total / cells
+        centre = np.float32(total / cells)
+        for n in range(cells):
+            plane[i, n] -= centre
+    for i in range(0, WIDTH, 4):
+        for j in range(i, WIDTH, 4):
+            _scatter_block(plane, i, j, scatter)
+
+
 @njit(_MOMENTS_SIG, parallel=True, cache=True, fastmath=FLAGS)
-def plane_moments(state, parked, rx, ry, rz, weight, bias, means, scatters):
-    """Per task (run, x): ``means[task]`` (2C) and ``scatters[task]`` (2C, 2C), the plane's
-    perception mean and centred scatter matrix (float32 sums per plane, float64 out); the
-    plane's filtered channels go to ``parked[r, x]`` for ``plane_update``."""
+def plane_moments(state, parked, rx, ry, rz, weight, bias, planes_per_task, means, scatters):
+    """Per plane (run r, x): ``means[r * X + x]`` (2C) and ``scatters[r * X + x]`` (2C, 2C), the
+    plane's perception mean and centred scatter matrix (float32 sums per plane, float64 out);
+    its filtered channels go to ``parked[r, x]`` for ``plane_update``. A task takes
+    ``planes_per_task`` planes in a row, padding each source plane once."""
     runs, nx, _, ny, nz = state.shape
     k = weight.shape[1]
     pad = k // 2
     wide = nz + 2 * pad
     cells = ny * nz
-    for task in prange(runs * nx):
-        r = task // nx
-        x = task - r * nx
+    chunks = (nx + planes_per_task - 1) // planes_per_task
+    for task in prange(runs * chunks):
+        r = task // chunks
+        first = (task - r * chunks) * planes_per_task
         padded = np.empty((k, CHANNELS, (ny + 2 * pad) * wide), np.float32)
         filtered = np.empty(ny * wide - 2 * pad, np.float32)
         plane = np.empty((WIDTH, cells), np.float32)
-        _pad_planes(state, r, x, rx, ry, rz, k, padded)
-        for c in range(CHANNELS):
-            _convolve(padded, c, weight, bias, wide, filtered)
-            own, seen, target = plane[c], plane[CHANNELS + c], parked[r, x, c]
-            source = state[r, x, c]
-            for y in range(ny):
-                for z in range(nz):
-                    own[y * nz + z] = source[y, z]
-                    seen[y * nz + z] = filtered[y * wide + z]
-                    target[y, z] = filtered[y * wide + z]
-        for i in range(WIDTH):
-            total = 0.0
-            for n in range(cells):
-                total += plane[i, n]
-            means[task, i] = total / cells
-            centre = np.float32(total / cells)
-            for n in range(cells):
-                plane[i, n] -= centre
-        for i in range(0, WIDTH, 4):
-            for j in range(i, WIDTH, 4):
-                _scatter_block(plane, i, j, scatters[task])
+        for q in range(first, first + k - 1):
+            _pad_plane(state, r, q, rx, ry, rz, pad, padded)
+        for x in range(first, min(first + planes_per_task, nx)):
+            _pad_plane(state, r, x + k - 1, rx, ry, rz, pad, padded)
+            _plane_moments(state, parked, r, x, padded, weight, bias, wide, filtered, plane, means[r * nx + x],
+                           scatters[r * nx + x])
 
 
 @njit(cache=True, fastmath=FLAGS, inline="always")
 def _dense_block(inputs, weight, first, bias, relu, outputs):
     """Rows ``first``..``first+3`` of ``outputs`` (n_out, n) = weight^T f(inputs) + bias, where
     ``inputs`` (n_in, n) and f is ReLU if ``relu``, else the identity. Four outputs and four
-    inputs per pass over the cells."""
+    inputs per pass over the cells (more streams and LLVM stops vectorising the loop)."""
     count = inputs.shape[1]
     o0, o1, o2, o3 = outputs[first], outputs[first + 1], outputs[first + 2], outputs[first + 3]
     for j in range(count):
