@@ -143,13 +143,14 @@ def _level_keys(model: M3DNCA, plan: LevelPlan, batch: int, level: int) -> List[
 def fused_forward(model: M3DNCA, image: torch.Tensor, plan: LevelPlan) -> torch.Tensor:
     """``fastpath.fast_forward(model, image, plan)`` on the fused kernels: the final state
     (B, X, Y, Z, C), channels-last; ``image`` (B, Cin, X, Y, Z) on the CPU."""
-    from .fastpath import _upsample
+    from .fastpath import _upsample, keep_freed_memory
 
     if kernels() is None:
         raise RuntimeError("the fused engine needs numba")
     if plan.patch_sizes and any(p is not None for p in plan.patch_sizes):
         raise ValueError("the fused engine runs whole volumes; patches are for training")
     _match_threads()
+    keep_freed_memory()  # the tasks' plane buffers (100s of KB) would otherwise be mmap'd afresh
     cfg = model.config
     batch, cin = image.shape[0], cfg.input_channels
     source = image[:1] if image.stride(0) == 0 or batch == 1 else image
