@@ -27,8 +27,7 @@ from M3DNCASegmentLib import display, options
 from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob
 from M3DNCASegmentLib.logic import M3DNCASegmentResult, SegmentLogic  # noqa: F401  (console API)
 from M3DNCASegmentLib.panel import Panel
-
-DEFAULT_MODEL = "hippocampus"
+from nca_core.modelfile.registry import DEFAULT_MODEL
 
 
 class M3DNCASegment(ScriptedLoadableModule):
@@ -57,7 +56,8 @@ class M3DNCASegmentParameterNode:
     roi - the markups ROI for region roi; side - auto, left or right.
     model - shipped model name or path to a .m3dnca file (kept in sync with the model combo box).
     runs, device, seed, fireRate (0 = the model's own), steps ("" = the model's own, else "10,10").
-    overlayOpacity - opacity of the variance overlay; outputSegmentation, outputVariance - the latest results.
+    overlayOpacity - opacity of the variance overlay; showSearchBoxes - show a whole head's search boxes (ROIs);
+    outputSegmentation, outputVariance - the latest results.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -71,6 +71,7 @@ class M3DNCASegmentParameterNode:
     fireRate: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
     steps: str = ""
     overlayOpacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_OVERLAY_OPACITY
+    showSearchBoxes: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     outputVariance: vtkMRMLScalarVolumeNode
 
@@ -115,12 +116,13 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
         return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name="M3DNCATestVolume")
 
     def _engine(self, volume):
-        from nca_core import registry
-        from nca_core.pipeline import segment_image
+        from nca_core.inference.pipeline import segment_image
+        from nca_core.inference.settings import SegmentSettings
+        from nca_core.modelfile import registry
 
         image, _box = M3DNCASegmentLogic().engineInput(volume, "volume")
-        return segment_image(image, registry.load(DEFAULT_MODEL), DEFAULT_MODEL, runs=2, device="cpu",
-                             side="left", locate="none")
+        settings = SegmentSettings(model=DEFAULT_MODEL, runs=2, device="cpu", side="left", locate="none")
+        return segment_image(image, registry.load(DEFAULT_MODEL), settings)
 
     def _checkMatches(self, volume, result, engine):
         labels = engine.ensemble.labels.transpose(2, 1, 0)

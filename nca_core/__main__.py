@@ -1,6 +1,6 @@
 """``python -m nca_core`` is the ``m3dnca`` command line."""
 import sys
 
-from .cli import main
+from .cli.main import main
 
 sys.exit(main())

@@ -19,6 +19,8 @@ class InputImageError(NCAError):
 # One mapping from errors to exit codes and one-line messages, for the command line, the
 # Slicer worker and the Slicer batch script.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# The Slicer worker's own: a Python package it needs is missing; the job was cancelled (or Slicer is gone).
+EXIT_MISSING_PACKAGE, EXIT_CANCELLED = 3, 4
 
 
 def user_message(error: BaseException):

@@ -16,11 +16,12 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from nca_core.grid import ModelGrid
-from nca_core.metrics import mean_foreground_dice
-from nca_core.pipeline import segment_array
-from nca_core.preprocessing import Preprocessing
-from nca_core.registry import load
+from nca_core.space.grid import ModelGrid
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.inference.pipeline import segment_array
+from nca_core.inference.settings import SegmentSettings
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.modelfile.registry import DEFAULT_MODEL, load
 from nca_core.training.data import Case, find_pairs, load_cases, read_split
 
 Geometry = Tuple[Tuple[float, ...], Tuple[float, ...]]  # spacing, direction
@@ -60,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--split", type=Path, help="split.json whose validation cases to use (default: the model's)")
-    parser.add_argument("--model", default="hippocampus")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--cases", type=int, default=None, help="only the first N validation cases")
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
@@ -74,8 +75,8 @@ def main() -> None:
         for name, variant in VARIANTS.items():
             image, label, (spacing, direction) = variant(case)
             for mode, geometry in (("without", {}), ("with", {"spacing": spacing, "direction": direction})):
-                labels = segment_array(image, bundle, args.model, runs=args.runs, seed=0, device="cpu",
-                                       **geometry).ensemble.labels
+                settings = SegmentSettings(model=args.model, runs=args.runs, seed=0, device="cpu")
+                labels = segment_array(image, bundle, settings, **geometry).ensemble.labels
                 scores[name][mode].append(mean_foreground_dice(labels, label.astype(np.uint8), classes))
         print(f"{case.name} done", flush=True)
     print(f"{len(cases)} cases, {args.runs} runs: mean Dice without / with the grid mapping")

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nca_core.ensemble import run_ensemble
-from nca_core.locate import ATLAS_FILE, TEMPLATE_FILE
-from nca_core.registry import load
-from nca_core.regions import box_grid
+from nca_core.inference.ensemble import run_ensemble
+from nca_core.space.locate import ATLAS_FILE, TEMPLATE_FILE
+from nca_core.modelfile.registry import load
+from nca_core.space.regions import box_grid
 
 TEMPLATE = "nilearn/datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 OUTPUT = Path(__file__).resolve().parents[1] / "Resources" / "Templates"

@@ -32,4 +32,4 @@ else
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
 # Compile the fused CPU kernels once where numba is installed (the "fast" extra); cached on disk.
-.venv/bin/python -m nca_core.fused >/dev/null 2>&1 || true
+.venv/bin/python -m nca_core.inference.fused >/dev/null 2>&1 || true

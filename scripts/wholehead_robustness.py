@@ -15,8 +15,9 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python"))
 
-from nca_core.pipeline import segment_image  # noqa: E402
-from nca_core.registry import load  # noqa: E402
+from nca_core.inference.pipeline import segment_image  # noqa: E402
+from nca_core.inference.settings import SegmentSettings  # noqa: E402
+from nca_core.modelfile.registry import DEFAULT_MODEL, load  # noqa: E402
 from nca_helpers import HEAD_VARIANTS, variant  # noqa: E402
 
 
@@ -24,7 +25,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--model", default="hippocampus")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
     args = parser.parse_args()
     bundle = load(args.model)
     head = sitk.ReadImage(str(args.folder / "ch2.nii.gz"))
@@ -34,7 +35,7 @@ def main() -> None:
     for name, change in [("as stored", None)] + list(HEAD_VARIANTS.items()):
         image, label = (head, outline) if change is None else variant(head, outline, change)
         started = time.perf_counter()
-        result = segment_image(image, bundle, args.model, runs=args.runs, device="cpu")
+        result = segment_image(image, bundle, SegmentSettings(model=args.model, runs=args.runs, device="cpu"))
         seconds = time.perf_counter() - started
         truth = sitk.GetArrayFromImage(label).transpose(2, 1, 0)
         cells = []

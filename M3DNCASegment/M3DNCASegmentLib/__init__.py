@@ -2,13 +2,15 @@
 
 Slicer-free (tested with plain pytest): ``display`` (light, overlay, segment names and
 terminology), ``geometry`` (array order, RAS/LPS), ``options`` (panel choices -> the engine's
-``nca_core.options.SegmentSettings``, model list, dependencies), ``job`` + ``worker`` (the
-background process). With MRML (tested against real MRML from slicer-core): ``volume`` (volume
-node -> SimpleITK image, ROI box), ``outputs`` (segmentation and variance nodes), ``logic``
-(volume -> engine -> scene), ``dependencies``. With Qt: ``panel`` (the module widget).
+``nca_core.inference.settings.SegmentSettings``, model list), ``dependencies`` (the Python
+packages the module needs; installing them needs Slicer), ``job`` + ``worker`` (the background
+process). With MRML (tested against real MRML from slicer-core): ``volume`` (volume node ->
+SimpleITK image, ROI box), ``outputs`` (segmentation and variance nodes), ``logic`` (volume ->
+engine -> scene). With Qt: ``panel`` (the module widget).
 
 Importing the package puts the engine (nca_core, beside the module once installed, or in the
-checkout root) first on sys.path, so Slicer and the worker use the same copy.
+checkout root) first on sys.path, so Slicer, the worker and the batch script use the same copy:
+this is the one place that looks for it.
 """
 import os
 import sys

@@ -1,5 +1,5 @@
 """How results are shown: variance overlay settings, traffic-light text (colours and titles
-from nca_core.lights, shared with the PNG preview), segment colours and terminology. Pure
+from nca_core.quality.lights, shared with the PNG preview), segment colours and terminology. Pure
 functions; the module applies them to MRML nodes. The engine's folder must be on sys.path."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 import numpy as np
-from nca_core.lights import light_color, light_title
+from nca_core.quality.lights import light_color, light_title
 
 # Slicer colour table node for the variance overlay (listed in vtkMRMLColorLogic.h).
 VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
@@ -47,6 +47,12 @@ def clamp_opacity(value: float) -> float:
 
 
 # --- traffic light ----------------------------------------------------------------------
+
+def light_rgb(light: str) -> Tuple[float, float, float]:
+    """The light's colour as (r, g, b) in 0-1, for MRML display nodes."""
+    code = light_color(light).lstrip("#")
+    return tuple(int(code[i:i + 2], 16) / 255.0 for i in (0, 2, 4))
+
 
 def light_stylesheet(light: Optional[str], diameter: int = 72) -> str:
     """Qt style sheet that draws the light as a filled circle (grey outline when idle)."""

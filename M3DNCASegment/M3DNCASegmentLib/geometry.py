@@ -8,7 +8,7 @@ spacing, direction), the DICOM/ITK convention.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -62,3 +62,16 @@ def lps_geometry_from_ijk_to_ras(matrix: Sequence[Sequence[float]]):
     direction = linear / spacing
     origin = LPS_TO_RAS @ matrix[:3, 3]
     return tuple(origin), tuple(spacing), tuple(direction.reshape(-1))
+
+
+def box_object_to_ras(box: dict) -> Tuple[np.ndarray, np.ndarray]:
+    """(4x4 object-to-RAS matrix, size in mm) of a report's box (LPS centre, size in voxels,
+    spacing, direction), as a markups ROI takes them. A mirrored box's axes are a reflection;
+    its first axis is turned round, which leaves the box (a set of points) as it is."""
+    axes = LPS_TO_RAS @ np.asarray(box["direction"], dtype=float).reshape(3, 3)
+    if np.linalg.det(axes) < 0:
+        axes[:, 0] *= -1
+    matrix = np.eye(4)
+    matrix[:3, :3] = axes
+    matrix[:3, 3] = lps_to_ras_point(box["centre_lps_mm"])
+    return matrix, np.asarray(box["size"], dtype=float) * np.asarray(box["spacing_mm"], dtype=float)

@@ -9,7 +9,6 @@ A failed job's ``worker.log`` is kept (``kept_log``). Pure Python: tested withou
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
-
+from nca_core.errors import EXIT_OK
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker.py")
 
@@ -43,11 +42,6 @@ class JobResult:
     labels: np.ndarray
     variance: np.ndarray
     report: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def nqm(self) -> float:
-        value = self.report.get("nqm")
-        return math.inf if value is None else float(value)
 
     @property
     def label_names(self):
@@ -79,7 +73,7 @@ class BackgroundJob:
     def __init__(self, image, options, engine_dir: str,
                  python: Optional[str] = None, workdir: Optional[str] = None):
         """``image``: the volume as a SimpleITK image (voxels with their LPS geometry);
-        ``options``: ``nca_core.options.SegmentSettings``."""
+        ``options``: ``nca_core.inference.settings.SegmentSettings``."""
         self.options = options
         self.engine_dir = engine_dir
         self.python = python or sys.executable
@@ -126,7 +120,7 @@ class BackgroundJob:
         if code is None:
             return JobStatus(RUNNING, done, total, "", step)
         self._close_log()
-        if code == 0 and os.path.exists(self.path("result.json")):
+        if code == EXIT_OK and os.path.exists(self.path("result.json")):
             self.state = FINISHED
             return JobStatus(FINISHED, total, total, "", step)
         if self.state != FAILED:

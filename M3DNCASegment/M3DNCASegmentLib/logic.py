@@ -19,6 +19,7 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
+from nca_core.modelfile.registry import DEFAULT_MODEL
 
 from . import dependencies, display, options, outputs, volume
 from . import ENGINE_DIR
@@ -26,11 +27,13 @@ from .job import JobResult
 
 
 class M3DNCASegmentResult:
-    """What ``process`` returns: the nodes and the report (overall light and one entry per side)."""
+    """What ``process`` returns: the nodes and the report (overall light and one entry per side);
+    ``searchBoxes``: a whole head's ROI node per side, where that hippocampus was looked for."""
 
-    def __init__(self, segmentationNode, varianceNode, report: dict, totalSeconds: float):
+    def __init__(self, segmentationNode, varianceNode, report: dict, totalSeconds: float, searchBoxes=()):
         self.segmentationNode = segmentationNode
         self.varianceNode = varianceNode
+        self.searchBoxes = list(searchBoxes)
         self.report = dict(report)
         nqm = report.get("nqm")
         self.nqm = math.inf if nqm is None else float(nqm)  # inf: empty segmentation
@@ -102,7 +105,7 @@ class SegmentLogic:
         """See ``dependencies.setupPythonRequirements``."""
         return dependencies.setupPythonRequirements(interactive)
 
-    def process(self, inputVolume, model: str = "hippocampus", runs: int = 10, seed: int = 0,
+    def process(self, inputVolume, model: str = DEFAULT_MODEL, runs: int = 10, seed: int = 0,
                 device: str = "auto", fireRate: Optional[float] = None, steps=None,
                 side: str = "auto", region: str = "auto", roi=None,
                 interactive: bool = False, showResult: bool = True, overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY,
@@ -116,7 +119,7 @@ class SegmentLogic:
           a markups ROI node, cuts the volume first) or volume (the volume as one crop).
         :param interactive: if False (default) no dialog ever opens; errors are raised.
         :param progress: called with (step, done, total) as the engine's steps advance.
-        :param shouldCancel: polled after every NCA step; True stops with ``nca_core.ensemble.Cancelled``
+        :param shouldCancel: polled after every NCA step; True stops with ``nca_core.inference.ensemble.Cancelled``
           and leaves the scene unchanged.
         """
         started = time.perf_counter()
@@ -124,23 +127,29 @@ class SegmentLogic:
             raise RuntimeError("Required Python packages are not installed.")
         runOptions = self.runOptions(model, runs, seed, device, fireRate, steps, side, region)
         image, box = self.engineInput(inputVolume, region, roi)
-        from nca_core import registry
-        from nca_core.pipeline import segment_image
+        from nca_core.modelfile import registry
+        from nca_core.inference.pipeline import segment_image
 
         bundle = registry.load(runOptions.model)
         logging.info(f"M3D-NCA: segmenting {inputVolume.GetName()} with {runOptions.model}, {runOptions.runs} runs")
-        segmentation = segment_image(image, bundle, options.model_name(runOptions.model), progress=progress,
-                                     should_cancel=shouldCancel, **runOptions.engine_arguments())
+        segmentation = segment_image(image, bundle, runOptions, progress=progress, should_cancel=shouldCancel)
         result = JobResult(labels=segmentation.ensemble.labels, variance=segmentation.ensemble.variance_map,
                            report=segmentation.report())
         return self.createOutputs(inputVolume, result, time.perf_counter() - started, box=box,
                                   showResult=showResult, overlayOpacity=overlayOpacity)
 
+    @staticmethod
+    def showSearchBoxes(segmentationNode, visible: bool) -> None:
+        """Show or hide the search boxes (ROI nodes) of a result."""
+        if segmentationNode:
+            outputs.showSearchBoxes(segmentationNode, visible)
+
     def createOutputs(self, inputVolume, result: JobResult, totalSeconds: float, box=None,
                       showResult: bool = True,
                       overlayOpacity: float = display.DEFAULT_OVERLAY_OPACITY) -> M3DNCASegmentResult:
-        """Segmentation and variance nodes from engine outputs ((X, Y, Z) arrays of the input, or
-        of its ``box``); on any error the nodes made so far are removed."""
+        """Segmentation and variance nodes, and for a whole head one hidden ROI per side's search
+        box (``searchBoxes``), from engine outputs ((X, Y, Z) arrays of the input, or of its
+        ``box``); on any error the nodes made so far are removed."""
         shape = inputVolume.GetImageData().GetDimensions()
         labels = volume.pasteIntoVolume(np.asarray(result.labels), shape, box)
         variance = volume.pasteIntoVolume(np.asarray(result.variance, dtype=np.float32), shape, box)
@@ -149,17 +158,16 @@ class SegmentLogic:
         try:
             segmentationNode = outputs.createSegmentation(inputVolume, labels, result.label_names, created)
             varianceNode = outputs.createVariance(inputVolume, variance, created)
+            searchBoxes = outputs.createSearchBoxes(inputVolume, result.report.get("sides") or [], created)
         except Exception:
             outputs.removeNodes(created)
             raise
         for earlier in previous:  # new contours are not drawn over old ones; the old stay in the scene
             outputs.hideOutputs(*earlier)
-        outputs.markResult(inputVolume, segmentationNode, varianceNode)
+        outputs.markResult(inputVolume, segmentationNode, varianceNode, searchBoxes)
         if showResult:
             segmentationNode.CreateClosedSurfaceRepresentation()  # show the segments in 3D too
             outputs.showVarianceOverlay(inputVolume, varianceNode, overlayOpacity)
-        segmented = M3DNCASegmentResult(segmentationNode, varianceNode, result.report, totalSeconds)
+        segmented = M3DNCASegmentResult(segmentationNode, varianceNode, result.report, totalSeconds, searchBoxes)
         logging.info("M3D-NCA: " + segmented.summary())
         return segmented
-
-    hideOutputs = staticmethod(outputs.hideOutputs)

@@ -10,13 +10,13 @@ import slicer
 import vtk
 
 from . import display
-from .geometry import ijk_to_kji
+from .geometry import box_object_to_ras, ijk_to_kji
 
 # Slicer's built-in colour table used when the file-based Inferno table is not loaded.
 FALLBACK_VARIANCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 
 
-def createSegmentation(inputVolume, labels_xyz: np.ndarray, labelNames, created: List):
+def createSegmentation(inputVolume, labelsIJK: np.ndarray, labelNames, created: List):
     """A segmentation node on the input's geometry with one segment per label value."""
     scene = inputVolume.GetScene()
     segmentationNode = scene.AddNewNodeByClass(
@@ -26,7 +26,7 @@ def createSegmentation(inputVolume, labels_xyz: np.ndarray, labelNames, created:
     # Transform first: the reference geometry is stored relative to the node's parent transform.
     segmentationNode.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
     segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
-    labelsKJI = ijk_to_kji(np.asarray(labels_xyz))
+    labelsKJI = ijk_to_kji(np.asarray(labelsIJK))
     expected = tuple(reversed(inputVolume.GetImageData().GetDimensions()))
     if labelsKJI.shape != expected:
         raise RuntimeError(f"segmentation shape {labelsKJI.shape} does not match the input {expected}")
@@ -61,12 +61,12 @@ def setSegmentMask(segmentationNode, segmentId: str, maskKJI: np.ndarray, inputV
         raise RuntimeError(f"cannot set the voxels of segment {segmentId}")
 
 
-def createVariance(inputVolume, variance_xyz: np.ndarray, created: List):
+def createVariance(inputVolume, varianceIJK: np.ndarray, created: List):
     """A scalar volume of the variance (std) map on the input's geometry, coloured and thresholded."""
     scene = inputVolume.GetScene()
     ijkToRAS = vtk.vtkMatrix4x4()
     inputVolume.GetIJKToRASMatrix(ijkToRAS)
-    variance = np.asarray(variance_xyz, dtype=np.float32)
+    variance = np.asarray(varianceIJK, dtype=np.float32)
     varianceNode = slicer.util.addVolumeFromArray(
         ijk_to_kji(variance), ijkToRAS=ijkToRAS,
         name=scene.GenerateUniqueName(f"{inputVolume.GetName()} M3D-NCA variance"))
@@ -90,6 +90,33 @@ def createVariance(inputVolume, variance_xyz: np.ndarray, created: List):
     return varianceNode
 
 
+def createSearchBoxes(inputVolume, sides, created: List) -> List:
+    """One hidden, locked markups ROI per side's box of a whole-head result: where that
+    hippocampus was looked for (none for a crop). Each in its side's light colour."""
+    scene = inputVolume.GetScene()
+    boxes = []
+    for side in sides:
+        if not side.get("box"):
+            continue
+        title = f"{inputVolume.GetName()} {side.get('side') or 'crop'} hippocampus box"
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", scene.GenerateUniqueName(title))
+        created.append(roi)
+        roi.CreateDefaultDisplayNodes()
+        roi.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
+        matrix, size = box_object_to_ras(side["box"])
+        objectToNode = vtk.vtkMatrix4x4()
+        for row in range(4):
+            for column in range(4):
+                objectToNode.SetElement(row, column, float(matrix[row, column]))
+        roi.SetSize(*(float(s) for s in size))
+        roi.SetAndObserveObjectToNodeMatrix(objectToNode)
+        roi.SetLocked(True)
+        roi.GetDisplayNode().SetSelectedColor(display.light_rgb(side.get("quality", "unknown")))
+        roi.SetDisplayVisibility(False)
+        boxes.append(roi)
+    return boxes
+
+
 def removeNodes(nodes) -> None:
     """Remove the nodes with their display and storage nodes (MRML does not remove those)."""
     for node in reversed(list(nodes)):
@@ -109,12 +136,28 @@ def removeNodes(nodes) -> None:
 
 INPUT_ATTRIBUTE = "M3DNCASegment.InputVolumeID"
 VARIANCE_REFERENCE_ROLE = "M3DNCASegment.variance"
+SEARCH_BOX_REFERENCE_ROLE = "M3DNCASegment.searchBox"
 
 
-def markResult(inputVolume, segmentationNode, varianceNode) -> None:
-    """Record on the segmentation which volume it belongs to and its variance volume."""
+def markResult(inputVolume, segmentationNode, varianceNode, searchBoxes=()) -> None:
+    """Record on the segmentation which volume it belongs to, its variance volume and search boxes."""
     segmentationNode.SetAttribute(INPUT_ATTRIBUTE, inputVolume.GetID())
     segmentationNode.SetNodeReferenceID(VARIANCE_REFERENCE_ROLE, varianceNode.GetID())
+    for box in searchBoxes:
+        segmentationNode.AddNodeReferenceID(SEARCH_BOX_REFERENCE_ROLE, box.GetID())
+
+
+def searchBoxesOf(segmentationNode) -> List:
+    """The search-box ROI nodes of a result (none for a crop)."""
+    count = segmentationNode.GetNumberOfNodeReferences(SEARCH_BOX_REFERENCE_ROLE)
+    boxes = [segmentationNode.GetNthNodeReference(SEARCH_BOX_REFERENCE_ROLE, i) for i in range(count)]
+    return [box for box in boxes if box is not None]
+
+
+def showSearchBoxes(segmentationNode, visible: bool) -> None:
+    """Show or hide a result's search boxes."""
+    for box in searchBoxesOf(segmentationNode):
+        box.SetDisplayVisibility(bool(visible))
 
 
 def resultsOf(inputVolume):
@@ -132,6 +175,7 @@ def hideOutputs(segmentationNode, varianceNode) -> None:
     """Hide an earlier result (kept in the scene), so new contours are not drawn over old ones."""
     if segmentationNode and slicer.mrmlScene.IsNodePresent(segmentationNode):
         segmentationNode.SetDisplayVisibility(False)
+        showSearchBoxes(segmentationNode, False)
     if varianceNode and slicer.mrmlScene.IsNodePresent(varianceNode):
         legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(varianceNode)
         if legend:

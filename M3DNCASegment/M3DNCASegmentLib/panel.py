@@ -13,8 +13,11 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from . import display, options
-from .options import NCAError
+from nca_core.errors import NCAError
+from nca_core.modelfile.header import read_model_header
+from nca_core.modelfile.registry import DEFAULT_MODEL
+
+from . import display
 from .job import CANCELLED, FAILED, FINISHED, BackgroundJob
 
 LOAD_MODEL_ITEM = "Load model file\u2026"
@@ -40,7 +43,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module's widget; the module file names its logic class (``logicClass``)."""
 
     logicClass = None
-    defaultModel = "hippocampus"
+    defaultModel = DEFAULT_MODEL
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -71,6 +74,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # "activated" fires on user choices only; programmatic selection goes through selectModel().
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.overlayOpacitySlider.connect("valueChanged(double)", self.onOpacityChanged)
+        self.ui.showSearchBoxesCheckBox.connect("toggled(bool)", self.onShowSearchBoxes)
         self.ui.progressBar.hide()
         self.showLight(None)
         self.populateModels()
@@ -195,7 +199,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 combo.currentIndex = self._previousModelIndex
                 return
             try:
-                options.read_model_header(path)
+                read_model_header(path)
             except (OSError, ValueError, NCAError) as error:
                 slicer.util.errorDisplay(str(error), windowTitle=_("Cannot load model"))
                 combo.currentIndex = self._previousModelIndex
@@ -283,6 +287,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
                         showResult=True, overlayOpacity=self._parameterNode.overlayOpacity)
                     self._parameterNode.outputSegmentation = result.segmentationNode
                     self._parameterNode.outputVariance = result.varianceNode
+                    self.logic.showSearchBoxes(result.segmentationNode, self.ui.showSearchBoxesCheckBox.checked)
                     self.showResult(result)
                     self._resultInputID = self._jobInput.GetID()
             except Exception:
@@ -323,6 +328,11 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p and p.outputVariance and slicer.mrmlScene.IsNodePresent(p.outputVariance):
             slicer.util.setSliceViewerLayers(foregroundOpacity=display.clamp_opacity(value))
+
+    def onShowSearchBoxes(self, checked: bool) -> None:
+        p = self._parameterNode
+        if p and p.outputSegmentation and slicer.mrmlScene.IsNodePresent(p.outputSegmentation):
+            self.logic.showSearchBoxes(p.outputSegmentation, checked)
 
     def showResult(self, result) -> None:
         self.showLight(result.light)

@@ -66,11 +66,11 @@ def roiBox(volumeNode, roiNode) -> Box:
     return tuple((int(a), int(b)) for a, b in zip(low, high))
 
 
-def pasteIntoVolume(array_xyz: np.ndarray, shape_xyz, box: Optional[Box], fill=0) -> np.ndarray:
+def pasteIntoVolume(arrayIJK: np.ndarray, shapeIJK, box: Optional[Box], fill=0) -> np.ndarray:
     """An output of the cropped input placed in an array of the whole volume (``fill`` outside)."""
     if box is None:
-        return array_xyz
-    whole = np.full(tuple(shape_xyz), fill, dtype=array_xyz.dtype)
+        return arrayIJK
+    whole = np.full(tuple(shapeIJK), fill, dtype=arrayIJK.dtype)
     (i0, i1), (j0, j1), (k0, k1) = box
-    whole[i0:i1, j0:j1, k0:k1] = array_xyz
+    whole[i0:i1, j0:j1, k0:k1] = arrayIJK
     return whole

@@ -1,17 +1,21 @@
 """Child process of M3DNCASegment: ``PythonSlicer worker.py JOBDIR``.
 
 Reads ``job.json`` and ``input.nrrd`` (the volume with its geometry) from JOBDIR, runs
-``nca_core.pipeline.segment_image`` and writes ``progress.json`` as the engine's steps advance,
+``nca_core.inference.pipeline.segment_image`` and writes ``progress.json`` as the engine's steps advance,
 then ``result.npz`` and, last, ``result.json``. A user-facing problem goes to ``error.json``
 with the exit code of ``nca_core.errors.exit_code``. Stops, and removes JOBDIR, when Slicer
 is gone (its process id no longer the parent). Kept free of package-relative imports so it
-runs as a plain script.
+runs as a plain script; importing ``M3DNCASegmentLib`` puts the engine on sys.path.
 """
 import json
 import os
 import shutil
 import sys
 import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the module folder
+import M3DNCASegmentLib  # noqa: E402,F401  (the engine, found once, first on sys.path)
+from nca_core.errors import EXIT_CANCELLED, EXIT_FAILED, EXIT_MISSING_PACKAGE, EXIT_OK, EXIT_USAGE  # noqa: E402
 
 
 def _write_json(path, data):
@@ -48,28 +52,27 @@ def parent_alive(pid) -> bool:
 def main(argv):
     if len(argv) != 2:
         print("usage: worker.py JOBDIR", file=sys.stderr)
-        return 64
+        return EXIT_USAGE
     jobdir = argv[1]
     with open(os.path.join(jobdir, "job.json"), encoding="utf-8") as handle:
         spec = json.load(handle)
     if spec.get("engine_dir"):
         sys.path.insert(0, spec["engine_dir"])
     try:
-        from nca_core.threads import use_threads
+        from nca_core.inference.threads import use_threads
 
         use_threads()  # before torch loads: threads that sleep while Slicer or others keep cores busy
         import numpy as np
         import SimpleITK as sitk
-        from nca_core import registry
-        from nca_core.ensemble import Cancelled
+        from nca_core.modelfile import registry
+        from nca_core.inference.ensemble import Cancelled
         from nca_core.errors import exit_code, user_message
-        from nca_core.modelheader import model_name
-        from nca_core.options import SegmentSettings
-        from nca_core.pipeline import segment_image
+        from nca_core.inference.settings import SegmentSettings
+        from nca_core.inference.pipeline import segment_image
     except ImportError as error:
         _write_json(os.path.join(jobdir, "error.json"),
                     {"message": f"a required Python package is missing: {error}"})
-        return 3
+        return EXIT_MISSING_PACKAGE
     orphaned = []
 
     def progress(step, done, total):
@@ -89,8 +92,7 @@ def main(argv):
         settings = SegmentSettings.from_dict(spec)
         bundle = registry.load(settings.model)
         image = sitk.ReadImage(os.path.join(jobdir, "input.nrrd"))
-        result = segment_image(image, bundle, model_name(settings.model), progress=progress,
-                               should_cancel=cancelled, **settings.engine_arguments())
+        result = segment_image(image, bundle, settings, progress=progress, should_cancel=cancelled)
         outputs = os.path.join(jobdir, "result.npz")
         with open(outputs + ".tmp", "wb") as handle:
             np.savez(handle, labels=result.ensemble.labels, variance=result.ensemble.variance_map)
@@ -99,16 +101,16 @@ def main(argv):
     except Cancelled:
         if orphaned:
             shutil.rmtree(jobdir, ignore_errors=True)
-        return 4
+        return EXIT_CANCELLED
     except Exception as error:  # one line to the user; an unexpected one keeps its traceback in the log
         code = exit_code(error)
-        if code == 1 and not user_message(error):
+        if code == EXIT_FAILED and not user_message(error):
             traceback.print_exc()
         _write_json(os.path.join(jobdir, "error.json"), {"message": user_message(error) or
                                                          f"unexpected error in the segmentation: "
                                                          f"{type(error).__name__}: {error}"})
         return code
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ import sys
 
 
 def run(argv) -> int:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for root in (os.path.dirname(here), os.path.dirname(os.path.dirname(here))):  # installed; checkout
-        if os.path.isfile(os.path.join(root, "nca_core", "__init__.py")):
-            sys.path.insert(0, root)
-            break
+    module_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, module_dir)  # importing M3DNCASegmentLib puts the engine first on sys.path
     try:
-        from nca_core.cli import main
+        import M3DNCASegmentLib  # noqa: F401
+        from nca_core.cli.main import main
         from nca_core.errors import exit_code
     except ImportError as error:
         print(f"m3dnca_batch: missing Python package ({error}); open the M3DNCASegment module once "

@@ -11,12 +11,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nca_core.cli import main
+from nca_core.cli.main import main
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-from nca_core.config import NCAConfig, preset
-from nca_core.model import M3DNCA
-from nca_core.modelfile import ModelBundle, save_model
+from nca_core.network.config import NCAConfig, preset
+from nca_core.network.model import M3DNCA
+from nca_core.modelfile.bundle import ModelBundle, save_model
 from nca_core.training.data import find_pairs
 from nca_core.training.settings import TrainSettings
 

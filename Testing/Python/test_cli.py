@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.cli import main
-from nca_core.config import preset
-from nca_core.modelfile import load_model
+from nca_core.cli.main import main
+from nca_core.network.config import preset
+from nca_core.modelfile.bundle import load_model
 
-from nca_helpers import REPOSITORY, assert_same_geometry, model_file, run_cli
+from nca_helpers import REPOSITORY, assert_same_geometry, fast, model_file, run_cli, smooth_volume, write_volume
 
 REPORT_KEYS = {"nqm", "quality", "predicted_dice", "runs", "model", "seconds"}
 
@@ -73,9 +73,9 @@ def test_light_is_not_green_when_the_runs_cannot_disagree(hippocampus_dir, tmp_p
 def test_report_of_a_calibrated_model_predicts_dice(tmp_path, capsys):
     from dataclasses import replace
 
-    from nca_core.modelfile import save_model
-    from nca_core.quality import Calibration
-    from nca_core.registry import load
+    from nca_core.modelfile.bundle import save_model
+    from nca_core.quality.nqm import Calibration
+    from nca_core.modelfile.registry import load
 
     path = tmp_path / "calibrated.m3dnca"
     calibration = Calibration(slope=-0.1, intercept=0.99)
@@ -140,7 +140,7 @@ def test_python_m_equals_the_m3dnca_command(tmp_path, capsys):
     module = python_m("info", path, "--json")
     assert module.returncode == code == 0 and module.stdout == in_process
     scripts = (REPOSITORY / "pyproject.toml").read_text()
-    assert 'm3dnca = "nca_core.cli:main"' in scripts  # the console script is this same main()
+    assert 'm3dnca = "nca_core.cli.main:main"' in scripts  # the console script is this same main()
     # the installed console script sits beside this interpreter (a venv's bin/ is often not on PATH)
     installed = Path(sys.executable).parent / ("m3dnca.exe" if os.name == "nt" else "m3dnca")
     assert installed.is_file(), f"{installed}: no console script; install the package (bash scripts/setup.sh test)"
@@ -173,3 +173,18 @@ def test_bench_refuses_counts_below_one(capsys, option, value):
     with pytest.raises(SystemExit) as raised:
         main(["bench", "--quick", option, value])
     assert raised.value.code == 2 and option in capsys.readouterr().err
+
+
+def test_thick_slices_get_a_note_line_and_a_report_field(tmp_path, capsys):
+    model = model_file(tmp_path / "m.m3dnca")
+    for name, spacing in (("thick", (0.9, 0.9, 4.5)), ("thin", (0.9, 0.9, 1.2))):
+        write_volume(tmp_path / f"{name}.nii.gz", smooth_volume(), spacing)
+    code, out, errors = run_cli(capsys, "segment", tmp_path / "thick.nii.gz", tmp_path / "thin.nii.gz",
+                                "-o", tmp_path / "out", *fast(model))
+    assert code == 0, errors
+    notes = [line for line in out.splitlines() if ": note: " in line]
+    assert notes == ["thick: note: thick slices (4.5 mm, over 3 mm): the hippocampus is poorly sampled; "
+                     "a 1 mm 3D T1 is more reliable"]
+    reports = {name: json.loads((tmp_path / "out" / f"{name}_report.json").read_text()) for name in ("thick", "thin")}
+    assert reports["thick"]["largest_spacing_mm"] == 4.5 and reports["thick"]["thick_slices"] == notes[0][len("thick: note: "):]
+    assert reports["thin"]["largest_spacing_mm"] == 1.2 and reports["thin"]["thick_slices"] is None

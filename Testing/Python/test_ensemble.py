@@ -9,15 +9,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-import nca_core.ensemble
-from nca_core.ensemble import run_ensemble, runs_per_batch
-from nca_core.fastpath import fast_forward
-from nca_core.imaging import read_volume
-from nca_core.model import LevelPlan
-from nca_core.outputs import write_outputs
-from nca_core.pipeline import segment_array
-from nca_core.preprocessing import prepare
-from nca_core.registry import load, shipped_models
+import nca_core.inference.ensemble
+from nca_core.inference.ensemble import run_ensemble, runs_per_batch
+from nca_core.inference.fastpath import fast_forward
+from nca_core.space.imaging import read_volume
+from nca_core.network.model import LevelPlan
+from nca_core.cli.outputs import write_outputs
+from nca_core.inference.pipeline import segment_array
+from nca_core.inference.settings import SegmentSettings
+from nca_core.space.preprocessing import prepare
+from nca_core.modelfile.registry import load, shipped_models
 
 CASE = "hippocampus_004.nii.gz"
 
@@ -56,8 +57,8 @@ def test_runs_in_batches_of_three_equal_one_batch_of_seven(hippocampus_dir, monk
 
     whole, batches = ensemble()
     assert batches == [7]  # this small case fits one batch under the default budget
-    original = nca_core.ensemble.runs_per_batch
-    monkeypatch.setattr(nca_core.ensemble, "runs_per_batch",
+    original = nca_core.inference.ensemble.runs_per_batch
+    monkeypatch.setattr(nca_core.inference.ensemble, "runs_per_batch",
                         lambda voxels, runs, *args, **kwargs: min(3, original(voxels, runs, *args, **kwargs)))
     split, batches = ensemble()
     assert batches == [3, 6, 7]
@@ -99,7 +100,8 @@ def test_two_class_nqm_and_variance_map_cover_both_classes(hippocampus_dir, tmp_
     mean, std = per_run.mean(axis=0), per_run.std(axis=0)  # population std, as the ensemble's
     expected_nqm = std.sum() / mean.sum()
 
-    result = segment_array(volume.array, bundle, "hippocampus-2class", runs=runs, seed=seed, device="cpu")
+    result = segment_array(volume.array, bundle,
+                           SegmentSettings(model="hippocampus-2class", runs=runs, seed=seed, device="cpu"))
     ensemble = result.ensemble
     np.testing.assert_allclose(ensemble.probability, mean, rtol=0, atol=1e-5)
     np.testing.assert_allclose(ensemble.std, std, rtol=0, atol=1e-5)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from nca_core.config import NCAConfig
-from nca_core.ensemble import run_ensemble
-from nca_core.fastpath import FastOptions, LevelStepper, fast_forward
-from nca_core.firing import fire_mask, fire_mask_range, stream_key
-from nca_core.model import LevelPlan, M3DNCA
-from nca_core.preprocessing import Preprocessing
+from nca_core.network.config import NCAConfig
+from nca_core.inference.ensemble import run_ensemble
+from nca_core.inference.fastpath import FastOptions, LevelStepper, fast_forward
+from nca_core.network.firing import fire_mask, fire_mask_range, stream_key
+from nca_core.network.model import LevelPlan, M3DNCA
+from nca_core.space.preprocessing import Preprocessing
 
 CONFIG = NCAConfig(kernel_sizes=[5, 3], steps=[3, 4], downscale=2)
 SHAPE = (12, 14, 10)
@@ -147,19 +147,19 @@ def test_training_still_backpropagates():
 
 
 def _shipped_hippocampus():
-    from nca_core.registry import shipped_models
+    from nca_core.modelfile.registry import shipped_models
 
     models = shipped_models()
     if "hippocampus" not in models:
         pytest.skip("no shipped 'hippocampus' model (Resources/Models/hippocampus.m3dnca) to check accuracy with")
-    from nca_core.modelfile import load_model
+    from nca_core.modelfile.bundle import load_model
 
     return load_model(models["hippocampus"])
 
 
 def test_real_cases_nqm_and_dice_unchanged(hippocampus_dir):
     """fp32 fast path = reference; bf16 moves NQM and Dice less than a change of seed."""
-    from nca_core.metrics import mean_foreground_dice
+    from nca_core.quality.metrics import mean_foreground_dice
     from nca_core.training.data import find_pairs, load_case
 
     bundle = _shipped_hippocampus()

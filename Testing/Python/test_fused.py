@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from nca_core import fused
-from nca_core.config import NCAConfig
-from nca_core.ensemble import run_ensemble
 from nca_core.errors import NCAError
-from nca_core.fastpath import fast_forward
-from nca_core.firing import fire_mask, stream_key
-from nca_core.model import LevelPlan, M3DNCA
-from nca_core.options import SegmentSettings
-from nca_core.preprocessing import Preprocessing
+from nca_core.inference import fused
+from nca_core.inference.ensemble import run_ensemble
+from nca_core.inference.fastpath import fast_forward
+from nca_core.inference.settings import SegmentSettings
+from nca_core.network.config import NCAConfig
+from nca_core.network.firing import fire_mask, stream_key
+from nca_core.network.model import LevelPlan, M3DNCA
+from nca_core.space.preprocessing import Preprocessing
 
 pytest.importorskip("numba", reason="the fused engine needs numba (pip install 'm3dnca[fast]')")
 
@@ -80,8 +80,8 @@ def test_runs_batched_or_alone_agree():
 
 def _compare_engines_on_cases(hippocampus_dir, limit=None, runs=10):
     """Per case: max |probability difference|, label voxels that differ, |NQM difference|."""
-    from nca_core.modelfile import load_model
-    from nca_core.registry import shipped_models
+    from nca_core.modelfile.bundle import load_model
+    from nca_core.modelfile.registry import shipped_models
     from nca_core.training.data import find_pairs, load_case
 
     if "hippocampus" not in shipped_models():
@@ -135,7 +135,8 @@ def test_engine_choice(monkeypatch):
 
 def test_engine_setting_is_parsed_once():
     assert SegmentSettings.parse(engine="fused").engine == "fused"
-    assert SegmentSettings().engine_arguments()["engine"] == "auto"
+    assert SegmentSettings().engine == "auto"
+    assert SegmentSettings.from_dict(SegmentSettings(engine="torch").to_dict()).engine == "torch"  # job files
     with pytest.raises(NCAError, match="--engine"):
         SegmentSettings.parse(engine="gpu-magic")
 

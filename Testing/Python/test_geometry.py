@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.imaging import VOLUME_SUFFIXES, case_name, is_dicom_folder, read_volume, to_image
+from nca_core.space.imaging import VOLUME_SUFFIXES, case_name, is_dicom_folder, read_volume, to_image
 
 from nca_helpers import assert_same_geometry, fast, model_file, run_cli
 

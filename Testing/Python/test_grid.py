@@ -9,13 +9,13 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.errors import InputImageError, ModelFileError
-from nca_core.grid import ModelGrid, common_grid, orientation_code
-from nca_core.imaging import read_volume
-from nca_core.metrics import mean_foreground_dice
-from nca_core.options import SegmentSettings
-from nca_core.pipeline import segment_array
-from nca_core.preprocessing import Preprocessing
-from nca_core.registry import load
+from nca_core.space.grid import ModelGrid, common_grid, orientation_code
+from nca_core.space.imaging import read_volume
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.inference.settings import SegmentSettings
+from nca_core.inference.pipeline import segment_array
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.modelfile.registry import load
 from nca_core.training.data import find_pairs, load_cases
 from nca_core.training.evaluate import evaluate_cases
 from nca_core.training.trainer import Trainer
@@ -118,7 +118,7 @@ def hippocampus_case(hippocampus_dir):
 
 
 def _labels(array, spacing, direction, runs=4):
-    return segment_array(array, load("hippocampus"), "hippocampus", runs=runs, seed=0,
+    return segment_array(array, load("hippocampus"), SegmentSettings(model="hippocampus", runs=runs, seed=0),
                          spacing=spacing, direction=direction).ensemble.labels
 
 
@@ -212,7 +212,8 @@ def test_evaluation_scores_each_case_on_its_own_voxels(hippocampus_dir, tmp_path
 def test_a_volume_too_small_on_the_model_grid_says_so():
     array = np.random.default_rng(3).random((20, 20, 20), dtype=np.float32)  # 4 mm across at 0.2 mm
     with pytest.raises(InputImageError, match=r"after resampling to the model's 1x1x1 mm grid"):
-        segment_array(array, load("hippocampus"), "hippocampus", runs=2, spacing=(0.2, 0.2, 0.2), direction=RAS)
+        segment_array(array, load("hippocampus"), SegmentSettings(model="hippocampus", runs=2), spacing=(0.2, 0.2, 0.2),
+                      direction=RAS)
 
 
 def test_info_names_the_input_grid(capsys):

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.config import NCAConfig, preset
+from nca_core.network.config import NCAConfig, preset
 from nca_core.errors import InputImageError, NCAError
-from nca_core.imaging import intensity_array, list_inputs, read_volume, to_image
-from nca_core.model import M3DNCA
-from nca_core.modelfile import ModelBundle
-from nca_core.pipeline import segment_array
+from nca_core.space.imaging import intensity_array, list_inputs, read_volume, to_image
+from nca_core.network.model import M3DNCA
+from nca_core.modelfile.bundle import ModelBundle
+from nca_core.inference.pipeline import segment_array
+from nca_core.inference.settings import SegmentSettings
 
 from nca_helpers import smooth_volume, write_volume
 
@@ -178,14 +179,14 @@ def test_bool_array_is_refused():
 def test_unsegmentable_arrays_are_refused_by_the_api(array, words):
     bundle = ModelBundle.from_model(M3DNCA(preset("hippocampus")))
     with pytest.raises(InputImageError, match=re.escape(words)):
-        segment_array(array, bundle, "test", runs=1, steps=[1, 1], device="cpu")
+        segment_array(array, bundle, SegmentSettings(model="test", runs=1, steps=[1, 1], device="cpu"))
 
 
 def test_mostly_uniform_image_is_segmented():
     array = np.zeros((16, 14, 12), np.float32)
     array[2, 3, 4] = 5.0  # percentiles coincide; min/max range is used
     bundle = ModelBundle.from_model(M3DNCA(preset("hippocampus")))
-    result = segment_array(array, bundle, "test", runs=1, steps=[1, 1], device="cpu")
+    result = segment_array(array, bundle, SegmentSettings(model="test", runs=1, steps=[1, 1], device="cpu"))
     assert result.ensemble.labels.shape == array.shape
 
 
@@ -193,14 +194,14 @@ def test_model_with_other_input_channels_is_refused():
     config = NCAConfig(input_channels=2, kernel_sizes=[7, 3], steps=[1, 1], downscale=2)
     bundle = ModelBundle.from_model(M3DNCA(config))
     with pytest.raises(InputImageError, match="model expects 2 input channels"):
-        segment_array(smooth_volume(), bundle, "test", runs=1, device="cpu")
+        segment_array(smooth_volume(), bundle, SegmentSettings(model="test", runs=1, device="cpu"))
 
 
 def test_volume_beyond_the_memory_limit_is_refused(monkeypatch):
     monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", "64K")
     bundle = ModelBundle.from_model(M3DNCA(preset("hippocampus")))
     with pytest.raises(InputImageError, match=r"needs about .* of memory to segment, more than the limit"):
-        segment_array(smooth_volume(), bundle, "test", runs=1, steps=[1, 1], device="cpu")
+        segment_array(smooth_volume(), bundle, SegmentSettings(model="test", runs=1, steps=[1, 1], device="cpu"))
 
 
 def test_to_image_copies_geometry(tmp_path):
@@ -218,7 +219,7 @@ def test_errors_are_nca_errors():
 
 @pytest.mark.parametrize("text, expected", [("512M", 512 << 20), ("8G", 8 << 30), ("1.5GiB", 3 << 29), ("1000", 1000)])
 def test_memory_limit_variable(monkeypatch, text, expected):
-    from nca_core.limits import memory_limit
+    from nca_core.inference.limits import memory_limit
 
     monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", text)
     assert memory_limit("cpu")[0] == expected
@@ -226,7 +227,7 @@ def test_memory_limit_variable(monkeypatch, text, expected):
 
 @pytest.mark.parametrize("value", ["lots", "inf", "1e999", "0", "-2G"])
 def test_bad_memory_limit_variable(monkeypatch, value):
-    from nca_core.limits import memory_limit
+    from nca_core.inference.limits import memory_limit
 
     monkeypatch.setenv("M3DNCA_MEMORY_LIMIT", value)
     with pytest.raises(NCAError, match="not a size"):
@@ -236,7 +237,7 @@ def test_bad_memory_limit_variable(monkeypatch, value):
 def test_memory_limit_defaults_to_physical_memory(monkeypatch):
     import os
 
-    from nca_core.limits import memory_limit
+    from nca_core.inference.limits import memory_limit
 
     monkeypatch.delenv("M3DNCA_MEMORY_LIMIT", raising=False)
     limit, what = memory_limit("cpu")

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nca_core.config import preset
-from nca_core.ensemble import run_ensemble
-from nca_core.model import LevelPlan
-from nca_core.preprocessing import Preprocessing, prepare, prepared_shape
+from nca_core.network.config import preset
+from nca_core.inference.ensemble import run_ensemble
+from nca_core.network.model import LevelPlan
+from nca_core.space.preprocessing import Preprocessing, prepare, prepared_shape
 
 from nca_helpers import random_model
 

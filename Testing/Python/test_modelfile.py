@@ -9,12 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save as save_tensors
 
-from nca_core.config import NCAConfig, preset
+from nca_core.network.config import NCAConfig, preset
 from nca_core.errors import ModelFileError
-from nca_core.modelfile import FORMAT_VERSION, ModelBundle, digest, load_model, save_model
-from nca_core.postprocessing import Postprocessing
-from nca_core.preprocessing import Preprocessing
-from nca_core.quality import Calibration
+from nca_core.modelfile.bundle import FORMAT_VERSION, ModelBundle, digest, load_model, save_model
+from nca_core.space.postprocessing import Postprocessing
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.quality.nqm import Calibration
 
 from nca_helpers import REPOSITORY, fast, random_model, run_cli, smooth_volume, write_volume
 
@@ -59,7 +59,7 @@ def test_round_trip_keeps_everything(tmp_path):
     assert set(loaded.weights) == set(saved.weights)
     assert all(torch.equal(loaded.weights[k], saved.weights[k]) for k in saved.weights)
     image = torch.rand(1, 1, 8, 8, 8)
-    from nca_core.model import LevelPlan
+    from nca_core.network.model import LevelPlan
     plan = LevelPlan(steps=[2, 2], fire_rate=0.0)
     with torch.no_grad():
         assert torch.equal(loaded.build()(image, plan)[0], saved.build()(image, plan)[0])

@@ -15,7 +15,7 @@ MODULES = sorted(info.name for info in pkgutil.walk_packages(nca_core.__path__, 
 
 
 def test_the_engine_has_its_modules():
-    assert {"nca_core.cli", "nca_core.ensemble", "nca_core.training.trainer"} <= set(MODULES)
+    assert {"nca_core.cli.main", "nca_core.inference.ensemble", "nca_core.training.trainer"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

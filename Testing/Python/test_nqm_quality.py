@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from nca_core.config import preset
-from nca_core.ensemble import label_map, nqm, run_ensemble
-from nca_core.model import LevelPlan
-from nca_core.preprocessing import Preprocessing, prepare
-from nca_core.quality import Calibration, assess
+from nca_core.network.config import preset
+from nca_core.inference.ensemble import label_map, nqm, run_ensemble
+from nca_core.network.model import LevelPlan
+from nca_core.space.preprocessing import Preprocessing, prepare
+from nca_core.quality.nqm import Calibration, assess
 
 from nca_helpers import random_model
 

@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nca_core.cli import main
+from nca_core.cli.main import main
 from nca_core.errors import ModelFileError, NCAError
-from nca_core.model import LevelPlan
-from nca_core.modelfile import load_model
-from nca_core.official import import_official
-from nca_core.preprocessing import prepare
+from nca_core.network.model import LevelPlan
+from nca_core.modelfile.bundle import load_model
+from nca_core.modelfile.official import import_official
+from nca_core.space.preprocessing import prepare
 
 torchio = pytest.importorskip("torchio")
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from nca_core.imaging import read_volume
-from nca_core.metrics import mean_foreground_dice
-from nca_core.postprocessing import Postprocessing, largest_component
+from nca_core.space.imaging import read_volume
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.space.postprocessing import Postprocessing, largest_component
 from nca_core.training.calibrate import choose_postprocessing
 from nca_core.training.data import find_pairs
 from nca_core.training.evaluate import CaseEvaluation

@@ -12,10 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nca_core.config import preset
+from nca_core.network.config import preset
 from nca_core.errors import InputImageError, ModelFileError
-from nca_core.imaging import Volume, read_volume
-from nca_core.modelfile import ModelBundle, load_model, save_model
+from nca_core.space.imaging import Volume, read_volume
+from nca_core.modelfile.bundle import ModelBundle, load_model, save_model
 
 from nca_helpers import random_model
 

@@ -21,10 +21,10 @@ import pytest
 import SimpleITK as sitk
 
 import nca_core.atomic
-import nca_core.batch
-import nca_core.outputs
-from nca_core.cli import main
-from nca_core.config import MAX_STEPS
+import nca_core.cli.batch
+import nca_core.cli.outputs
+from nca_core.cli.main import main
+from nca_core.network.config import MAX_STEPS
 
 from nca_helpers import fast, hashes, model_file, run_cli, smooth_volume, write_volume
 
@@ -171,9 +171,9 @@ def test_bad_model_file_gives_one_line_and_no_outputs(tmp_path, capsys, model, i
 
 
 def test_model_whose_channels_do_not_fit_the_input(tmp_path, capsys, inputs):
-    from nca_core.config import NCAConfig
-    from nca_core.model import M3DNCA
-    from nca_core.modelfile import ModelBundle, save_model
+    from nca_core.network.config import NCAConfig
+    from nca_core.network.model import M3DNCA
+    from nca_core.modelfile.bundle import ModelBundle, save_model
 
     path = tmp_path / "two_inputs.m3dnca"
     config = NCAConfig(input_channels=2, kernel_sizes=[7, 3], steps=[1, 1], downscale=2)
@@ -255,7 +255,7 @@ def test_output_folder_that_refuses_new_files(tmp_path, capsys, model, inputs, k
 def failing_writer(monkeypatch, fail_on: int, error: BaseException):
     """Make the n-th image write leave a partial file and raise ``error``."""
     calls = []
-    original = nca_core.outputs.write_image
+    original = nca_core.cli.outputs.write_image
 
     def write(image, filename):
         calls.append(filename)
@@ -264,7 +264,7 @@ def failing_writer(monkeypatch, fail_on: int, error: BaseException):
             raise error
         original(image, filename)
 
-    monkeypatch.setattr(nca_core.outputs, "write_image", write)
+    monkeypatch.setattr(nca_core.cli.outputs, "write_image", write)
     return calls
 
 
@@ -391,14 +391,14 @@ def test_interrupt_while_writing_leaves_nothing(tmp_path, capsys, model, inputs,
 def test_termination_while_writing_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
     import signal
 
-    original = nca_core.outputs.write_image
+    original = nca_core.cli.outputs.write_image
 
     def terminated(image, filename):
         Path(filename).write_bytes(b"partial")
         os.kill(os.getpid(), signal.SIGTERM)  # as `kill` or a batch scheduler would
         original(image, filename)
 
-    monkeypatch.setattr(nca_core.outputs, "write_image", terminated)
+    monkeypatch.setattr(nca_core.cli.outputs, "write_image", terminated)
     ignored = []  # without the command's own handler the run would go on, and this test fail
 
     def record(signum, frame):
@@ -493,7 +493,7 @@ def test_resume_redoes_unfinished_cases_and_skips_finished_ones(tmp_path, capsys
 
 def test_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, capsys, model, inputs, monkeypatch):
     write_volume(inputs / "second.nrrd", smooth_volume(seed=2))
-    original = nca_core.batch.segment_image
+    original = nca_core.cli.batch.segment_image
 
     def flaky(image, *args, **kwargs):
         array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
@@ -501,7 +501,7 @@ def test_unexpected_error_in_one_case_does_not_stop_the_batch(tmp_path, capsys, 
             raise ValueError("boom")
         return original(image, *args, **kwargs)
 
-    monkeypatch.setattr(nca_core.batch, "segment_image", flaky)
+    monkeypatch.setattr(nca_core.cli.batch, "segment_image", flaky)
     code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", *fast(model))
     assert code == 1
     assert err[0] == f"m3dnca: error: {inputs / 'good.nii.gz'}: unexpected ValueError: boom (please report this)"

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nca_core.config import preset
-from nca_core.firing import fire_mask, stream_key
-from nca_core.model import LevelPlan, M3DNCA
-from nca_core.rule import NCARule
+from nca_core.network.config import preset
+from nca_core.network.firing import fire_mask, stream_key
+from nca_core.network.model import LevelPlan, M3DNCA
+from nca_core.network.rule import NCARule
 
 from nca_helpers import random_model
 

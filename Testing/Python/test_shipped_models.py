@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from nca_core.imaging import read_volume
-from nca_core.metrics import mean_foreground_dice
-from nca_core.registry import load, shipped_models
+from nca_core.space.imaging import read_volume
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.modelfile.registry import load, shipped_models
 
 from nca_helpers import run_cli
 
@@ -41,8 +41,8 @@ def test_shipped_metadata_names_no_machine_paths():
     """Provenance names the data set, split and hardware, never the training machine's folders."""
     import re
 
-    from nca_core.modelfile import _read_metadata
-    from nca_core.registry import shipped_models
+    from nca_core.modelfile.bundle import _read_metadata
+    from nca_core.modelfile.registry import shipped_models
 
     absolute = re.compile(r"(?:^|[\s\"'(=:])(?:/[A-Za-z0-9._-]+){2,}|[A-Za-z]:\\\\")
     for name, path in shipped_models().items():

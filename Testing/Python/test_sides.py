@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nca_core.ensemble import combine, run_ensemble
+from nca_core.inference.ensemble import combine, run_ensemble
 from nca_core.errors import ModelFileError
-from nca_core.metrics import mean_foreground_dice
-from nca_core.pipeline import segment_array
-from nca_core.preprocessing import Preprocessing
-from nca_core.regions import box_grid
-from nca_core.registry import load
-from nca_core.sides import choose_side
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.inference.pipeline import segment_array
+from nca_core.inference.settings import SegmentSettings
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.space.regions import box_grid
+from nca_core.modelfile.registry import load
+from nca_core.inference.sides import choose_side
 
 from nca_helpers import REPOSITORY
 
@@ -31,8 +32,8 @@ def crop_and_label(hippocampus_dir, case):
 
 
 def segment(image: sitk.Image, array: np.ndarray, bundle, **options):
-    return segment_array(array, bundle, "hippocampus", spacing=image.GetSpacing(),
-                         direction=image.GetDirection(), device="cpu", **options)
+    return segment_array(array, bundle, SegmentSettings(model="hippocampus", device="cpu", **options),
+                         spacing=image.GetSpacing(), direction=image.GetDirection())
 
 
 def mirrored_against_stored(bundle, hippocampus_dir, cases):

@@ -36,10 +36,11 @@ API_LIST = Path(__file__).resolve().parent / "slicer_util_api.txt"
 sys.path.insert(0, str(MODULE_DIR))
 sys.path.insert(0, str(REPOSITORY))
 
-from M3DNCASegmentLib import display, geometry, options  # noqa: E402
+from M3DNCASegmentLib import dependencies, display, geometry, options  # noqa: E402
 from M3DNCASegmentLib.job import CANCELLED, FAILED, FINISHED, BackgroundJob  # noqa: E402
-from nca_core import registry  # noqa: E402
-from nca_core.lights import LIGHT_COLORS  # noqa: E402
+from nca_core.modelfile import registry  # noqa: E402
+from nca_core.modelfile.header import read_model_header  # noqa: E402
+from nca_core.quality.lights import LIGHT_COLORS  # noqa: E402
 
 
 # --- geometry ------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ def test_opacity_is_clamped():
 
 
 def test_every_engine_light_has_a_colour_and_title():
-    from nca_core.quality import EXPLANATIONS
+    from nca_core.quality.nqm import EXPLANATIONS
 
     for light in EXPLANATIONS:
         assert re.fullmatch(r"#[0-9a-f]{6}", display.light_color(light))
@@ -179,7 +180,7 @@ def test_segment_names_colours_and_terminology():
 # --- options --------------------------------------------------------------------------------
 
 def test_panel_choices_become_the_engines_settings(tiny_model):
-    from nca_core.devices import DEVICE_CHOICES
+    from nca_core.inference.devices import DEVICE_CHOICES
     from nca_core.errors import NCAError
 
     for choice in options.DEVICE_CHOICES:
@@ -199,27 +200,27 @@ def test_panel_choices_become_the_engines_settings(tiny_model):
 
 
 def test_dependencies_message_lists_everything():
-    assert options.missing_pip_packages(lambda name: None) == list(options.PIP_REQUIREMENTS.values())
-    assert options.missing_pip_packages(lambda name: object()) == []
-    message = options.install_message(True, ["safetensors>=0.4,<1"])
+    assert dependencies.missing_pip_packages(lambda name: None) == list(dependencies.PIP_REQUIREMENTS.values())
+    assert dependencies.missing_pip_packages(lambda name: object()) == []
+    message = dependencies.install_message(True, ["safetensors>=0.4,<1"])
     assert "PyTorch" in message and "safetensors" in message
     # nothing heavy on the Slicer side, but everything a feature uses (--preview: matplotlib)
-    assert not {"torchio", "tensorboard"} & set(options.PIP_REQUIREMENTS)
-    assert {"safetensors", "matplotlib", "tqdm"} <= set(options.PIP_REQUIREMENTS)
+    assert not {"torchio", "tensorboard"} & set(dependencies.PIP_REQUIREMENTS)
+    assert {"safetensors", "matplotlib", "tqdm"} <= set(dependencies.PIP_REQUIREMENTS)
 
 
 def test_torch_older_than_2_needs_the_extension():
     present = lambda name: object()  # noqa: E731
-    assert options.torch_needs_install(lambda name: None, lambda name: None)
-    assert options.torch_needs_install(present, lambda name: "1.13.1+cu117")
-    assert not options.torch_needs_install(present, lambda name: "2.1.0")
-    assert not options.torch_needs_install(present, lambda name: None)  # a source build without metadata
-    assert options.pytorch_extension_missing(lambda name: None)
-    assert not options.pytorch_extension_missing(present)
+    assert dependencies.torch_needs_install(lambda name: None, lambda name: None)
+    assert dependencies.torch_needs_install(present, lambda name: "1.13.1+cu117")
+    assert not dependencies.torch_needs_install(present, lambda name: "2.1.0")
+    assert not dependencies.torch_needs_install(present, lambda name: None)  # a source build without metadata
+    assert dependencies.pytorch_extension_missing(lambda name: None)
+    assert not dependencies.pytorch_extension_missing(present)
 
 
 def test_regions_map_to_the_engine_locate_choices():
-    from nca_core.options import LOCATE_CHOICES, SIDE_CHOICES
+    from nca_core.inference.settings import LOCATE_CHOICES, SIDE_CHOICES
 
     assert options.SIDE_CHOICES == SIDE_CHOICES and options.LOCATE_CHOICES == LOCATE_CHOICES
     assert [options.region_locate(region) for region in options.REGION_CHOICES] == ["auto", "none", "none"]
@@ -243,9 +244,9 @@ def test_engine_root_source_and_installed_layouts(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     pytest.importorskip("torch")
-    from nca_core.config import NCAConfig
-    from nca_core.model import M3DNCA
-    from nca_core.modelfile import ModelBundle, save_model
+    from nca_core.network.config import NCAConfig
+    from nca_core.network.model import M3DNCA
+    from nca_core.modelfile.bundle import ModelBundle, save_model
 
     config = NCAConfig(channels=8, hidden=16, kernel_sizes=[3, 3], steps=[2, 2], downscale=2)
     bundle = ModelBundle.from_model(M3DNCA(config), provenance={"description": "tiny test model"})
@@ -255,11 +256,11 @@ def tiny_model(tmp_path_factory):
 
 
 def test_read_model_header_without_torch(tiny_model):
-    script = ("import sys; from nca_core.modelheader import read_model_header; "
+    script = ("import sys; from nca_core.modelfile.header import read_model_header; "
               f"h = read_model_header({str(tiny_model)!r}); print(h.levels, 'torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=str(REPOSITORY), timeout=60)
     assert proc.stdout.split() == ["2", "False"], proc.stderr
-    info = options.read_model_header(str(tiny_model))
+    info = read_model_header(str(tiny_model))
     assert info.name == "tiny" and info.description == "tiny test model"
     assert info.labels == ["foreground"] and info.levels == 2 and info.steps == [2, 2]
     assert not info.calibrated and not info.largest_component
@@ -268,21 +269,21 @@ def test_read_model_header_without_torch(tiny_model):
 
 def test_read_model_header_shows_largest_component_postprocessing_and_side(tmp_path):
     pytest.importorskip("torch")
-    from nca_core.modelfile import load_model, save_model
-    from nca_core.postprocessing import Postprocessing
-    from nca_core.registry import resolve
+    from nca_core.modelfile.bundle import load_model, save_model
+    from nca_core.space.postprocessing import Postprocessing
+    from nca_core.modelfile.registry import resolve
 
     bundle = load_model(resolve("hippocampus"))
     bundle.postprocessing = Postprocessing(largest_component=True)
     save_model(bundle, tmp_path / "lcc.m3dnca")
-    info = options.read_model_header(str(tmp_path / "lcc.m3dnca"))
+    info = read_model_header(str(tmp_path / "lcc.m3dnca"))
     assert info.largest_component and "largest connected component" in info.summary()
     assert info.side == bundle.preprocessing.side == "left"
 
 
 def test_read_model_header_rejects_other_files_as_load_model_does(tmp_path):
     from nca_core.errors import ModelFileError
-    from nca_core.modelfile import load_model
+    from nca_core.modelfile.bundle import load_model
 
     bad = tmp_path / "bad.m3dnca"
     bad.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}   ")
@@ -292,7 +293,7 @@ def test_read_model_header_rejects_other_files_as_load_model_does(tmp_path):
     huge.write_bytes(b"\xff" * 8 + b"{}")
     for path, words in ((bad, "no m3dnca metadata"), (short, "too short"), (huge, "truncated")):
         with pytest.raises(ModelFileError, match=words) as header_error:
-            options.read_model_header(str(path))
+            read_model_header(str(path))
         with pytest.raises(ModelFileError) as load_error:
             load_model(path)
         assert str(header_error.value) == str(load_error.value)
@@ -342,8 +343,9 @@ def test_background_job_equals_the_engine_for_the_same_seed(hippocampus_dir, see
     """A real case stored with LPS axes: the worker's labels, variance and NQM are the engine's
     for the same seed (and a different seed gives a different variance)."""
     pytest.importorskip("torch")
-    from nca_core.metrics import mean_foreground_dice
-    from nca_core.pipeline import segment_image
+    from nca_core.quality.metrics import mean_foreground_dice
+    from nca_core.inference.pipeline import segment_image
+    from nca_core.inference.settings import SegmentSettings
 
     case = sitk.ReadImage(str(hippocampus_dir / "imagesTr" / "hippocampus_011.nii.gz"), sitk.sitkFloat32)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(hippocampus_dir / "labelsTr" / "hippocampus_011.nii.gz")))
@@ -358,15 +360,15 @@ def test_background_job_equals_the_engine_for_the_same_seed(hippocampus_dir, see
         result = job.result()
     finally:
         job.cleanup()
-    direct = segment_image(lps, registry.load("hippocampus"), "hippocampus", runs=2, seed=seed, device="cpu",
-                           side="left", locate="none")
+    direct = segment_image(lps, registry.load("hippocampus"), SegmentSettings(model="hippocampus", runs=2, seed=seed,
+                                                                              device="cpu", side="left", locate="none"))
     assert result.report["grid"]["reoriented"]
     assert direct.ensemble.labels.any()
     assert np.array_equal(result.labels, direct.ensemble.labels)
     assert np.array_equal(result.variance, direct.ensemble.variance_map)
     assert result.report["nqm"] == direct.report()["nqm"] and result.report["quality"] == direct.quality.light
-    other = segment_image(lps, registry.load("hippocampus"), "hippocampus", runs=2, seed=seed + 1, device="cpu",
-                          side="left", locate="none")
+    other = segment_image(lps, registry.load("hippocampus"), SegmentSettings(model="hippocampus", runs=2, seed=seed + 1,
+                                                                             device="cpu", side="left", locate="none"))
     assert not np.array_equal(result.variance, other.ensemble.variance_map)
     unflipped = result.labels.transpose(2, 1, 0)[:, ::-1, ::-1]  # (K, J, I) of the case as stored
     assert mean_foreground_dice(unflipped, (truth > 0).astype(np.uint8), 1) > 0.85
@@ -612,10 +614,10 @@ def test_ui_parameter_names_are_parameter_node_fields_of_a_connectable_type():
     assert set(parameters) <= set(fields)
     # widget classes the parameterNodeWrapper GUI connectors accept for each type (guiConnectors.py)
     accepted = {"int": {"QSpinBox", "QSlider"}, "float": {"QDoubleSpinBox", "ctkSliderWidget"},
-                "str": {"QLineEdit", "QComboBox", "QLabel"}, "vtkMRML": {"qMRMLNodeComboBox"}}
+                "str": {"QLineEdit", "QComboBox", "QLabel"}, "bool": {"QCheckBox"}, "vtkMRML": {"qMRMLNodeComboBox"}}
     for name, widget in parameters.items():
         annotation = fields[name]
-        kind = next(k for k in ("vtkMRML", "int", "float", "str") if k in annotation)
+        kind = next(k for k in ("vtkMRML", "int", "float", "str", "bool") if k in annotation)
         assert widgets[widget] in accepted[kind], (name, widgets[widget], annotation)
         if widgets[widget] == "QComboBox":
             assert "Choice" in annotation  # QComboBoxToStringableConnector needs Choice

@@ -29,10 +29,12 @@ sys.path.insert(0, str(REPOSITORY))
 
 import slicer.util  # noqa: E402
 from M3DNCASegmentLib import display  # noqa: E402
+from M3DNCASegmentLib.job import JobResult  # noqa: E402
 from M3DNCASegmentLib.logic import SegmentLogic  # noqa: E402
-from nca_core import registry  # noqa: E402
+from nca_core.modelfile import registry  # noqa: E402
 from nca_core.errors import NCAError  # noqa: E402
-from nca_core.pipeline import segment_image  # noqa: E402
+from nca_core.inference.pipeline import segment_image  # noqa: E402
+from nca_core.inference.settings import SegmentSettings  # noqa: E402
 
 SAMPLE = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
 RUNS = 2  # the shipped sample is a right hippocampus: side="right" skips the side probe's runs
@@ -105,7 +107,7 @@ def test_outputs_match_the_engine_voxel_for_voxel(scene, model, geometry):
         transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(toParent))
         volume.SetAndObserveTransformNodeID(transform.GetID())
     result = SegmentLogic().process(volume, runs=RUNS, region="volume", side="right")
-    engine = segment_image(image, model, "hippocampus", runs=RUNS, locate="none", side="right")
+    engine = segment_image(image, model, SegmentSettings(model="hippocampus", runs=RUNS, locate="none", side="right"))
 
     labels = engine.ensemble.labels.transpose(2, 1, 0)  # engine (I, J, K) -> Slicer (K, J, I)
     assert labels.any(), "the engine found nothing: the comparison would be empty"
@@ -195,6 +197,7 @@ def test_a_rerun_hides_the_previous_result_of_the_same_volume(scene):
     assert not slicer.modules.colors.logic().GetColorLegendDisplayNode(first.varianceNode).GetVisibility()
     assert second.segmentationNode.GetDisplayVisibility()
     assert unrelated.segmentationNode.GetDisplayVisibility()
+    assert first.searchBoxes == second.searchBoxes == []  # a crop has no search boxes
 
 
 def test_scene_close_removes_the_outputs_and_the_logic_still_works(scene):
@@ -219,7 +222,7 @@ def test_an_roi_is_cut_from_the_volume_and_the_result_pasted_back(scene, model):
     roi.SetRadiusXYZ(*(np.abs(corners[1][:3] - corners[0][:3]) / 2 - 0.01))
     result = SegmentLogic().process(volume, runs=RUNS, region="roi", roi=roi, side="right")
     engine = segment_image(image[int(low[0]):int(high[0]), int(low[1]):int(high[1]), int(low[2]):int(high[2])],
-                           model, "hippocampus", runs=RUNS, locate="none", side="right")
+                           model, SegmentSettings(model="hippocampus", runs=RUNS, locate="none", side="right"))
     expected = np.zeros(tuple(size), np.uint8)
     expected[low[0]:high[0], low[1]:high[1], low[2]:high[2]] = engine.ensemble.labels
     name = display.segment_name(engine.labels[1])
@@ -278,15 +281,48 @@ def test_a_whole_head_gives_two_named_sides_each_on_its_own_side(scene, wholehea
     for name, value in (("Left hippocampus", 1), ("Right hippocampus", 2)):
         mask = _labelmap_kji(segmentationNode, name, volume) > 0
         assert (atlas[mask] == value).mean() > 0.5, f"{name} is mostly outside the atlas's {name.lower()}"
+    _check_search_boxes(scene, volume, result)
+
+
+def _check_search_boxes(scene, volume, result) -> None:
+    """One hidden ROI per side, placed, sized and turned as the report's box (LPS -> RAS), that
+    holds its side's segmentation; the panel's switch shows them; a re-run hides them."""
+    boxes = {box.GetName(): box for box in result.searchBoxes}
+    assert sorted(boxes) == ["ch2 left hippocampus box", "ch2 right hippocampus box"]
+    ijkToRAS = _matrix(volume)
+    for side in result.sides:
+        roi, box = boxes[f"ch2 {side['side']} hippocampus box"], side["box"]
+        assert scene.IsNodePresent(roi) and not roi.GetDisplayVisibility() and roi.GetLocked()
+        assert np.allclose(roi.GetCenter(), np.array(box["centre_lps_mm"]) * (-1, -1, 1), atol=1e-6)
+        assert np.allclose(roi.GetSize(), np.multiply(box["size"], box["spacing_mm"]), atol=1e-6)
+        axes = slicer.util.arrayFromVTKMatrix(roi.GetObjectToNodeMatrix())[:3, :3]
+        expected = np.diag([-1.0, -1.0, 1.0]) @ np.reshape(box["direction"], (3, 3))
+        assert np.allclose(np.abs(np.sum(axes * expected, axis=0)), 1.0, atol=1e-6)  # each axis, either way round
+        voxels = np.argwhere(_labelmap_kji(result.segmentationNode, f"{side['side'].capitalize()} hippocampus",
+                                           volume) > 0)[:, ::-1]
+        ras = (ijkToRAS @ np.c_[voxels, np.ones(len(voxels))].T)[:3]
+        inside = np.abs(axes.T @ (ras - np.reshape(roi.GetCenter(), (3, 1)))) <= np.reshape(roi.GetSize(), (3, 1)) / 2
+        assert inside.all(axis=0).mean() > 0.99, f"{side['side']}: the segmentation is not inside its box"
+    logic = SegmentLogic()
+    logic.showSearchBoxes(result.segmentationNode, True)
+    assert all(box.GetDisplayVisibility() for box in result.searchBoxes)
+    shape = tuple(volume.GetImageData().GetDimensions())
+    rerun = JobResult(labels=np.zeros(shape, np.uint8), variance=np.zeros(shape, np.float32), report=result.report)
+    again = logic.createOutputs(volume, rerun, 1.0, showResult=False)  # the same report again, as a re-run
+    assert not any(box.GetDisplayVisibility() for box in result.searchBoxes)  # the earlier result's, hidden
+    assert len(again.searchBoxes) == 2 and not any(box.GetDisplayVisibility() for box in again.searchBoxes)
+    ids = [box.GetID() for box in result.searchBoxes + again.searchBoxes]
+    scene.Clear(0)
+    assert all(scene.GetNodeByID(node_id) is None for node_id in ids)
 
 
 def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, monkeypatch):
-    from M3DNCASegmentLib import options
+    from M3DNCASegmentLib import dependencies
 
     volume = _volume_node(_sample("ras"))
     before = _node_ids(scene)
-    monkeypatch.setattr(options, "torch_needs_install", lambda: True)
-    monkeypatch.setattr(options, "pytorch_extension_missing", lambda: False)
+    monkeypatch.setattr(dependencies, "torch_needs_install", lambda: True)
+    monkeypatch.setattr(dependencies, "pytorch_extension_missing", lambda: False)
 
     def dialog(*args, **kwargs):
         raise AssertionError("a dialog was opened")
@@ -294,7 +330,7 @@ def test_missing_packages_raise_without_a_dialog_when_not_interactive(scene, mon
     monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", dialog)
     with pytest.raises(RuntimeError, match="Install them from the M3DNCASegment panel"):
         SegmentLogic().process(volume, runs=RUNS, region="volume", side="right")
-    monkeypatch.setattr(options, "pytorch_extension_missing", lambda: True)
+    monkeypatch.setattr(dependencies, "pytorch_extension_missing", lambda: True)
     with pytest.raises(RuntimeError, match="install the PyTorch extension"):  # said before any question
         SegmentLogic().process(volume, runs=RUNS, region="volume", side="right", interactive=True)
     assert _node_ids(scene) == before
@@ -315,7 +351,7 @@ def test_bad_options_and_unknown_models_are_refused_before_running(scene):
 
 
 def test_cancel_stops_the_engine_and_adds_nothing(scene):
-    from nca_core.ensemble import Cancelled
+    from nca_core.inference.ensemble import Cancelled
 
     volume = _volume_node(_sample("ras"))
     before = _node_ids(scene)

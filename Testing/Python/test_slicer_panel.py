@@ -60,7 +60,7 @@ API = _read_api()
 SIGNALS = {"clicked", "toggled", "activated", "currentIndexChanged", "valueChanged", "timeout", "textChanged",
            "currentNodeChanged", "mrmlSceneChanged", "destroyed", "pressed", "released", "currentTextChanged",
            "editingFinished"}
-DEFAULTS = {"text": "", "toolTip": "", "enabled": True, "visible": True, "styleSheet": "", "value": 0}
+DEFAULTS = {"text": "", "toolTip": "", "enabled": True, "visible": True, "styleSheet": "", "value": 0, "checked": False}
 
 
 class Signal:
@@ -429,6 +429,25 @@ def test_apply_runs_the_job_and_shows_the_result_and_the_light(module, scene):
     assert p.outputSegmentation.GetDisplayVisibility()
 
 
+def test_show_search_boxes_switches_the_boxes_of_the_latest_result(module, scene):
+    from M3DNCASegmentLib import outputs
+
+    panel, volume = _panel(module, scene)
+    _run(panel)
+    result = panel._parameterNode.outputSegmentation
+    box = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "a search box")  # as a whole head's result has
+    box.CreateDefaultDisplayNodes()
+    box.SetDisplayVisibility(False)
+    result.AddNodeReferenceID(outputs.SEARCH_BOX_REFERENCE_ROLE, box.GetID())
+    checkBox = panel.ui.showSearchBoxesCheckBox
+    checkBox.checked = True
+    checkBox.toggled.emit(True)
+    assert box.GetDisplayVisibility()
+    checkBox.checked = False
+    checkBox.toggled.emit(False)
+    assert not box.GetDisplayVisibility()
+
+
 def test_a_failed_job_says_why_and_leaves_the_scene(module, scene, monkeypatch):
     panel, volume = _panel(module, scene)
     monkeypatch.setattr(panel.logic, "pythonExecutable", lambda: shutil.which("false") or "/bin/false")
@@ -482,7 +501,7 @@ def test_the_gui_is_connected_once_and_choices_survive_reentering(module, scene)
 
 
 def test_the_same_model_file_loaded_twice_is_one_entry(module, scene, tmp_path, monkeypatch):
-    from nca_core.registry import resolve
+    from nca_core.modelfile.registry import resolve
 
     panel, volume = _panel(module, scene)
     copy = tmp_path / "mine.m3dnca"

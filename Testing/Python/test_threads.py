@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from nca_core.cli import main
-from nca_core.config import preset
-from nca_core.limits import long_run_notice
-from nca_core.preprocessing import Preprocessing
-from nca_core.threads import usable_cores, waits_passively
+from nca_core.cli.main import main
+from nca_core.network.config import preset
+from nca_core.inference.limits import long_run_notice
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.inference.threads import usable_cores, waits_passively
 
 from nca_helpers import REPOSITORY
 
@@ -32,7 +32,7 @@ def test_threads_wait_passively_when_other_programs_want_a_core(busy, passive):
 
 def test_threads_chosen_before_torch_loads_are_the_ones_torch_uses():
     code = ("import os\n"
-            "import nca_core.threads as threads\n"
+            "import nca_core.inference.threads as threads\n"
             "threads.busy_cores = lambda: {busy}\n"
             "chosen = threads.use_threads({requested})\n"
             "import torch\n"
@@ -55,7 +55,7 @@ def test_threads_chosen_before_torch_loads_are_the_ones_torch_uses():
                                    "--runs", "0"]])
 def test_errors_that_need_no_model_exit_before_torch_loads(tmp_path, args):
     code = ("import sys\n"
-            "from nca_core.cli import main\n"
+            "from nca_core.cli.main import main\n"
             "try:\n"
             f"    code = main({[a.format(tmp=tmp_path) for a in args]!r})\n"
             "except SystemExit as exit:\n"

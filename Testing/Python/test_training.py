@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nca_core.errors import NCAError
-from nca_core.modelfile import load_model
+from nca_core.modelfile.bundle import load_model
 from nca_core.training.calibrate import fit_calibration
 from nca_core.training.data import split_names
 from nca_core.training.loss import dice_bce_loss
@@ -218,7 +218,7 @@ def test_calibration_recovers_a_known_line():
 
 
 def test_calibration_judges_each_case_as_segment_shows_it():
-    from nca_core.quality import Calibration
+    from nca_core.quality.nqm import Calibration
     from nca_core.training.calibrate import judge
     from nca_core.training.evaluate import CaseEvaluation
 

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nca_core.cli import main
-from nca_core.config import NCAConfig, preset
+from nca_core.cli.main import main
+from nca_core.network.config import NCAConfig, preset
 from nca_core.errors import ModelFileError
 from nca_core.training.trainer import CHECKPOINT, Trainer
 from nca_helpers import hashes, model_file, quick_settings, run_cli, small_dataset, smooth_volume, write_volume

@@ -12,8 +12,9 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.errors import InputImageError
-from nca_core.pipeline import segment_image
-from nca_core.registry import load
+from nca_core.inference.pipeline import segment_image
+from nca_core.inference.settings import SegmentSettings
+from nca_core.modelfile.registry import load
 
 from nca_helpers import HEAD_VARIANTS, lps, resampled, run_cli, shifted, turned, variant
 
@@ -33,7 +34,7 @@ def bundle():
 
 def check_both_sides(image, label, bundle):
     """Each side found, judged and pasted onto the input's grid inside its atlas outline."""
-    result = segment_image(image, bundle, "hippocampus", runs=RUNS, device="cpu")
+    result = segment_image(image, bundle, SegmentSettings(model="hippocampus", runs=RUNS, device="cpu"))
     labels = result.ensemble.labels
     assert labels.shape == tuple(image.GetSize())
     assert result.ensemble.variance_map.shape == labels.shape
@@ -69,14 +70,15 @@ def test_head_variants(head, bundle, change):
 
 
 def test_one_side_of_a_head_on_request(head, bundle):
-    result = segment_image(head[0], bundle, "hippocampus", runs=2, device="cpu", side="right")
+    result = segment_image(head[0], bundle, SegmentSettings(model="hippocampus", runs=2, device="cpu", side="right"))
     assert [side.side for side in result.sides] == ["right"]
     assert set(np.unique(result.ensemble.labels)) == {0, 1}
     assert result.labels == {1: "right hippocampus"}
 
 
 def test_two_class_model_gives_four_named_labels(head):
-    result = segment_image(head[0], load("hippocampus-2class"), "hippocampus-2class", runs=2, device="cpu")
+    result = segment_image(head[0], load("hippocampus-2class"),
+                           SegmentSettings(model="hippocampus-2class", runs=2, device="cpu"))
     assert result.labels == {1: "left anterior hippocampus", 2: "left posterior hippocampus",
                              3: "right anterior hippocampus", 4: "right posterior hippocampus"}
     assert set(np.unique(result.ensemble.labels)) == {0, 1, 2, 3, 4}
@@ -97,4 +99,4 @@ def test_abdomen_and_noise_are_refused_in_one_line(formats_dir, head, tmp_path, 
 def test_locate_head_refuses_a_crop(hippocampus_dir, bundle):
     crop = sitk.ReadImage(str(hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"))
     with pytest.raises(InputImageError, match="whole-head T1"):
-        segment_image(crop, bundle, "hippocampus", runs=2, device="cpu", locate="head")
+        segment_image(crop, bundle, SegmentSettings(model="hippocampus", runs=2, device="cpu", locate="head"))

@@ -6,7 +6,7 @@ from typing import Callable, Dict
 import numpy as np
 import torch
 
-from ..preprocessing import rescale_percentiles
+from ..space.preprocessing import rescale_percentiles
 
 # The paper's settings: noise std 0.5, spike intensity 5, ghosting 6 ghosts of intensity 2.5,
 # applied to the image normalised to [0, 1].

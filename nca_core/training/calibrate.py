@@ -8,9 +8,9 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..lights import light_color
-from ..postprocessing import Postprocessing
-from ..quality import DEFAULT_TARGET_DICE, Calibration, assess_segmentation
+from ..quality.lights import light_color
+from ..space.postprocessing import Postprocessing
+from ..quality.nqm import DEFAULT_TARGET_DICE, Calibration, assess_segmentation
 from .evaluate import CaseEvaluation, detection_rates
 
 FLAG_SHARE = 0.95  # the margin is chosen so that this share of calibration failures is flagged

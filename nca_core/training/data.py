@@ -10,9 +10,9 @@ from typing import Any, Collection, Dict, List, Sequence, Tuple
 import numpy as np
 
 from ..errors import NCAError
-from ..grid import ModelGrid
-from ..imaging import Volume, case_name, is_volume_file, read_volume
-from ..preprocessing import Preprocessing
+from ..space.grid import ModelGrid
+from ..space.imaging import Volume, case_name, is_volume_file, read_volume
+from ..space.preprocessing import Preprocessing
 
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"))
 # The advice for a 4D or vector volume: the training commands have no --channel.

@@ -11,11 +11,11 @@ import numpy as np
 from tqdm import tqdm
 
 from ..atomic import write_json, write_text
-from ..metrics import mean_foreground_dice
-from ..modelfile import ModelBundle
-from ..options import SegmentSettings
-from ..postprocessing import Postprocessing, largest_component
-from ..pipeline import segment_array
+from ..quality.metrics import mean_foreground_dice
+from ..modelfile.bundle import ModelBundle
+from ..inference.settings import SegmentSettings
+from ..space.postprocessing import Postprocessing, largest_component
+from ..inference.pipeline import segment_array
 from .artifacts import degrade
 from .data import Case
 
@@ -51,10 +51,8 @@ def evaluate_cases(
     jobs = [(case, artifact) for case in cases for artifact in artifacts]
     for index, (case, artifact) in enumerate(tqdm(jobs, desc="evaluating", disable=not show_progress)):
         image = case.image if artifact == "none" else degrade(case.image, artifact, settings.seed + index)
-        segmentation = segment_array(image, bundle, "", runs=settings.runs, seed=settings.seed, device=settings.device,
-                                     fire_rate=settings.fire_rate, steps=settings.steps, side=settings.side,
-                                     spacing=case.volume.spacing, direction=case.volume.reference.GetDirection(),
-                                     engine=settings.engine)
+        segmentation = segment_array(image, bundle, settings, spacing=case.volume.spacing,
+                                     direction=case.volume.reference.GetDirection())
         result, quality = segmentation.ensemble, segmentation.quality  # on the case's own voxels, as users get it
         rows.append(CaseEvaluation(
             case=case.name, artifact=artifact,

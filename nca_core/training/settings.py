@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..config import NCAConfig, preset
+from ..network.config import NCAConfig, preset
 from ..errors import NCAError
 from ..fields import checked_fields
 

@@ -18,15 +18,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from .. import __version__
-from ..ensemble import run_ensemble
+from ..inference.ensemble import run_ensemble
 from ..atomic import atomic_path, write_json
-from ..devices import pick_device
+from ..inference.devices import pick_device
 from ..errors import NCAError
-from ..grid import common_grid
-from ..metrics import mean_foreground_dice
-from ..model import LevelPlan, M3DNCA
-from ..modelfile import ModelBundle, save_model
-from ..preprocessing import Preprocessing, pad_end, prepare
+from ..space.grid import common_grid
+from ..quality.metrics import mean_foreground_dice
+from ..network.model import LevelPlan, M3DNCA
+from ..modelfile.bundle import ModelBundle, save_model
+from ..space.preprocessing import Preprocessing, pad_end, prepare
 from .augment import augmenter
 from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
 from .loss import dice_bce_loss

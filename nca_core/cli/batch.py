@@ -1,0 +1,206 @@
+"""Segment many inputs into one output folder; one failing case does not stop the rest."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..atomic import write_text
+from ..inference.devices import pick_device
+from ..errors import NCAError
+from ..space.imaging import case_name, is_dicom_folder, list_inputs, read_volume
+from ..inference.limits import long_run_notice, memory_limit
+from ..modelfile.bundle import ModelBundle
+from ..inference.settings import SegmentSettings
+from .outputs import output_paths, write_outputs
+from ..inference.pipeline import locates_hippocampi, segment_image
+
+SUMMARY = "summary.csv"
+
+
+@dataclass
+class CaseOutcome:
+    case: str
+    input: str
+    status: str  # ok | skipped | failed
+    message: str = ""
+    nqm: Optional[float] = None
+    quality: str = ""
+    predicted_dice: Optional[float] = None
+    seconds: Optional[float] = None
+    note: str = ""  # what the reader must know about a result (thick slices)
+
+
+@dataclass
+class SegmentOptions:
+    """A batch's options: the segmentation's (the one settings type) and what is written."""
+
+    settings: SegmentSettings = field(default_factory=SegmentSettings)
+    save_probability: bool = False
+    preview: bool = False
+    overwrite: bool = False
+    channel: Optional[int] = None  # of a 4D or vector image
+
+
+def describe(outcome: CaseOutcome) -> str:
+    """One line per case (a second for its note); a failed case's line is its error message (it names the file)."""
+    if outcome.status == "ok":
+        nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
+        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
+        return f"{line}\n{outcome.case}: note: {outcome.note}" if outcome.note else line
+    if outcome.status == "failed":
+        return f"error: {outcome.message}"
+    return f"{outcome.case}: skipped: {outcome.message}"
+
+
+def is_batch(inputs: Sequence[Path]) -> bool:
+    """Several inputs, or a folder of volumes: such runs get a ``summary.csv``."""
+    paths = [Path(p) for p in inputs]
+    return len(paths) > 1 or any(p.is_dir() and not is_dicom_folder(p) for p in paths)
+
+
+def check_outputs_are_not_inputs(inputs: Sequence[Path], given: Sequence[Path], outdir: Path) -> None:
+    """Refuse an output file that is an input, or an output folder that is an input folder."""
+    resolved = {p.resolve() for p in inputs}
+    for folder in given:
+        if folder.is_dir() and folder.resolve() == outdir.resolve():
+            raise NCAError(f"{outdir}: output folder is an input folder; choose another output folder")
+    for path in inputs:
+        for output in output_paths(outdir, case_name(path)).values():
+            if output.resolve() in resolved:
+                raise NCAError(f"{output}: output would overwrite an input; choose another output folder")
+
+
+def unique_cases(inputs: Sequence[Path]) -> List[Path]:
+    """The inputs, each file once; refuses two files whose outputs would share names
+    (``a/x.nii.gz`` and ``b/x.nrrd``)."""
+    first: Dict[str, Path] = {}
+    for path in inputs:
+        other = first.setdefault(case_name(path), path)
+        if other is not path and other.resolve() != path.resolve():
+            raise NCAError(f"{other} and {path}: both would write the outputs of case '{case_name(path)}'; "
+                           "segment them into separate output folders")
+    return list(first.values())
+
+
+def prepare_output_folder(outdir: Path) -> None:
+    """Create ``outdir`` and prove that files can be created in it."""
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=outdir):
+            pass
+    except OSError as error:
+        raise NCAError(f"{outdir}: {_output_folder_problem(outdir, error)}") from None
+
+
+def _output_folder_problem(outdir: Path, error: OSError) -> str:
+    """What stops ``outdir`` from being used, naming the part of the path at fault."""
+    if outdir.is_dir():
+        return f"output folder is not writable ({error.strerror})"
+    if os.path.lexists(outdir):
+        return "output path exists and is not a folder"
+    missing = outdir  # the outermost folder of the path that does not exist yet
+    while missing.parent != missing and not os.path.lexists(missing.parent):
+        missing = missing.parent
+    if not missing.parent.is_dir():
+        return f"output folder cannot be created: {missing.parent} is not a folder"
+    if missing != outdir:
+        return (f"output folder cannot be created: its parent folder {missing} does not exist and cannot be "
+                f"created ({error.strerror})")
+    return f"output folder cannot be created in {outdir.parent} ({error.strerror})"
+
+
+def segment_inputs(
+    inputs: Sequence[Path],
+    outdir: Path,
+    bundle: ModelBundle,
+    options: SegmentOptions,
+    progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
+    report: Callable[[CaseOutcome], None] = lambda outcome: print(describe(outcome)),
+    notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> List[CaseOutcome]:
+    """Segment every input; returns one outcome per case (see ``write_summary``).
+
+    Problems common to all cases (options, output folder) raise NCAError; a case that
+    fails is reported and skipped, and leaves no output files. ``notify`` gets the line
+    announcing a long run.
+    """
+    settings = options.settings.check(bundle.config.levels)  # the whole batch is refused at once, not each case
+    memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
+    given = [Path(p) for p in inputs]
+    paths = unique_cases(list_inputs(given))
+    outdir = Path(outdir)
+    check_outputs_are_not_inputs(paths, given, outdir)
+    prepare_output_folder(outdir)
+    outcomes = []
+    for path in paths:
+        outcome = _segment_one(path, outdir, bundle, options, progress_for, notify)
+        report(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _segment_one(path: Path, outdir: Path, bundle, options: SegmentOptions, progress_for,
+                 notify: Callable[[str], None]) -> CaseOutcome:
+    name = case_name(path)
+    existing = [p.name for p in output_paths(outdir, name).values() if p.exists()]
+    if not options.overwrite and _is_done(output_paths(outdir, name)["report"]):
+        return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
+    try:
+        volume = read_volume(path, options.channel)
+        settings = options.settings
+        notice = not locates_hippocampi(volume.reference, settings.locate) and pick_device(settings.device) == "cpu" \
+            and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, settings.runs,
+                                settings.steps, torch.get_num_threads())
+        if notice:
+            notify(f"m3dnca: {name}: {notice}")
+        result = segment_image(volume.reference, bundle, settings, progress=progress_for(name) if progress_for else None)
+        write_outputs(volume, result, outdir, options.save_probability, options.preview)
+    except NCAError as error:
+        return CaseOutcome(name, str(path), "failed", _naming(str(error), path, outdir))
+    except Exception as error:  # noqa: BLE001 - one broken case must not stop a batch
+        message = f"unexpected {type(error).__name__}: {error} (please report this)"
+        return CaseOutcome(name, str(path), "failed", _naming(message, path, outdir))
+    report = result.report()
+    return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
+                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "")
+
+
+def _is_done(report: Path) -> bool:
+    """Whether a case was finished: its report (written last) parses and every output it lists
+    is in the report's folder. Outputs without such a report are left from an interrupted run
+    and are redone."""
+    try:
+        outputs = json.loads(report.read_text(encoding="utf-8"))["outputs"]
+        return bool(outputs) and all((report.parent / Path(listed).name).is_file() for listed in outputs.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _naming(message: str, path: Path, outdir: Path) -> str:
+    """The message, prefixed with the input file unless it already names a file."""
+    message = " ".join(message.split())
+    if message.startswith((str(path), str(outdir))):
+        return message
+    return f"{path}: {message}"
+
+
+def write_summary(outcomes: Sequence[CaseOutcome], outdir: Path) -> Path:
+    """``summary.csv``: one row per case with its status, written atomically."""
+    buffer = io.StringIO()
+    fields = list(asdict(CaseOutcome("", "", "")).keys())
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    for outcome in outcomes:
+        writer.writerow(asdict(outcome))
+    path = Path(outdir) / SUMMARY
+    write_text(path, buffer.getvalue())
+    return path

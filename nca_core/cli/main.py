@@ -1,0 +1,189 @@
+"""The ``m3dnca`` command line (also ``python -m nca_core``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from .. import __version__
+from .options import add_engine_option, add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
+from ..errors import NCAError, exit_code, user_message
+from ..inference.settings import DEVICE_CHOICES
+from ..modelfile.registry import DEFAULT_MODEL
+from ..space.grid import spacing_text
+from ..inference.threads import use_threads
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Segment every input; exit 0 when every case succeeded (or was skipped), 1 otherwise."""
+    from ..space.imaging import require_input
+    from ..modelfile.registry import load, resolve
+
+    resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
+    if len(args.inputs) == 1:
+        require_input(args.inputs[0])
+    from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
+    from ..inference.settings import SegmentSettings
+    from .progress import BatchProgress
+
+    bundle = load(args.model)
+    settings = SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=args.device,
+                                     fire_rate=args.fire_rate, steps=args.steps, side=args.side, locate=args.locate,
+                                     engine=args.engine)
+    options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
+                             overwrite=args.overwrite, channel=args.channel)
+    with BatchProgress(args.inputs, args.runs) as progress:
+        outcomes = segment_inputs(args.inputs, args.output, bundle, options, progress_for=progress.for_case,
+                                  report=progress.reporting(_print_outcome), notify=progress.write)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if is_batch(args.inputs):
+        summary = write_summary(outcomes, args.output)
+        if failed:
+            print(f"m3dnca: {len(failed)} of {len(outcomes)} cases failed; see {summary}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_outcome(outcome) -> None:
+    """Failed cases go to stderr as one error line each; the rest to stdout."""
+    from .batch import describe
+
+    if outcome.status == "failed":
+        print(f"m3dnca: {describe(outcome)}", file=sys.stderr)
+    else:
+        print(describe(outcome))
+
+
+def cmd_new_model(args: argparse.Namespace) -> int:
+    from ..network.config import preset
+    from ..network.model import M3DNCA
+    from ..modelfile.bundle import ModelBundle, save_model
+
+    if args.output.exists() and not args.overwrite:
+        raise NCAError(f"{args.output}: exists; pass --overwrite to replace it with an untrained model")
+    model = M3DNCA(preset(args.preset))
+    provenance = {"description": f"untrained {args.preset} preset", "preset": args.preset,
+                  "software": f"nca_core {__version__}"}
+    save_model(ModelBundle.from_model(model, provenance=provenance), args.output)
+    print(f"{args.output}: untrained '{args.preset}' model, {model.parameter_count()} parameters")
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ..modelfile.registry import load, resolve
+
+    path = resolve(args.model)
+    bundle = load(args.model)
+    info: Dict = {
+        "file": str(path),
+        "parameters": bundle.build().parameter_count(),
+        "config": bundle.config.to_dict(),
+        "preprocessing": bundle.preprocessing.to_dict(),
+        "postprocessing": bundle.postprocessing.to_dict(),
+        "calibration": bundle.calibration.to_dict() if bundle.calibration else None,
+        "provenance": bundle.provenance,
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    print(f"{path}\n  parameters: {info['parameters']:,}")
+    config = bundle.config
+    print(f"  levels: {config.levels}, downscale {config.downscale}, kernels {config.kernel_sizes}, "
+          f"steps {config.steps}, channels {config.channels}, hidden {config.hidden}, "
+          f"fire rate {config.fire_rate}")
+    print(f"  labels: {', '.join(config.labels)}")
+    largest = bundle.postprocessing.largest_component
+    preprocessing = bundle.preprocessing
+    if preprocessing.spacing is not None:
+        print(f"  input grid: {spacing_text(preprocessing.spacing)}, {preprocessing.orientation or 'any'} orientation "
+              "(inputs are turned and resampled to it, results mapped back)")
+    else:
+        print("  input grid: not recorded (inputs are used on their own voxel grid)")
+    if preprocessing.side:
+        print(f"  side: trained on {preprocessing.side} crops (crops of the other side are mirrored for it)")
+    print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")
+    calibration = bundle.calibration
+    if calibration:
+        print(f"  calibration: Dice = {calibration.slope:.3f} * NQM + {calibration.intercept:.3f} "
+              f"({calibration.cases} cases), target Dice {calibration.target_dice}, "
+              f"NQM threshold {calibration.nqm_threshold:.4f}, margin {calibration.margin:.3f}")
+    else:
+        print("  calibration: none (quality light shows 'unknown')")
+    for key, value in bundle.provenance.items():
+        if not isinstance(value, (dict, list)):
+            print(f"  {key}: {value}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="m3dnca", description="M3D-NCA segmentation with NCA quality metric.")
+    parser.add_argument("--version", action="version", version=f"m3dnca {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser("segment", help="segment volumes (files, DICOM folders, folders of volumes)")
+    segment.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
+    segment.add_argument("-o", "--output", type=Path, required=True, metavar="OUTDIR")
+    segment.add_argument("--model", default=DEFAULT_MODEL, help="shipped model name or model file")
+    segment.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
+    segment.add_argument("--seed", type=int, default=0)
+    segment.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    segment.add_argument("--fire-rate", type=fire_rate_option, default=None, help="default: the model's")
+    segment.add_argument("--steps", type=steps_list, default=None, help="steps per level, e.g. 10,10")
+    segment.add_argument("--save-probability", action="store_true")
+    segment.add_argument("--preview", action="store_true", help="write a PNG: the most segmented slice, the light")
+    segment.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    segment.add_argument("--channel", type=channel_index, default=None, metavar="N",
+                         help="channel (0-based) of a 4D or vector image to segment")
+    add_side_option(segment)
+    add_locate_option(segment)
+    add_engine_option(segment)
+    add_threads_option(segment)
+    segment.set_defaults(run=cmd_segment)
+
+    new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
+    new_model.add_argument("--preset", required=True)
+    new_model.add_argument("-o", "--output", type=Path, required=True)
+    new_model.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    new_model.set_defaults(run=cmd_new_model)
+
+    info = commands.add_parser("info", help="describe a model file or shipped model")
+    info.add_argument("model")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(run=cmd_info)
+
+    from .bench import add_bench_command
+    from .official_command import add_import_command
+    from .training import add_training_commands
+
+    add_training_commands(commands)
+    add_bench_command(commands)
+    add_import_command(commands)
+    return parser
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed command cleans up like Ctrl+C
+    try:
+        args = build_parser().parse_args(argv)
+        use_threads(getattr(args, "threads", None))  # before torch loads
+        return args.run(args)
+    except (NCAError, OSError, MemoryError) as error:
+        print(f"m3dnca: error: {user_message(error)}", file=sys.stderr)
+        return exit_code(error)
+    except KeyboardInterrupt as error:
+        print("m3dnca: interrupted", file=sys.stderr)
+        return exit_code(error)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""``m3dnca train``, ``evaluate`` and ``calibrate``."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, List
+
+from .options import add_engine_option, add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
+from ..errors import NCAError
+from ..inference.settings import DEVICE_CHOICES
+from ..space.imaging import case_name
+from ..space.postprocessing import Postprocessing
+from ..quality.nqm import DEFAULT_TARGET_DICE
+from ..training.data import Case, check_cases_found, find_pairs, load_cases, read_split
+
+if TYPE_CHECKING:
+    from ..training.evaluate import CaseEvaluation
+    from ..training.trainer import Trainer, TrainingResult
+
+EXIT_OK = 0
+TRAINING_EXTRAS = "bash scripts/setup.sh train, or pip install -e '.[train]' in the repository"
+
+
+def _require(*packages: str) -> None:
+    """Stop before any work, in one line, when an optional training package is missing."""
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if missing:
+        raise NCAError(f"{' and '.join(missing)} not installed: this command needs the training extras "
+                       f"({TRAINING_EXTRAS})")
+
+
+def _selected_cases(args: argparse.Namespace, merge_labels: bool) -> List[Case]:
+    pairs = find_pairs(args.data)
+    if args.split:
+        names = read_split(args.split)[args.subset]
+        check_cases_found(names, {case_name(image) for image, _ in pairs}, args.split, args.data)
+        pairs = [(image, label) for image, label in pairs if case_name(image) in names]
+    if args.limit:
+        pairs = pairs[: args.limit]
+    if not pairs:
+        raise NCAError(f"{args.data}: no cases selected")
+    return load_cases(pairs, merge_labels)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..training.settings import TrainSettings
+    from ..training.trainer import Trainer
+
+    run_dir = Path(args.output)
+    saved = run_dir / "settings.json"
+    if args.resume and saved.is_file():
+        settings = TrainSettings.from_file(saved)
+    elif args.config:
+        settings = TrainSettings.from_file(args.config)
+    else:
+        settings = TrainSettings.for_preset(args.preset)
+    overrides = {k: v for k, v in (("iterations", args.iterations), ("time_limit_minutes", args.time_limit),
+                                   ("augment", args.augment or None)) if v is not None}
+    settings = replace(settings, **overrides)
+    _require("tensorboard", *(["torchio"] if settings.augment else []))
+    initial = None
+    if args.init:
+        from ..modelfile.registry import load
+
+        initial = load(args.init)
+    trainer = Trainer(args.data, run_dir, settings, device=args.device, initial=initial, split_file=args.split)
+    result = trainer.fit(resume=args.resume)
+    print(f"{result.iterations} iterations, {result.seconds / 60:.1f} min; {_outcome(trainer, result)}")
+    return EXIT_OK
+
+
+def _outcome(trainer: Trainer, result: TrainingResult) -> str:
+    """Where the model is and how it validated, or when the first one appears."""
+    from ..training.trainer import BEST_MODEL
+
+    model = trainer.run_dir / BEST_MODEL
+    settings = trainer.settings
+    if not model.is_file():
+        return (f"no model yet (the first is saved at the first validation, iteration "
+                f"{min(settings.validate_every, settings.iterations)}); continue with --resume and a larger "
+                "--time-limit")
+    if not trainer.validation_cases:
+        return f"no validation cases, so no validation Dice; model (the latest weights): {model}"
+    return f"best validation Dice {result.best_dice:.4f} at iteration {result.best_iteration}; model: {model}"
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .batch import prepare_output_folder
+    from ..inference.devices import pick_device
+    from ..modelfile.registry import load
+    from ..training.evaluate import evaluate_cases, summarise, write_evaluation
+
+    bundle = load(args.model)
+    cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
+    if args.artifacts:
+        _require("torchio")
+    artifacts = ["none"] + (["noise", "spike", "ghosting"] if args.artifacts else [])
+    device = pick_device(args.device)
+    prepare_output_folder(Path(args.output))  # before the evaluation, not after it
+    rows = evaluate_cases(bundle, cases, _settings(args, device), artifacts=artifacts)
+    target = bundle.calibration.target_dice if bundle.calibration else DEFAULT_TARGET_DICE
+    summary = summarise(rows, target)
+    write_evaluation(rows, summary, args.output)
+    print(json.dumps(summary, indent=2))
+    return EXIT_OK
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .batch import prepare_output_folder
+    from ..inference.devices import pick_device
+    from ..modelfile.bundle import save_model
+    from ..modelfile.registry import load
+    from ..training.calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
+    from ..training.evaluate import evaluate_cases, summarise, write_evaluation
+
+    _refuse_to_overwrite_the_model(args.model, args.output)
+    if args.output.is_dir():
+        raise NCAError(f"{args.output}: is a folder; give the calibrated model's file name")
+    bundle = load(args.model)
+    cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
+    if not args.no_artifacts:
+        _require("torchio")
+    artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
+    device = pick_device(args.device)
+    prepare_output_folder(args.output.parent)  # before the evaluation, not after it
+    rows = evaluate_cases(bundle, cases, _settings(args, device), artifacts=artifacts, postprocessing=Postprocessing())
+    bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
+    if bundle.postprocessing.largest_component:
+        rows = [replace(r, dice=r.dice_largest_component) for r in rows]
+    description = (f"{len(cases)} cases of {Path(args.data).name}"
+                   f"{' (' + args.subset + ' split)' if args.split else ''}, artifacts: {', '.join(artifacts)}, "
+                   f"{args.runs} runs")
+    try:
+        calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
+    except ValueError as error:
+        raise NCAError(f"calibration failed: {error}") from None
+    rows = [judge(row, calibration) for row in rows]
+    summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict(), postprocessing=choice)
+    if args.cross_validate > 1:
+        summary["held_out"] = _held_out_rates(rows, args.cross_validate, args.target_dice)
+    bundle.calibration = calibration
+    bundle.provenance = dict(bundle.provenance, calibration_report=summary)
+    out = Path(args.output)
+    save_model(bundle, out)
+    report_dir = out.parent / (out.name + ".calibration")
+    write_evaluation(rows, summary, report_dir)
+    plot_calibration(rows, calibration, report_dir / "dice_vs_nqm.png")
+    print(json.dumps(summary, indent=2))
+    print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
+    return EXIT_OK
+
+
+def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
+    """calibrate writes a new model file; its input is never replaced."""
+    from ..modelfile.registry import resolve
+
+    if output.exists() and os.path.samefile(resolve(model), output):
+        raise NCAError(f"{output}: is the input model (--model {model}); write the calibrated model to another file")
+
+
+def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) -> Dict:
+    """The light's detection rates on held-out cases, or NCAError when a fold cannot be fitted."""
+    from ..training.calibrate import cross_validated_rates
+
+    try:
+        return cross_validated_rates(rows, folds, target_dice)
+    except ValueError as error:
+        raise NCAError(f"cross-validation with {folds} folds failed ({error}); calibrate on more cases "
+                       "or pass --cross-validate 1 to skip it") from None
+
+
+def _settings(args: argparse.Namespace, device: str):
+    """The segmentation settings of evaluate/calibrate (the one settings type of segment)."""
+    from ..inference.settings import SegmentSettings
+
+    return SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=device, side=args.side,
+                                 engine=args.engine)
+
+
+def _add_case_selection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="MSD-style folder")
+    parser.add_argument("--model", required=True, help="shipped model name or model file")
+    parser.add_argument("--split", type=Path, help="a run's split.json to pick cases from")
+    parser.add_argument("--subset", default="validation", choices=["train", "validation"])
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N cases")
+    parser.add_argument("--runs", type=positive_int, default=10, help="pseudo-ensemble size (default 10)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    add_side_option(parser)
+    add_engine_option(parser)
+    add_threads_option(parser)
+    parser.add_argument("-o", "--output", type=Path, required=True)
+
+
+def add_training_commands(commands) -> None:
+    train = commands.add_parser("train", help="train a model on an MSD-style dataset")
+    train.add_argument("--data", type=Path, required=True)
+    source = train.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="hippocampus")
+    source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run)")
+    train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
+    train.add_argument("--iterations", type=positive_int)
+    train.add_argument("--time-limit", type=positive_number, metavar="MINUTES",
+                       help="stop (resumably) after this much training time in all, counting earlier sittings")
+    train.add_argument("--augment", action="store_true", help="TorchIO augmentation: small rotation and scaling, gamma, bias field, noise")
+    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR")
+    train.add_argument("--init", metavar="MODEL", help="start from this model's weights (fine-tuning)")
+    train.add_argument("--split", type=Path, help="reuse another run's split.json")
+    train.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="Dice, NQM and light per case; CSV + JSON")
+    _add_case_selection(evaluate)
+    evaluate.add_argument("--artifacts", action="store_true", help="also noise, spike and ghosting versions")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    calibrate = commands.add_parser("calibrate", help="fit Dice ~ NQM and store it in a model file")
+    _add_case_selection(calibrate)
+    calibrate.add_argument("--target-dice", type=open_unit_interval, default=DEFAULT_TARGET_DICE)
+    calibrate.add_argument("--no-artifacts", action="store_true", help="clean images only")
+    calibrate.add_argument("--largest-component", choices=["auto", "yes", "no"], default="auto",
+                           help="keep only the largest foreground component (auto: if it raises the clean "
+                                "cases' mean Dice)")
+    calibrate.add_argument("--cross-validate", type=int, default=5, metavar="K",
+                           help="also report the light's detection rates on held-out cases, K folds by case")
+    calibrate.set_defaults(run=cmd_calibrate)

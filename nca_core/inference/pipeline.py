@@ -1,0 +1,209 @@
+"""Segment one volume with a model: the single entry point behind the CLI and Slicer."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..network.config import NCAConfig
+from .devices import pick_device
+from .ensemble import EnsembleResult, ProgressCallback, combine, label_map, run_ensemble
+from ..errors import InputImageError, NCAError
+from ..space.grid import ModelGrid, spacing_text
+from ..space.imaging import check_not_constant, intensity_array
+from .limits import check_fits, check_memory, inference_bytes, size_text
+from ..space.locate import HeadAtlas, StepProgress, is_whole_scan
+from ..modelfile.bundle import ModelBundle
+from .settings import SegmentSettings
+from ..space.postprocessing import Postprocessing
+from ..quality.nqm import Quality, assess_segmentation
+from ..space.regions import SIDES, left_right_axis
+from .result import SegmentationResult, SideResult
+from .sides import PROBE_RUNS, choose_side, label_names, mirror
+from .wholehead import locate_regions, segment_regions, worst
+
+
+def segment_array(
+    array: np.ndarray,
+    bundle: ModelBundle,
+    settings: SegmentSettings,
+    progress: Optional[ProgressCallback] = None,
+    should_cancel: Optional[Callable[[], bool]] = None,
+    spacing: Optional[Sequence[float]] = None,
+    direction: Optional[Sequence[float]] = None,
+) -> SegmentationResult:
+    """Run the pseudo-ensemble on a raw (X, Y, Z) crop and judge its quality.
+
+    ``settings`` (checked where they were made) are checked here against the model only.
+    ``spacing`` (mm) and ``direction`` (9 cosines, ITK/LPS) are the volume's geometry: with
+    them it is turned and resampled to the model's training grid and the outputs mapped back
+    (NQM is of the model's grid, where it was calibrated). Without them the volume is taken
+    to be on the model's grid. ``settings.side`` (auto, left, right) is the side the crop shows:
+    a side the model did not learn is mirrored left-right for it (see ``sides``). Raises
+    NCAError subclasses (without a file name) for inputs the model cannot take.
+    """
+    settings.check(bundle.config.levels)
+    return _segment_crop(array, bundle, settings, progress, should_cancel, spacing, direction)
+
+
+def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSettings,
+                  progress: Optional[ProgressCallback], should_cancel: Optional[Callable[[], bool]],
+                  spacing: Optional[Sequence[float]], direction: Optional[Sequence[float]]) -> SegmentationResult:
+    """``segment_array`` once the settings are checked against the model."""
+    runs = settings.runs
+    array = intensity_array(array, "")
+    check_not_constant(array, "")
+    grid = ModelGrid(array.shape, spacing, direction, bundle.preprocessing)
+    shape = grid.model_shape
+    try:
+        check_fits(shape, bundle.config, bundle.preprocessing)
+    except InputImageError as error:
+        if not grid.resampled:
+            raise
+        raise InputImageError(f"{error} (after resampling to the model's {spacing_text(grid.change.model_spacing)} "
+                              "grid)") from None
+    started = time.perf_counter()
+    device = pick_device(settings.device)
+    check_memory(shape, bundle.config, bundle.preprocessing, device)
+    model_array = grid.to_model(array)
+    axis = left_right_axis(grid.code)
+
+    def ensemble_of(volume: np.ndarray, count: int, first: int = 0,
+                    on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
+        return _ensemble(bundle, volume, shape, runs=count, seed=settings.seed, fire_rate=settings.fire_rate,
+                         steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
+                         first_run=first, engine=settings.engine)
+
+    probes: Dict[bool, EnsembleResult] = {}
+
+    def probe(mirrored: bool) -> float:
+        probes[mirrored] = ensemble_of(mirror(model_array, axis) if mirrored else model_array, PROBE_RUNS)
+        return probes[mirrored].nqm
+
+    choice = choose_side(settings.side, bundle.preprocessing.side, probe)
+    view = mirror(model_array, axis) if choice.mirrored else model_array
+    if choice.mirrored in probes and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
+        rest = ensemble_of(view, runs - PROBE_RUNS, PROBE_RUNS,
+                           (lambda done, total: progress(PROBE_RUNS + done, runs)) if progress else None)
+        ensemble = combine(probes[choice.mirrored], rest, bundle.postprocessing)
+    else:
+        ensemble = ensemble_of(view, runs, 0, progress)
+    if choice.mirrored:
+        ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
+                           labels=mirror(ensemble.labels, axis))
+    ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
+    quality = judge(ensemble, bundle, runs, settings.fire_rate)
+    return SegmentationResult(
+        ensemble=ensemble,
+        quality=quality,
+        model_name=settings.model,
+        device=device,
+        seconds=time.perf_counter() - started,
+        largest_component_only=bundle.postprocessing.largest_component,
+        grid=grid.change,
+        input_spacing=None if spacing is None else tuple(spacing),
+        sides=[SideResult(choice.side, choice.reason, ensemble.nqm, quality,
+                          int(np.count_nonzero(ensemble.labels)), None, list(range(1, len(bundle.config.labels) + 1)))],
+        labels=label_names(bundle.config.labels, choice.side),
+    )
+
+
+def segment_image(
+    image: sitk.Image,
+    bundle: ModelBundle,
+    settings: SegmentSettings,
+    progress: Optional[StepProgress] = None,
+    should_cancel: Optional[Callable[[], bool]] = None,
+    engine: str = "auto",
+) -> SegmentationResult:
+    """Segment a scalar volume with its geometry: the one entry point from an image.
+
+    ``settings`` (checked where they were made) are checked here against the model only.
+    ``settings.locate``: ``head`` finds both hippocampi in a whole-head scan and segments each
+    side's box; ``none`` takes the volume as one crop; ``auto`` picks ``head`` for a volume much
+    larger than a training crop. ``settings.side`` is the crop's side (auto probes), or for a
+    head the side to segment (auto: both). ``progress(step, done, total)`` reports each step.
+    """
+    settings.check(bundle.config.levels)
+    if not locates_hippocampi(image, settings.locate):
+        return _segment_crop(
+            sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, settings,
+            (lambda done, total: progress("segmentation", done, total)) if progress else None, should_cancel,
+            image.GetSpacing(), image.GetDirection())
+    runs, side = settings.runs, settings.side
+    started = time.perf_counter()
+    device = pick_device(settings.device)
+    scan = sitk.GetImageFromArray(intensity_array(sitk.GetArrayFromImage(image), ""))
+    scan.CopyInformation(image)
+    located = locate_regions(scan, bundle, SIDES if side == "auto" else (side,), progress)
+    regions, registration = located.regions, located.registration
+    shape = regions[0].shape
+    check_fits(shape, bundle.config, bundle.preprocessing)
+    check_memory(shape, bundle.config, bundle.preprocessing, device)
+
+    def ensemble_of(crop: np.ndarray, _side: str, on_progress: Optional[ProgressCallback]) -> EnsembleResult:
+        return _ensemble(bundle, crop, shape, runs=runs, seed=settings.seed, fire_rate=settings.fire_rate,
+                         steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
+                         engine=settings.engine)
+
+    head = segment_regions(scan, regions, bundle, ensemble_of,
+                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate), progress)
+    return SegmentationResult(
+        ensemble=head.combined,
+        quality=worst([side_result.quality for side_result in head.sides]),
+        model_name=settings.model,
+        device=device,
+        seconds=time.perf_counter() - started,
+        largest_component_only=bundle.postprocessing.largest_component,
+        sides=head.sides,
+        labels=head.labels,
+        registration=registration,
+        input_spacing=tuple(image.GetSpacing()),
+    )
+
+
+def locates_hippocampi(image: sitk.Image, locate: str) -> bool:
+    """Whether ``segment_image`` takes the whole-head route for ``image`` with this ``locate``."""
+    return locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
+
+
+def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:
+    """``run_ensemble`` with the model's preprocessing and postprocessing; out of memory is one line."""
+    try:
+        return run_ensemble(bundle.build(), array, bundle.preprocessing, postprocessing=bundle.postprocessing,
+                            **options)
+    except (MemoryError, RuntimeError) as error:
+        if not _out_of_memory(error):
+            raise
+        need = size_text(inference_bytes(shape, bundle.config, bundle.preprocessing))
+        raise NCAError(f"ran out of memory (estimated need {need}); crop or downsample the volume") from None
+
+
+def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, postprocessing: Postprocessing) -> EnsembleResult:
+    """The ensemble's outputs mapped from the model's grid back to the input's (labels cleaned
+    with ``postprocessing`` where they are recomputed); NQM unchanged."""
+    if not grid.changes_grid:
+        return ensemble
+    probability = grid.channels_to_input(ensemble.probability)
+    # Turned axes move the labels exactly; resampled ones are thresholded anew, as on the model grid.
+    labels = postprocessing.apply(label_map(probability)) if grid.resampled else grid.to_input(ensemble.labels)
+    return replace(ensemble, probability=probability, std=grid.channels_to_input(ensemble.std), labels=labels)
+
+
+def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None) -> Quality:
+    """The traffic light of one pseudo-ensemble run with these options."""
+    return assess_segmentation(ensemble.nqm, int(np.count_nonzero(ensemble.labels)),
+                               runs_can_disagree(bundle.config, runs, fire_rate), bundle.calibration)
+
+
+def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float]) -> bool:
+    """Whether the pseudo-ensemble is stochastic at all: 2+ runs whose cells may skip a step."""
+    return runs >= 2 and (config.fire_rate if fire_rate is None else fire_rate) > 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    text = str(error)
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text

@@ -1,0 +1,110 @@
+"""Intensity normalisation and padding, stored in the model file and shared by
+training and inference."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import reprlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import InputImageError, ModelFileError
+from ..fields import checked_fields
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Percentile clip and rescale to [0, 1] (TorchIO's ``RescaleIntensity`` maths).
+
+    ``pad_to`` reproduces the reference code's fixed-size zero padding (imported
+    models): normalise, zero-pad to ``pad_to``, normalise again. Without it the
+    normalised volume is zero-padded only up to a multiple of the model's downscaling.
+
+    ``spacing`` (mm per axis) and ``orientation`` (ITK code, e.g. ``RAS``) are the grid the
+    model was trained on: inputs are brought to it first (``grid.ModelGrid``). None keeps
+    the input's own grid (models from before they were recorded, imported models).
+
+    ``side`` (``left`` or ``right``) is the body side that every training crop shows; crops of
+    the other side are mirrored left-right on the model's grid. None: unknown, never mirrored.
+    """
+
+    percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
+    pad_to: Optional[List[int]] = None
+    spacing: Optional[List[float]] = None
+    orientation: Optional[str] = None
+    side: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> "Preprocessing":
+        """Raise ModelFileError when the percentiles or padding cannot be used."""
+        if len(self.percentiles) != 2 or not 0 <= self.percentiles[0] < self.percentiles[1] <= 100:
+            raise ModelFileError(f"invalid preprocessing: percentiles must be [low, high] with "
+                                 f"0 <= low < high <= 100, found {reprlib.repr(self.percentiles)}")
+        if self.pad_to is not None and (len(self.pad_to) != 3 or min(self.pad_to) < 1):
+            raise ModelFileError(f"invalid preprocessing: pad_to must be 3 positive sizes, "
+                                 f"found {reprlib.repr(self.pad_to)}")
+        if self.spacing is not None and (len(self.spacing) != 3 or not all(0 < s < math.inf for s in self.spacing)):
+            raise ModelFileError(f"invalid preprocessing: spacing must be 3 positive sizes in mm, "
+                                 f"found {reprlib.repr(self.spacing)}")
+        if self.orientation is not None and not is_orientation_code(self.orientation):
+            raise ModelFileError(f"invalid preprocessing: orientation must be a code such as RAS or LPS, "
+                                 f"found {reprlib.repr(self.orientation)}")
+        if self.side is not None and self.side not in ("left", "right"):
+            raise ModelFileError(f"invalid preprocessing: side must be left or right, found {reprlib.repr(self.side)}")
+        if self.side is not None and not self.orientation:
+            raise ModelFileError("invalid preprocessing: side needs the orientation of the training grid")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Preprocessing":
+        """Checked preprocessing from JSON data; raises ModelFileError naming the bad field."""
+        return cls(**checked_fields(cls, data, "preprocessing")).validate()
+
+
+def is_orientation_code(code: str) -> bool:
+    """Whether ``code`` is an ITK orientation code: one of R/L, A/P and S/I each, in any order."""
+    axes = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    return isinstance(code, str) and len(code) == 3 and sorted(axes.get(c, -1) for c in code) == [0, 1, 2]
+
+
+def rescale_percentiles(array: np.ndarray, percentiles: List[float]) -> np.ndarray:
+    """Clip to the given percentiles and map that range linearly onto [0, 1].
+
+    When the percentiles coincide (a mostly uniform image with a few other voxels)
+    the full minimum-maximum range is used instead; a constant image is refused.
+    """
+    low, high = np.percentile(array, percentiles)
+    if not high > low:
+        low, high = float(array.min()), float(array.max())
+    if not high > low:
+        raise InputImageError("the image has constant intensity; nothing to segment")
+    clipped = np.clip(array.astype(np.float32), low, high)
+    return ((clipped - low) / (high - low)).astype(np.float32)
+
+
+def pad_end(array: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """Zero-pad at the end of each axis up to ``shape``."""
+    widths = [(0, max(0, s - a)) for a, s in zip(array.shape, shape)]
+    return np.pad(array, widths) if any(w[1] for w in widths) else array
+
+
+def prepared_shape(shape: Tuple[int, ...], spec: Preprocessing, multiple: int) -> Tuple[int, ...]:
+    """The shape ``prepare`` gives a volume of ``shape`` (padding only, no data)."""
+    if spec.pad_to is not None:
+        shape = tuple(max(p, s) for p, s in zip(spec.pad_to, shape))
+    return tuple(-(-int(s) // multiple) * multiple for s in shape)
+
+
+def prepare(array: np.ndarray, spec: Preprocessing, multiple: int) -> np.ndarray:
+    """Normalised, padded volume (X, Y, Z) ready for the model; crop back with
+    ``array[:X, :Y, :Z]``."""
+    normalised = rescale_percentiles(array, spec.percentiles)
+    if spec.pad_to is not None:
+        target = tuple(max(p, s) for p, s in zip(spec.pad_to, array.shape))
+        normalised = rescale_percentiles(pad_end(normalised, target), spec.percentiles)
+    rounded = tuple(-(-s // multiple) * multiple for s in normalised.shape)
+    return pad_end(normalised, rounded)
