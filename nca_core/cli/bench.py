@@ -247,11 +247,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if not args.no_reference:
             result = _run_worker({"workload": asdict(workload), "impl": "reference", "threads": args.threads,
                                   "chunk_voxels": args.chunk_voxels, "bf16": args.bf16})
-            print(f"{name:26} reference  failed: {result['error']}" if "error" in result
-                  else _row(workload, "reference", result))
+            if "error" in result:
+                print(f"{name:26} reference  failed: {result['error']}")
+                failed = True
+            else:
+                print(_row(workload, "reference", result))
+                for note in _notes(workload, "reference", result):
+                    print(f"{'':38}{note}")
     for name, values in ratios.items():
         walls, cpus = [v[0] for v in values], [v[1] for v in values]
-        print(f"{name}: fused / torch wall time {', '.join(f'{v:.2f}' for v in walls)} (median "
+        print(f"fused / torch on {name}: wall time {', '.join(f'{v:.2f}' for v in walls)} (median "
               f"{statistics.median(walls):.2f}); CPU time {', '.join(f'{v:.2f}' for v in cpus)} (median "
               f"{statistics.median(cpus):.2f}); load average now {os.getloadavg()[0]:.2f}")
     return 1 if failed else 0

@@ -64,7 +64,7 @@ def choose_engine(engine: str, device: str, config: NCAConfig, reference: bool =
         return "torch"
     on_cpu = str(device).startswith("cpu")
     if engine == "fused" and not (on_cpu and fits(config)):
-        why = ("runs on the CPU only" if not on_cpu else "needs numba (pip install 'm3dnca[fast]')"
+        why = ("runs on the CPU only" if not on_cpu else "needs numba (pip install 'm3dnca[fast]'): missing, or it could not compile here"
                if not available() else f"needs a model of {kernels().CHANNELS} channels and "
                f"{kernels().HIDDEN} hidden units")
         raise NCAError(f"the fused engine {why}")
