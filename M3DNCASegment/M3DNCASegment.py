@@ -93,7 +93,8 @@ class M3DNCASegmentWidget(Panel):
 
 class M3DNCASegmentTest(ScriptedLoadableModuleTest):
     """The real workflow in Slicer on a synthetic crop and the shipped model: the console API and
-    the background job give the same labels, variance and NQM as the engine for the same seed."""
+    the background job give the same labels, variance and NQM as the engine for the same seed,
+    the engine reading an image built by the test itself (not the module's conversion)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -108,19 +109,33 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
             test()
 
     def _volume(self):
+        """(volume node, SimpleITK image) of one synthetic crop, stored oblique. The image is the
+        engine's input built here, not by the module's conversion of the node (``engineInput``),
+        so that a geometry bug there cannot be on both sides of the comparison."""
+        import SimpleITK as sitk
+
         shape = (24, 32, 28)  # K, J, I
         k, j, i = np.mgrid[: shape[0], : shape[1], : shape[2]]
         ellipsoid = ((k - 12) / 6.0) ** 2 + ((j - 16) / 9.0) ** 2 + ((i - 14) / 7.0) ** 2 <= 1
         array = (ellipsoid * 800 + np.random.default_rng(0).normal(100, 20, shape)).astype(np.int16)
-        ijkToRAS = np.array([[-1.0, 0, 0, 10], [0, -1.2, 0, -20], [0, 0, 1.5, 30], [0, 0, 0, 1]])
-        return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name="M3DNCATestVolume")
+        angle = np.radians(20.0)
+        direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+        spacing, origin = np.array([1.0, 1.2, 1.5]), np.array([-10.0, 20.0, 30.0])  # LPS
+        image = sitk.GetImageFromArray(array.astype(np.float32))  # (K, J, I) array -> (I, J, K) image
+        image.SetSpacing(spacing.tolist())
+        image.SetOrigin(origin.tolist())
+        image.SetDirection(direction.ravel().tolist())
+        ijkToRAS = np.eye(4)
+        lpsToRAS = np.diag([-1.0, -1.0, 1.0])
+        ijkToRAS[:3, :3] = lpsToRAS @ direction @ np.diag(spacing)
+        ijkToRAS[:3, 3] = lpsToRAS @ origin
+        return slicer.util.addVolumeFromArray(array, ijkToRAS=ijkToRAS, name="M3DNCATestVolume"), image
 
-    def _engine(self, volume):
+    def _engine(self, image):
         from nca_core.inference.pipeline import segment_image
         from nca_core.inference.settings import SegmentSettings
         from nca_core.modelfile import registry
 
-        image, _box = M3DNCASegmentLogic().engineInput(volume, "volume")
         settings = SegmentSettings(model=DEFAULT_MODEL, runs=2, device="cpu", side="left", locate="none")
         return segment_image(image, registry.load(DEFAULT_MODEL), settings)
 
@@ -140,12 +155,12 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
 
     def test_process_matches_the_engine(self):
         self.delayDisplay("Segmenting a synthetic volume")
-        volume = self._volume()
+        volume, image = self._volume()
         steps = []
         result = M3DNCASegmentLogic().process(volume, model=DEFAULT_MODEL, runs=2, device="CPU", side="left",
                                                region="volume", progress=lambda *step: steps.append(step))
         self.assertEqual(steps[-1], ("segmentation", 2, 2))
-        self._checkMatches(volume, result, self._engine(volume))
+        self._checkMatches(volume, result, self._engine(image))
         self.delayDisplay("Test passed: " + result.summary())
 
     def _job(self, volume, runs):
@@ -157,7 +172,7 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
         return job
 
     def test_background_job_matches_the_engine(self):
-        volume = self._volume()
+        volume, image = self._volume()
         job = self._job(volume, 2)
         try:
             deadline = time.time() + 300
@@ -167,12 +182,12 @@ class M3DNCASegmentTest(ScriptedLoadableModuleTest):
             status = job.poll()
             self.assertEqual(status.state, FINISHED, status.message)
             result = M3DNCASegmentLogic().createOutputs(volume, job.result(), 0.0)
-            self._checkMatches(volume, result, self._engine(volume))
+            self._checkMatches(volume, result, self._engine(image))
         finally:
             job.cleanup()
 
     def test_background_job_cancel_leaves_scene(self):
-        volume = self._volume()
+        volume, _image = self._volume()
         before = slicer.mrmlScene.GetNumberOfNodes()
         job = self._job(volume, 50)
         job.cancel()

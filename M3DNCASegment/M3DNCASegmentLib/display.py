@@ -166,3 +166,64 @@ def side_summaries(sides) -> List[str]:
         lines.append(f"{title}: {light_title(side.get('quality'))} ({side.get('quality')}); "
                      f"{format_nqm(side.get('nqm'))}; {format_predicted_dice(side.get('predicted_dice'))}")
     return lines
+
+
+# --- volumes ---------------------------------------------------------------------------------
+
+def _ml(mm3) -> str:
+    return f"{float(mm3) / 1000:.2f}"
+
+
+def volume_cells(side: dict) -> Tuple[str, str, str, str]:
+    """(side, volume, runs' interval, light) of a report's side entry, as plain text; a red
+    side's volume says it is not to be trusted."""
+    volume = side.get("volume") or {}
+    title = (side.get("side") or "crop").capitalize()
+    if not volume:
+        return title, "n/a", "", str(side.get("quality"))
+    text = f"{_ml(volume['mm3'])} mL"
+    if not volume.get("trusted", True):
+        text += " (not to be trusted)"
+    interval = volume.get("runs_interval_mm3")
+    spread = "" if not interval else (f"{_ml(interval[0])}\u2013{_ml(interval[1])} mL, "
+                                      f"SD {_ml(volume['runs_std_mm3'])}")
+    return title, text, spread, f"{light_title(volume.get('light'))} ({volume.get('light')})"
+
+
+def volume_overall(volumes: Optional[dict]) -> str:
+    """eTIV and asymmetry index of a report's ``volumes`` ("" for a crop)."""
+    volumes = volumes or {}
+    parts = []
+    if volumes.get("etiv_ml") is not None:
+        parts.append(f"eTIV {volumes['etiv_ml']:.0f} mL")
+    if volumes.get("asymmetry_index") is not None:
+        parts.append(f"asymmetry (L\u2212R)/mean {volumes['asymmetry_index']:+.3f}")
+    return "; ".join(parts)
+
+
+def volume_lines(sides, volumes: Optional[dict]) -> List[str]:
+    """Plain text for the console: a line per side (volume, runs' interval, light), then eTIV."""
+    lines = []
+    for side in sides or []:
+        title, volume, spread, light = volume_cells(side)
+        lines.append(f"{title} volume: {volume}" + (f" (runs {spread})" if spread else "") + f"; {light}")
+    overall = volume_overall(volumes)
+    return lines + ([overall] if overall else [])
+
+
+def volume_table(sides, volumes: Optional[dict]) -> str:
+    """The panel's small table (rich text): a row per side with volume, runs' interval and a
+    light dot; eTIV and asymmetry under it. "" without sides."""
+    if not sides:
+        return ""
+    cell = "<td style='padding: 1px 6px;'>{}</td>"
+    rows = ["<tr>" + "".join(f"<th style='padding: 1px 6px;' align='left'>{h}</th>"
+                             for h in ("Side", "Volume", "Runs (min\u2013max, SD)", "Light")) + "</tr>"]
+    for side in sides:
+        title, volume, spread, light = volume_cells(side)
+        colour = light_color((side.get("volume") or {}).get("light") or side.get("quality") or "unknown")
+        dot = f"<span style='color: {colour};'>\u25cf</span> {light}"
+        rows.append("<tr>" + "".join(cell.format(text) for text in (title, volume, spread, dot)) + "</tr>")
+    overall = volume_overall(volumes)
+    footer = f"<br>{overall}" if overall else ""
+    return f"<table>{''.join(rows)}</table>{footer}"

@@ -8,6 +8,7 @@ MRML (Testing/Python/test_slicer_mrml.py). Imports slicer and vtk, never qt.
   logic = slicer.util.getModuleLogic("M3DNCASegment")
   result = logic.process(slicer.util.getNode("MRHead"), model="hippocampus", runs=10)
   print(result.light, [side["side"] for side in result.sides], result.summary())
+  print(result.volume("left")["ml"], result.volume("left")["runs_interval_mm3"], result.volumes["etiv_ml"])
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class M3DNCASegmentResult:
         self.light = report.get("quality", "unknown")  # overall: the worst side
         self.predictedDice = report.get("predicted_dice")
         self.explanation = report.get("explanation", "")
-        self.sides = list(report.get("sides") or [])
+        self.sides = list(report.get("sides") or [])  # each with its "volume" (mm3, runs' interval, light)
+        self.volumes = report.get("volumes")  # total, eTIV and asymmetry index (whole heads)
         self.engineSeconds = report.get("seconds")
         self.totalSeconds = totalSeconds
         self.device = report.get("device")
@@ -51,7 +53,12 @@ class M3DNCASegmentResult:
         lines = [display.light_summary(self.light, self.nqm, self.predictedDice, self.explanation)]
         if len(self.sides) > 1:
             lines += display.side_summaries(self.sides)
-        return "\n".join(lines)
+        return "\n".join(lines + display.volume_lines(self.sides, self.volumes))
+
+    def volume(self, side: str = "left") -> Optional[dict]:
+        """The report's volume of ``side`` (mm3, ml, runs_interval_mm3, runs_std_mm3, light,
+        trusted, fraction_of_etiv, classes), or None when that side was not segmented."""
+        return next((entry.get("volume") for entry in self.sides if entry.get("side") == side), None)
 
     def __repr__(self) -> str:
         return (f"M3DNCASegmentResult(light={self.light!r}, nqm={self.nqm:.4f}, "

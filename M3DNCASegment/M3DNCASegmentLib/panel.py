@@ -341,6 +341,7 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictedDiceLabel.text = display.format_predicted_dice(result.predictedDice)
         self.ui.explanationLabel.text = result.explanation
         self.ui.sidesLabel.text = "\n".join(display.side_summaries(result.sides)) if len(result.sides) > 1 else ""
+        self.ui.volumesLabel.text = display.volume_table(result.sides, result.volumes)
         self.ui.statusLabel.text = _("Done in {seconds:.1f} s on {device} ({runs} runs).").format(
             seconds=result.totalSeconds, device=result.device, runs=result.runs)
 
@@ -354,5 +355,6 @@ class Panel(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.lightLabel.setStyleSheet(display.light_stylesheet(light))
         if light is None:
             self.ui.lightTitleLabel.text = _("No result yet")
-            for label in (self.ui.nqmLabel, self.ui.predictedDiceLabel, self.ui.explanationLabel, self.ui.sidesLabel):
+            for label in (self.ui.nqmLabel, self.ui.predictedDiceLabel, self.ui.explanationLabel, self.ui.sidesLabel,
+                          self.ui.volumesLabel):
                 label.text = ""

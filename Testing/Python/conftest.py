@@ -1,18 +1,55 @@
-"""Shared fixtures: the real data beside the repository, when present."""
+"""Shared fixtures: the real data beside the repository, when present; under ``CI=true`` the
+skips that mean "CI lacks something it must have" (the shared data, slicer-core, a shipped model) fail instead."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPOSITORY.parent / "shared" / "data"
+DATA_MISSING = "real data not available"
+# Skip reasons (their start) that CI must never see: a test CI is expected to run did not run.
+REQUIRED_IN_CI = (DATA_MISSING, "slicer-core", "no shipped")
 
 
 def _require(path: Path) -> Path:
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (it sits beside the repository on dev/CI machines)")
+        pytest.skip(f"{DATA_MISSING}: {path} is absent (it sits beside the repository on dev/CI machines)")
     return path
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def _fail_required_skip(report) -> None:
+    """Under CI=true, a skip for missing shared data or slicer-core becomes a failure."""
+    if not (_in_ci() and report.skipped and not hasattr(report, "wasxfail")):
+        return
+    reason = _skip_reason(report)
+    if reason.startswith(REQUIRED_IN_CI):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where this test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_required_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_required_skip(outcome.get_result())
 
 
 @pytest.fixture(scope="session")

@@ -12,5 +12,5 @@ def require_slicer_core():
         pytest.skip("slicer-core has wheels for Python >= 3.10 only", allow_module_level=True)
     slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e .[test])")
     if not hasattr(slicer, "vtkMRMLScene"):
-        pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+        pytest.skip("slicer-core is not what the installed 'slicer' package is", allow_module_level=True)
     return slicer

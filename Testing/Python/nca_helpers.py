@@ -160,3 +160,23 @@ HEAD_VARIANTS = {  # name -> change for ``variant``: the head turned (in the hea
     "shift-15": (shifted, (-15.0, -15.0, -15.0)), "0.8mm": (resampled, (0.8, 0.8, 0.8)),
     "1.5mm": (resampled, (1.5, 1.5, 1.5)), "anisotropic": (resampled, (0.9, 1.5, 1.2)), "lps": (lps,),
 }
+
+
+def preview_badges(png: Path) -> list:
+    """The lights of the coloured badges in a preview PNG, top to bottom (read from its pixels:
+    bands of rows in the picture's right margin holding a light's exact colour)."""
+    import matplotlib.image
+
+    from nca_core.quality.lights import LIGHT_COLORS
+
+    pixels = matplotlib.image.imread(str(png))[..., :3]
+    width = pixels.shape[1]
+    margin = pixels[:, int(0.88 * width):int(0.98 * width)]  # right of every picture and colour bar
+    badges = []  # (first row, light)
+    for light, colour in LIGHT_COLORS.items():
+        rgb = np.array([int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+        rows = np.flatnonzero((np.abs(margin - rgb).max(axis=2) < 1.5 / 255).sum(axis=1) >= 20)
+        if len(rows):
+            starts = rows[np.concatenate([[True], np.diff(rows) > 30])]  # text lines split a badge
+            badges += [(int(start), light) for start in starts]
+    return [light for _, light in sorted(badges)]

@@ -29,7 +29,8 @@ def python_m(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_segment_a_real_hippocampus_case(hippocampus_dir, tmp_path):
+def test_io_only_segment_writes_every_output_of_a_real_case(hippocampus_dir, tmp_path):
+    """Every output file with the case's geometry, the report's fields. I/O only: the model is untrained (probability 0.5 everywhere, NQM 0), so this says nothing about segmentation quality."""
     case = hippocampus_dir / "imagesTr" / "hippocampus_001.nii.gz"
     model = model_file(tmp_path / "untrained.m3dnca")
     outdir = tmp_path / "out"

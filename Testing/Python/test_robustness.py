@@ -2,6 +2,9 @@
 
 Every bad input: exit code 1, exactly one error line naming the file, no output files
 of that case; inputs are never modified; outputs appear only complete.
+
+The model here is untrained (probability 0.5 everywhere, NQM 0): these tests are about input,
+output and faults only, never about segmentation quality (the ``io_only`` ones segment with it).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from nca_helpers import fast, hashes, model_file, run_cli, smooth_volume, write_
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
+    """An untrained model: for I/O-only tests."""
     return model_file(tmp_path_factory.mktemp("model") / "untrained.m3dnca")
 
 
@@ -113,7 +117,8 @@ def test_batch_reports_and_skips_failing_cases(tmp_path, capsys, model, inputs):
     assert hashes(inputs) == before
 
 
-def test_all_cases_ok_exits_0_and_summary_lists_them(tmp_path, capsys, model, inputs):
+def test_io_only_all_cases_ok_exits_0_and_summary_lists_them(tmp_path, capsys, model, inputs):
+    """I/O only: the model is untrained (probability 0.5 everywhere, NQM 0), so this says nothing about segmentation quality."""
     write_volume(inputs / "second.nrrd", smooth_volume(seed=1))
     code, out, err = run_cli(capsys, "segment", inputs, "-o", tmp_path / "out", *fast(model))
     assert code == 0 and err == []
@@ -144,7 +149,8 @@ def test_wrong_step_count_is_refused_before_any_case(tmp_path, capsys, model, in
     assert not (tmp_path / "out").exists()
 
 
-def test_channel_option_segments_one_channel_of_a_4d_image(tmp_path, capsys, model):
+def test_io_only_channel_option_segments_one_channel_of_a_4d_image(tmp_path, capsys, model):
+    """I/O only: the model is untrained (probability 0.5 everywhere, NQM 0), so this says nothing about segmentation quality."""
     path = tmp_path / "fourd.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(2, 12, 14, 16).astype(np.float32), isVector=False), str(path))
     code, out, err = run_cli(capsys, "segment", path, "-o", tmp_path / "out", "--channel", "1", *fast(model))
@@ -351,6 +357,32 @@ def test_failure_while_renaming_keeps_the_previous_outputs(tmp_path, capsys, mod
     assert (hashes(outdir), after if links else after.keys()) == before  # the same files; nothing else left
 
 
+@pytest.mark.parametrize("earlier_run", [True, False], ids=["overwrite", "first-write"])
+def test_interrupt_just_after_a_rename_is_rolled_back_too(tmp_path, capsys, model, inputs, monkeypatch, earlier_run):
+    """Ctrl+C lands right after the segmentation's rename succeeded, before the next file's:
+    that replacement is undone as well, so the folder is exactly as before (the old files, same
+    inodes; or nothing on a first write)."""
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    if earlier_run:
+        assert run_cli(capsys, "segment", inputs, "-o", outdir, *fast(model))[0] == 0
+    before = hashes(outdir), inodes(outdir)
+    original = os.replace
+    interrupted = []
+
+    def replace(source, target, *args, **kwargs):
+        original(source, target, *args, **kwargs)
+        if not interrupted and Path(target).name == "good_seg.nii.gz":
+            interrupted.append(target)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(nca_core.atomic.os, "replace", replace)
+    code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", outdir, "--overwrite", *fast(model))
+    assert interrupted, "the rename phase was not reached"
+    assert code == 130 and err == ["m3dnca: interrupted"]
+    assert (hashes(outdir), inodes(outdir)) == before
+
+
 def test_failure_while_renaming_a_first_write_leaves_nothing(tmp_path, capsys, model, inputs, monkeypatch):
     outdir = tmp_path / "out"
     failing_rename(monkeypatch, "good_report.json", OSError(errno.EIO, os.strerror(errno.EIO)))
@@ -519,7 +551,8 @@ def test_dicom_series_with_a_broken_slice_is_refused(tmp_path, capsys, model, fo
                       "(uneven slice spacing); check that every slice file is complete")
 
 
-def test_int64_and_huge_range_inputs_are_segmented(tmp_path, capsys, model):
+def test_io_only_int64_and_huge_range_inputs_are_segmented(tmp_path, capsys, model):
+    """I/O only: the model is untrained (probability 0.5 everywhere, NQM 0), so this says nothing about segmentation quality."""
     folder = tmp_path / "in"
     folder.mkdir()
     write_volume(folder / "int64.nrrd", (smooth_volume() * 1000).astype(np.int64))

@@ -243,6 +243,7 @@ def test_engine_root_source_and_installed_layouts(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
+    """A small untrained model: for I/O-only tests (its probability is 0.5 everywhere)."""
     pytest.importorskip("torch")
     from nca_core.network.config import NCAConfig
     from nca_core.network.model import M3DNCA
@@ -319,7 +320,8 @@ def _image(array=None):
     return sitk.GetImageFromArray(_volume() if array is None else array)
 
 
-def test_background_job_runs_to_completion(tiny_model):
+def test_io_only_background_job_runs_to_completion(tiny_model):
+    """The job's files, states and result arrays. I/O only: the model is untrained (probability 0.5 everywhere, NQM 0), so this says nothing about segmentation quality."""
     image = _image()
     run = options.SegmentSettings.parse(model=str(tiny_model), runs=2, device="cpu", locate="none")
     job = BackgroundJob(image, run, str(REPOSITORY))
@@ -479,7 +481,8 @@ def test_the_worker_stops_and_removes_its_folder_when_slicer_is_gone(tiny_model,
 
 # --- batch script ------------------------------------------------------------------------------
 
-def test_batch_script_writes_outputs_and_summary(tiny_model, tmp_path):
+def test_io_only_batch_script_writes_outputs_and_summary(tiny_model, tmp_path):
+    """I/O only: the model is untrained (probability 0.5 everywhere, NQM 0), so this says nothing about segmentation quality."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     sitk.WriteImage(sitk.GetImageFromArray(_volume()), str(inputs / "case1.nii.gz"))

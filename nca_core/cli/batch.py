@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -22,8 +22,10 @@ from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
 from .outputs import output_paths, write_outputs
 from ..inference.pipeline import locates_hippocampi, segment_image
+from ..inference.volumes import VolumeSummary, csv_columns, volume_text
 
 SUMMARY = "summary.csv"
+REPORT_SUFFIX = output_paths(Path(), "")["report"].name  # CASE_report.json
 
 
 @dataclass
@@ -37,6 +39,7 @@ class CaseOutcome:
     predicted_dice: Optional[float] = None
     seconds: Optional[float] = None
     note: str = ""  # what the reader must know about a result (thick slices)
+    volumes: Optional[VolumeSummary] = None
 
 
 @dataclass
@@ -54,7 +57,9 @@ def describe(outcome: CaseOutcome) -> str:
     """One line per case (a second for its note); a failed case's line is its error message (it names the file)."""
     if outcome.status == "ok":
         nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
-        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)"
+        volumes = "; ".join(volume_text(side) for side in outcome.volumes.sides) if outcome.volumes else ""
+        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)" + (
+            f"; {volumes}" if volumes else "")
         return f"{line}\n{outcome.case}: note: {outcome.note}" if outcome.note else line
     if outcome.status == "failed":
         return f"error: {outcome.message}"
@@ -133,6 +138,17 @@ def segment_inputs(
     fails is reported and skipped, and leaves no output files. ``notify`` gets the line
     announcing a long run.
     """
+    outcomes = []
+    for path in plan_cases(inputs, outdir, bundle, options):
+        outcome = segment_case(path, Path(outdir), bundle, options, progress_for, notify)
+        report(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def plan_cases(inputs: Sequence[Path], outdir: Path, bundle: ModelBundle, options: SegmentOptions) -> List[Path]:
+    """The cases of ``inputs``, each once, after the checks common to all of them (options,
+    device, output folder); raises NCAError."""
     settings = options.settings.check(bundle.config.levels)  # the whole batch is refused at once, not each case
     memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
@@ -140,20 +156,18 @@ def segment_inputs(
     outdir = Path(outdir)
     check_outputs_are_not_inputs(paths, given, outdir)
     prepare_output_folder(outdir)
-    outcomes = []
-    for path in paths:
-        outcome = _segment_one(path, outdir, bundle, options, progress_for, notify)
-        report(outcome)
-        outcomes.append(outcome)
-    return outcomes
+    return paths
 
 
-def _segment_one(path: Path, outdir: Path, bundle, options: SegmentOptions, progress_for,
-                 notify: Callable[[str], None]) -> CaseOutcome:
+def segment_case(path: Path, outdir: Path, bundle: ModelBundle, options: SegmentOptions,
+                 progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
+                 notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> CaseOutcome:
+    """One case: skipped when done (unless ``options.overwrite``), else segmented and written;
+    a failure is returned as a failed outcome, never raised."""
     name = case_name(path)
-    existing = [p.name for p in output_paths(outdir, name).values() if p.exists()]
-    if not options.overwrite and _is_done(output_paths(outdir, name)["report"]):
-        return CaseOutcome(name, str(path), "skipped", f"outputs exist ({', '.join(existing)}); pass --overwrite to redo")
+    report_path = output_paths(outdir, name)["report"]
+    if not options.overwrite and is_done(report_path):
+        return skipped_outcome(report_path, path)
     try:
         volume = read_volume(path, options.channel)
         settings = options.settings
@@ -171,10 +185,32 @@ def _segment_one(path: Path, outdir: Path, bundle, options: SegmentOptions, prog
         return CaseOutcome(name, str(path), "failed", _naming(message, path, outdir))
     report = result.report()
     return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
-                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "")
+                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "", result.volumes)
 
 
-def _is_done(report: Path) -> bool:
+def skipped_outcome(report: Path, path: Path) -> CaseOutcome:
+    """A case done before: its figures from its report."""
+    existing = [p.name for p in output_paths(report.parent, case_name(path)).values() if p.exists()]
+    message = f"outputs exist ({', '.join(existing)}); pass --overwrite to redo"
+    try:
+        done = outcome_from_report(report)
+    except (OSError, ValueError):
+        done = CaseOutcome(case_name(path), str(path), "ok")
+    return replace(done, input=str(path), status="skipped", message=message)
+
+
+def outcome_from_report(report: Path) -> CaseOutcome:
+    """A finished case's outcome (status ok) with the figures of its report; raises OSError
+    or ValueError when the report cannot be read."""
+    try:
+        data = json.loads(Path(report).read_text(encoding="utf-8"))
+        return CaseOutcome(str(data["case"]), str(data["input"]), "ok", "", data["nqm"], str(data["quality"]),
+                           data["predicted_dice"], data["seconds"], data.get("thick_slices") or "")
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"{report}: not a case report ({error!r} missing or wrong)") from None
+
+
+def is_done(report: Path) -> bool:
     """Whether a case was finished: its report (written last) parses and every output it lists
     is in the report's folder. Outputs without such a report are left from an interrupted run
     and are redone."""
@@ -194,13 +230,35 @@ def _naming(message: str, path: Path, outdir: Path) -> str:
 
 
 def write_summary(outcomes: Sequence[CaseOutcome], outdir: Path) -> Path:
-    """``summary.csv``: one row per case with its status, written atomically."""
+    """``summary.csv``: one row per case with its status and volume columns (``volumes.csv_columns``;
+    a class's column where a case has one), written atomically."""
     buffer = io.StringIO()
-    fields = list(asdict(CaseOutcome("", "", "")).keys())
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
+    rows = []
     for outcome in outcomes:
-        writer.writerow(asdict(outcome))
+        row = {key: value for key, value in asdict(outcome).items() if key != "volumes"}
+        rows.append(dict(row, **csv_columns(outcome.volumes)))
+    fields = list(rows[0]) if rows else [key for key in asdict(CaseOutcome("", "", "")) if key != "volumes"]
+    fields += [key for row in rows for key in row if key not in fields]
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(fields)), restval="")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
     path = Path(outdir) / SUMMARY
     write_text(path, buffer.getvalue())
     return path
+
+
+def rebuild_summary(outdir: Path) -> Path:
+    """``summary.csv`` anew from the reports of the finished cases in ``outdir`` (status ok),
+    e.g. after a run that was stopped before it wrote its summary; raises NCAError when there
+    are none. The volume columns stay empty (a report's volumes are not read back yet)."""
+    reports = sorted(p for p in Path(outdir).glob(f"*{REPORT_SUFFIX}") if is_done(p))
+    if not reports:
+        raise NCAError(f"{outdir}: no finished case (no *{REPORT_SUFFIX} listing its outputs)")
+    outcomes = []
+    for report in reports:
+        try:
+            outcomes.append(outcome_from_report(report))
+        except (OSError, ValueError) as error:
+            raise NCAError(str(error)) from None
+    return write_summary(outcomes, outdir)

@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 from .. import __version__
 from .options import add_engine_option, add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
+from .cluster.spec import add_cluster_options
 from ..errors import NCAError, exit_code, user_message
 from ..inference.settings import DEVICE_CHOICES
 from ..modelfile.registry import DEFAULT_MODEL
@@ -25,6 +26,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..modelfile.registry import load, resolve
 
     resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
+    if args.cluster is not None:
+        from .cluster.connect import require_distributed
+
+        require_distributed()
     if len(args.inputs) == 1:
         require_input(args.inputs[0])
     from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
@@ -37,15 +42,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
                                      engine=args.engine)
     options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
                              overwrite=args.overwrite, channel=args.channel)
-    with BatchProgress(args.inputs, args.runs) as progress:
-        outcomes = segment_inputs(args.inputs, args.output, bundle, options, progress_for=progress.for_case,
-                                  report=progress.reporting(_print_outcome), notify=progress.write)
+    if args.cluster is not None:
+        from .cluster.run import segment_on_cluster
+
+        outcomes = segment_on_cluster(args.inputs, args.output, bundle, options, args.cluster, args.worker_memory,
+                                      report=_print_outcome)
+    else:
+        with BatchProgress(args.inputs, args.runs) as progress:
+            outcomes = segment_inputs(args.inputs, args.output, bundle, options, progress_for=progress.for_case,
+                                      report=progress.reporting(_print_outcome), notify=progress.write)
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
         summary = write_summary(outcomes, args.output)
         if failed:
             print(f"m3dnca: {len(failed)} of {len(outcomes)} cases failed; see {summary}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from .batch import rebuild_summary
+
+    print(rebuild_summary(args.output))
+    return EXIT_OK
 
 
 def _print_outcome(outcome) -> None:
@@ -120,7 +138,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="m3dnca", description="M3D-NCA segmentation with NCA quality metric.")
+    parser = argparse.ArgumentParser(prog="m3dnca", description="M3D-NCA segmentation with NCA quality metric.",
+                                     fromfile_prefix_chars="@", epilog="@FILE stands for the arguments in FILE, "
+                                     "one a line (e.g. a cohort's inputs: m3dnca segment @cases.txt -o OUT)")
+    parser.convert_arg_line_to_args = _list_file_line
     parser.add_argument("--version", action="version", version=f"m3dnca {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -142,7 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_locate_option(segment)
     add_engine_option(segment)
     add_threads_option(segment)
+    add_cluster_options(segment)
     segment.set_defaults(run=cmd_segment)
+
+    summary = commands.add_parser("summary", help="write OUTDIR/summary.csv anew from the reports of its finished cases")
+    summary.add_argument("output", type=Path, metavar="OUTDIR")
+    summary.set_defaults(run=cmd_summary)
 
     new_model = commands.add_parser("new-model", help="write an untrained model file from a preset")
     new_model.add_argument("--preset", required=True)
@@ -165,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _list_file_line(line: str) -> List[str]:
+    """A line of an @FILE: one argument (spaces kept); blank lines are skipped."""
+    return [line.rstrip("\r\n")] if line.strip() else []
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -172,7 +203,10 @@ def _interrupt(signum, frame) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a killed command cleans up like Ctrl+C
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "cluster", None) is not None and args.threads is not None:
+            parser.error("--threads is for a run in this process; a local cluster's threads are --cluster local:PxT")
         use_threads(getattr(args, "threads", None))  # before torch loads
         return args.run(args)
     except (NCAError, OSError, MemoryError) as error:

@@ -1,6 +1,7 @@
 """A PNG preview a clinician can read: one slice through the segmentation in radiological view,
 with orientation letters, the segmentation outlined in cyan, the runs' disagreement as a heat
-map with its scale, and the traffic light as a coloured badge."""
+map with its scale, the traffic light as a coloured badge, and the volume of each side with the
+runs' interval (marked when its light is red)."""
 from __future__ import annotations
 
 import math
@@ -13,12 +14,14 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..quality.lights import light_color, light_title
+from ..inference.volumes import MM3_PER_ML, SideVolume, VolumeSummary
 from .overview import coronal_overview, draw_overview
 
 OUTLINE_COLOR = "cyan"
 STD_SCALE = 0.5  # heat-map maximum: a class's probability split half and half between the runs
 STD_HIDDEN_BELOW = 0.01  # see-through below this, as in the Slicer overlay
-PANEL_HEIGHT, HEADER, FOOTER, MIN_WIDTH, ROW_HEADER = 4.0, 1.3, 0.75, 8.0, 1.1  # inches
+PANEL_HEIGHT, HEADER, FOOTER, MIN_WIDTH, ROW_HEADER = 4.0, 1.55, 0.75, 8.0, 1.1  # inches
+NOTE_HEIGHT = 0.3  # inches of header added for the thick-slice note
 OVERVIEW_GAP = 0.3  # inches between the whole-head overview and the first side's row
 SIDE_VIEW_MM = 70.0  # a whole head's side is shown in a box this wide around its segmentation
 THICK_SLICES = 1.5  # slices this much thicker than the finest spacing are shown as acquired
@@ -162,6 +165,29 @@ class Row:
     reference: object  # SimpleITK image carrying this part's geometry
     quality: object  # nca_core.quality.nqm.Quality
     nqm: float
+    volume: Optional[SideVolume] = None
+
+
+def volume_line(volume: SideVolume) -> str:
+    """"volume 4.00 mL (runs 3.96-4.04, SD 0.02), 0.212 % of eTIV"; a red side's is marked."""
+    text = f"volume {volume.total.ml:.2f} mL"
+    interval = volume.total.interval_mm3
+    if interval is not None:
+        text += (f" (runs {interval[0] / MM3_PER_ML:.2f}-{interval[1] / MM3_PER_ML:.2f}, "
+                 f"SD {volume.total.runs_std_mm3 / MM3_PER_ML:.2f})")
+    if volume.fraction_of_etiv is not None:
+        text += f", {100 * volume.fraction_of_etiv:.3f} % of eTIV"
+    return text if volume.trusted else f"{text}: NOT TO BE TRUSTED ({volume.light} light)"
+
+
+def overall_line(summary: VolumeSummary) -> str:
+    """eTIV and asymmetry index of a whole head ("" when neither applies)."""
+    parts = []
+    if summary.etiv_ml is not None:
+        parts.append(f"eTIV {summary.etiv_ml:.0f} mL")
+    if summary.asymmetry_index is not None:
+        parts.append(f"asymmetry index (L - R) / mean {summary.asymmetry_index:+.3f}")
+    return "; ".join(parts) + ("" if summary.trusted or not parts else " (a red side: not to be trusted)")
 
 
 def preview_rows(volume, result) -> List[Row]:
@@ -169,7 +195,8 @@ def preview_rows(volume, result) -> List[Row]:
     ensemble = result.ensemble
     whole = (volume.array, ensemble.labels, ensemble.variance_map)
     if not any(side.box for side in result.sides):
-        return [Row("", *whole, volume.reference, result.quality, ensemble.nqm)]
+        volume_of = result.sides[0].volume if result.sides else None
+        return [Row("", *whole, volume.reference, result.quality, ensemble.nqm, volume_of)]
     rows = []
     for side in result.sides:
         found = np.argwhere(np.isin(ensemble.labels, side.label_values))
@@ -182,7 +209,7 @@ def preview_rows(volume, result) -> List[Row]:
         high = np.minimum(centre + half + 1, ensemble.labels.shape)
         cut = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
         rows.append(Row(f"{side.side} hippocampus", *(a[cut] for a in whole), volume.reference[cut],
-                        side.quality, side.nqm))
+                        side.quality, side.nqm, side.volume))
     return rows
 
 
@@ -200,7 +227,7 @@ def save_preview(volume, result, path: Path) -> None:
     row_height = panel_height + (ROW_HEADER if len(rows) > 1 else 0)
     width = MIN_WIDTH + 2.0
     overview_height = PANEL_HEIGHT + ROW_HEADER + OVERVIEW_GAP if overview else 0.0
-    height = HEADER + overview_height + len(rows) * row_height + FOOTER
+    height = HEADER + (NOTE_HEIGHT if result.thick_slices else 0.0) + overview_height + len(rows) * row_height + FOOTER
     figure = plt.figure(figsize=(width, height))
     top = 1 - 0.12 / height
     figure.text(0.15 / width, top, volume.name, ha="left", va="top", fontsize=13, fontweight="bold")
@@ -217,9 +244,16 @@ def save_preview(volume, result, path: Path) -> None:
         _draw_overview_row(figure, overview, FOOTER + len(rows) * row_height + OVERVIEW_GAP, width, height)
     header = captions[0] if len(rows) == 1 else "both hippocampi of a whole head, one row per side"
     figure.text(0.15 / width, top - 0.35 / height, f"{header}, radiological view", ha="left", va="top", fontsize=10)
+    crop_volume = rows[0].volume if len(rows) == 1 else None
+    summary_line = (f"{crop_volume.total.name}: {volume_line(crop_volume)}" if crop_volume else
+                    overall_line(result.volumes) if len(rows) > 1 and result.volumes else "")
+    if summary_line:
+        figure.text(0.15 / width, top - 0.85 / height, summary_line, ha="left", va="top", fontsize=10,
+                    fontweight="bold", color=_volume_color(crop_volume, result))
     if result.thick_slices:
-        figure.text(0.15 / width, top - 0.85 / height, textwrap.fill(f"Note: {result.thick_slices}.", 120),
-                    ha="left", va="top", fontsize=10, fontweight="bold", color="#b35900")
+        figure.text(0.15 / width, top - (1.1 if summary_line else 0.85) / height,
+                    textwrap.fill(f"Note: {result.thick_slices}.", 120), ha="left", va="top", fontsize=10,
+                    fontweight="bold", color="#b35900")
     explanation = result.quality.explanation
     figure.text(0.15 / width, 0.38 / height, f"Light: {explanation}.", ha="left", va="bottom", fontsize=9)
     figure.text(0.15 / width, 0.1 / height, "NQM: the runs' summed standard deviation over their summed "
@@ -270,4 +304,13 @@ def _draw_row(figure, row: Row, bottom: float, panel_height: float, width: float
         figure.text(0.15 / width, row_top, f"{row.title}: {view.caption()}", ha="left", va="top", fontsize=11,
                     fontweight="bold")
         light_badge(figure, row.quality.light, row.nqm, row.quality.predicted_dice, (1 - 0.15 / width, row_top))
+        if row.volume is not None:
+            figure.text(0.15 / width, row_top - 0.3 / height, volume_line(row.volume), ha="left", va="top",
+                        fontsize=10, color="black" if row.volume.trusted else light_color(row.volume.light))
     return view.caption()
+
+
+def _volume_color(volume: Optional[SideVolume], result) -> str:
+    """Black, or the red light's colour for a volume (or a head's summary) not to be trusted."""
+    trusted = volume.trusted if volume is not None else (result.volumes is None or result.volumes.trusted)
+    return "black" if trusted else light_color("red")

@@ -22,6 +22,9 @@ REFERENCE_FLOATS_PER_CHANNEL = 10  # state, perception (2), hidden (4), output, 
 DEFAULT_MEMORY_BUDGET = 256 << 20
 
 ProgressCallback = Callable[[int, int], None]  # (runs done, runs total)
+# One run's probabilities (K, X, Y, Z) on the model's grid -> its voxel count per class on the
+# input's voxels (see ``volumes``): the runs' own volumes without keeping their maps.
+RunCounter = Callable[[np.ndarray], np.ndarray]
 
 
 class Cancelled(Exception):
@@ -38,6 +41,7 @@ class EnsembleResult:
     nqm: float  # sum(std) / sum(mean) over the probability volumes; inf if empty
     runs: int
     seconds: float
+    run_counts: Optional[np.ndarray] = None  # (runs, K) each run's voxels per class, if counted
 
     @property
     def variance_map(self) -> np.ndarray:
@@ -87,6 +91,7 @@ def run_ensemble(
     reference: bool = False,
     postprocessing: Optional[Postprocessing] = None,
     first_run: int = 0,
+    count_run: Optional[RunCounter] = None,
     engine: str = "auto",
 ) -> EnsembleResult:
     """Run the NCA ``runs`` times on a raw volume (X, Y, Z) and summarise.
@@ -95,6 +100,7 @@ def run_ensemble(
     ``postprocessing`` cleans the label map (NQM is of the probabilities, before it).
     The runs are numbered from ``first_run`` (each run's random firing follows its number),
     so runs 0-1 and then 2-9 merged with ``combine`` are the runs 0-9 of one call.
+    ``count_run`` counts each run's own label map as its batch is done (``run_counts``).
     ``engine`` (auto | torch | fused, see ``fused.choose_engine``) picks the step's implementation.
     """
     started = time.perf_counter()
@@ -116,6 +122,7 @@ def run_ensemble(
     batch = runs_per_batch(int(np.prod(prepared.shape)), runs, config.channels * buffers, reference)
     model = model.to(device).eval()
     done = 0
+    counts = []
     with torch.no_grad():
         while done < runs:
             count = min(batch, runs - done)
@@ -133,10 +140,13 @@ def run_ensemble(
             probability = probability[(slice(None),) + crop]
             total += probability.sum(dim=0)
             total_sq += (probability * probability).sum(dim=0)
+            if count_run is not None:
+                counts += [count_run(run.numpy()) for run in probability]
             done += count
             if progress is not None:
                 progress(done, runs)
-    return _summary(total.numpy(), total_sq.numpy(), runs, postprocessing, time.perf_counter() - started)
+    return _summary(total.numpy(), total_sq.numpy(), runs, postprocessing, time.perf_counter() - started,
+                    np.stack(counts) if counts else None)
 
 
 def combine(first: EnsembleResult, second: EnsembleResult,
@@ -148,11 +158,13 @@ def combine(first: EnsembleResult, second: EnsembleResult,
         mean = part.probability.astype(np.float64)
         total += mean * part.runs
         total_sq += (part.std.astype(np.float64) ** 2 + mean * mean) * part.runs
-    return _summary(total, total_sq, first.runs + second.runs, postprocessing, first.seconds + second.seconds)
+    counted = first.run_counts is not None and second.run_counts is not None
+    return _summary(total, total_sq, first.runs + second.runs, postprocessing, first.seconds + second.seconds,
+                    np.concatenate([first.run_counts, second.run_counts]) if counted else None)
 
 
 def _summary(total: np.ndarray, total_sq: np.ndarray, runs: int, postprocessing: Optional[Postprocessing],
-             seconds: float) -> EnsembleResult:
+             seconds: float, run_counts: Optional[np.ndarray] = None) -> EnsembleResult:
     """Mean, population deviation, labels and NQM from the runs' sums (float64)."""
     mean = total / runs
     std = np.sqrt(np.clip(total_sq / runs - mean * mean, 0, None))
@@ -164,6 +176,7 @@ def _summary(total: np.ndarray, total_sq: np.ndarray, runs: int, postprocessing:
         nqm=nqm(mean, std),
         runs=runs,
         seconds=seconds,
+        run_counts=run_counts,
     )
 
 

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 
 from ..network.config import NCAConfig
 from .devices import pick_device
-from .ensemble import EnsembleResult, ProgressCallback, combine, label_map, run_ensemble
+from .ensemble import EnsembleResult, ProgressCallback, RunCounter, combine, label_map, run_ensemble
 from ..errors import InputImageError, NCAError
 from ..space.grid import ModelGrid, spacing_text
 from ..space.imaging import check_not_constant, intensity_array
@@ -23,6 +23,7 @@ from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
+from .volumes import VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
 from .wholehead import locate_regions, segment_regions, worst
 
 
@@ -71,31 +72,40 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
     model_array = grid.to_model(array)
     axis = left_right_axis(grid.code)
 
-    def ensemble_of(volume: np.ndarray, count: int, first: int = 0,
+    classes = len(bundle.config.labels)
+
+    def ensemble_of(volume: np.ndarray, count: int, mirrored: bool, first: int = 0,
                     on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
+        counter = run_counter(lambda run: run_labels_on_input(run, grid, bundle.postprocessing, axis, mirrored),
+                              classes)
         return _ensemble(bundle, volume, shape, runs=count, seed=settings.seed, fire_rate=settings.fire_rate,
                          steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
-                         first_run=first, engine=settings.engine)
+                         first_run=first, count_run=counter, engine=settings.engine)
 
     probes: Dict[bool, EnsembleResult] = {}
 
     def probe(mirrored: bool) -> float:
-        probes[mirrored] = ensemble_of(mirror(model_array, axis) if mirrored else model_array, PROBE_RUNS)
+        probes[mirrored] = ensemble_of(mirror(model_array, axis) if mirrored else model_array, PROBE_RUNS, mirrored)
         return probes[mirrored].nqm
 
     choice = choose_side(settings.side, bundle.preprocessing.side, probe)
     view = mirror(model_array, axis) if choice.mirrored else model_array
     if choice.mirrored in probes and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
-        rest = ensemble_of(view, runs - PROBE_RUNS, PROBE_RUNS,
+        rest = ensemble_of(view, runs - PROBE_RUNS, choice.mirrored, PROBE_RUNS,
                            (lambda done, total: progress(PROBE_RUNS + done, runs)) if progress else None)
         ensemble = combine(probes[choice.mirrored], rest, bundle.postprocessing)
     else:
-        ensemble = ensemble_of(view, runs, 0, progress)
+        ensemble = ensemble_of(view, runs, choice.mirrored, 0, progress)
     if choice.mirrored:
         ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
                            labels=mirror(ensemble.labels, axis))
     ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
     quality = judge(ensemble, bundle, runs, settings.fire_rate)
+    values = list(range(1, classes + 1))
+    voxel_mm3 = voxel_volume_mm3(spacing if spacing is not None else (bundle.preprocessing.spacing or (1, 1, 1)))
+    volume = side_volume(choice.side, quality.light, ensemble.labels, values,
+                         list(label_names(bundle.config.labels, choice.side).values()), voxel_mm3, ensemble.run_counts,
+                         probability_sums=ensemble.probability.reshape(classes, -1).sum(axis=1, dtype=np.float64))
     return SegmentationResult(
         ensemble=ensemble,
         quality=quality,
@@ -106,8 +116,9 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
         grid=grid.change,
         input_spacing=None if spacing is None else tuple(spacing),
         sides=[SideResult(choice.side, choice.reason, ensemble.nqm, quality,
-                          int(np.count_nonzero(ensemble.labels)), None, list(range(1, len(bundle.config.labels) + 1)))],
+                          int(np.count_nonzero(ensemble.labels)), None, values, volume)],
         labels=label_names(bundle.config.labels, choice.side),
+        volumes=VolumeSummary((volume,)),
     )
 
 
@@ -144,13 +155,15 @@ def segment_image(
     check_fits(shape, bundle.config, bundle.preprocessing)
     check_memory(shape, bundle.config, bundle.preprocessing, device)
 
-    def ensemble_of(crop: np.ndarray, _side: str, on_progress: Optional[ProgressCallback]) -> EnsembleResult:
+    def ensemble_of(crop: np.ndarray, _side: str, on_progress: Optional[ProgressCallback],
+                    count_run: RunCounter) -> EnsembleResult:
         return _ensemble(bundle, crop, shape, runs=runs, seed=settings.seed, fire_rate=settings.fire_rate,
                          steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
-                         engine=settings.engine)
+                         count_run=count_run, engine=settings.engine)
 
+    etiv = estimated_tiv_ml(registration["determinant"])
     head = segment_regions(scan, regions, bundle, ensemble_of,
-                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate), progress)
+                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate), progress, etiv)
     return SegmentationResult(
         ensemble=head.combined,
         quality=worst([side_result.quality for side_result in head.sides]),
@@ -162,6 +175,7 @@ def segment_image(
         labels=head.labels,
         registration=registration,
         input_spacing=tuple(image.GetSpacing()),
+        volumes=VolumeSummary(tuple(side.volume for side in head.sides), etiv),
     )
 
 
@@ -191,6 +205,17 @@ def on_input_grid(ensemble: EnsembleResult, grid: ModelGrid, postprocessing: Pos
     # Turned axes move the labels exactly; resampled ones are thresholded anew, as on the model grid.
     labels = postprocessing.apply(label_map(probability)) if grid.resampled else grid.to_input(ensemble.labels)
     return replace(ensemble, probability=probability, std=grid.channels_to_input(ensemble.std), labels=labels)
+
+
+def run_labels_on_input(probability: np.ndarray, grid: ModelGrid, postprocessing: Postprocessing, axis: int,
+                        mirrored: bool) -> np.ndarray:
+    """One run's label map as ``on_input_grid`` makes the ensemble's, for counting its voxels:
+    resampled to the input's grid where the input was resampled (turned axes move voxels without
+    changing their count, so there the model grid's map counts the same)."""
+    if not grid.resampled:
+        return postprocessing.apply(label_map(probability))
+    on_model_grid = mirror(probability, axis) if mirrored else probability
+    return postprocessing.apply(label_map(grid.channels_to_input(on_model_grid)))
 
 
 def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None) -> Quality:

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .ensemble import EnsembleResult
 from ..space.grid import GridChange
 from ..quality.nqm import Quality
+from .volumes import SideVolume, VolumeSummary
 
 
 THICK_SLICE_MM = 3.0  # coarser than this, the hippocampus (a few mm across) is poorly sampled
@@ -26,6 +27,7 @@ class SideResult:
     foreground_voxels: int
     box: Optional[Dict[str, Any]]
     label_values: Sequence[int] = ()
+    volume: Optional[SideVolume] = None
 
     def report(self) -> Dict[str, Any]:
         return {
@@ -38,6 +40,7 @@ class SideResult:
             "foreground_voxels": self.foreground_voxels,
             "box": self.box,
             "label_values": list(self.label_values),
+            "volume": None if self.volume is None else self.volume.report(),
         }
 
 
@@ -56,6 +59,7 @@ class SegmentationResult:
     labels: Dict[int, str] = field(default_factory=dict)  # label value -> name
     registration: Optional[Dict[str, Any]] = None  # how a whole scan was matched to the head template
     input_spacing: Optional[Tuple[float, ...]] = None  # the input's voxel spacing in mm (None: unknown)
+    volumes: Optional[VolumeSummary] = None  # per side in ``sides``; eTIV and asymmetry for whole heads
 
     @property
     def nqm(self) -> float:
@@ -88,5 +92,6 @@ class SegmentationResult:
             "registration": self.registration,
             "largest_spacing_mm": None if not self.input_spacing else round(max(self.input_spacing), 4),
             "thick_slices": self.thick_slices,
+            "volumes": None if self.volumes is None else self.volumes.report(),
             "sides": [side.report() for side in self.sides],
         }

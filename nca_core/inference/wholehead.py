@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .ensemble import EnsembleResult, ProgressCallback, label_map
+from .ensemble import EnsembleResult, ProgressCallback, RunCounter, label_map
 from ..errors import InputImageError
 from ..space.imaging import check_not_constant
 from ..space.locate import HeadAtlas, StepProgress, hippocampus_regions, register
@@ -20,6 +20,7 @@ from ..space.regions import Region
 from .result import SideResult
 from ..quality.lights import LIGHT_ORDER
 from .sides import label_names
+from .volumes import run_counter, side_volume, voxel_volume_mm3
 
 
 def worst(qualities: Sequence[Quality]) -> Quality:
@@ -57,18 +58,23 @@ def locate_regions(image: sitk.Image, bundle: ModelBundle, sides: Sequence[str],
     code = spec.orientation or "RAS"
     spacing = spec.spacing or [1.0, 1.0, 1.0]
     regions = hippocampus_regions(image, registration, atlas, code, spacing, spec.side)
-    return LocatedRegions([region for region in regions if region.side in sides], registration.to_dict())
+    determinant = float(np.linalg.det(np.asarray(registration.transform.GetMatrix()).reshape(3, 3)))
+    return LocatedRegions([region for region in regions if region.side in sides],
+                          dict(registration.to_dict(), determinant=round(determinant, 5)))
 
 
 def segment_regions(
     image: sitk.Image,
     regions: Sequence[Region],
     bundle: ModelBundle,
-    ensemble_of: Callable[[np.ndarray, str, Optional[ProgressCallback]], EnsembleResult],
+    ensemble_of: Callable[[np.ndarray, str, Optional[ProgressCallback], RunCounter], EnsembleResult],
     judge: Callable[[EnsembleResult], Quality],
     progress: Optional[StepProgress] = None,
+    etiv_ml: Optional[float] = None,
 ) -> HeadSegmentation:
-    """Segment each region, judge it and paste it back onto ``image``'s voxels."""
+    """Segment each region, judge it and paste it back onto ``image``'s voxels. Each side gets
+    its volume (``volumes``): each of its runs is counted on the scan's voxels as it ends, and
+    ``etiv_ml`` (the head's eTIV) gives its fraction."""
     started = time.perf_counter()
     shape = tuple(image.GetSize())
     probability = np.zeros(shape, np.float32)
@@ -78,6 +84,7 @@ def segment_regions(
     names: Dict[int, str] = {}
     sides: List[SideResult] = []
     ensembles: List[EnsembleResult] = []
+    probability_sums: List[np.ndarray] = []
     for index, region in enumerate(regions):
         crop = region.crop(image)
         try:
@@ -86,8 +93,11 @@ def segment_regions(
             raise InputImageError(f"the {region.side} hippocampus box is empty (constant intensity); "
                                   "this does not look like a whole-head T1") from None
         step = f"{region.side} hippocampus"
+        def run_labels(run: np.ndarray, region: Region = region) -> np.ndarray:
+            return bundle.postprocessing.apply(label_map(region.paste(run, image)[1]))
+
         ensemble = ensemble_of(crop, region.side, (lambda done, runs, step=step: progress(step, done, runs))
-                               if progress else None)
+                               if progress else None, run_counter(run_labels, classes))
         quality = judge(ensemble)
         where, pasted = region.paste(np.concatenate([ensemble.probability, ensemble.std]), image)
         side_probability, side_std = pasted[:classes], pasted[classes:]
@@ -101,6 +111,12 @@ def segment_regions(
         sides.append(SideResult(region.side, region.reason, ensemble.nqm, quality, int(np.count_nonzero(values)),
                                 region.to_dict(), list(range(first, first + classes))))
         ensembles.append(ensemble)
+        probability_sums.append(side_probability.reshape(classes, -1).sum(axis=1, dtype=np.float64))
+    voxel_mm3 = voxel_volume_mm3(image.GetSpacing())
+    for side, ensemble, sums in zip(sides, ensembles, probability_sums):  # on the final label map
+        side.volume = side_volume(side.side, side.quality.light, labels, side.label_values,
+                                  [names[value] for value in side.label_values], voxel_mm3, ensemble.run_counts,
+                                  etiv_ml, sums)
     combined = EnsembleResult(probability=probability[None], std=deviation[None], labels=labels,
                               nqm=max(ensemble.nqm for ensemble in ensembles), runs=ensembles[0].runs,
                               seconds=time.perf_counter() - started)
