@@ -3,6 +3,7 @@
 # Usage: scripts/setup.sh [cuda] [EXTRAS]
 #   Default: PyTorch's CPU build (one ~190 MB wheel): inference runs well on the CPU.
 #   cuda: the build on pip's ordinary index (on Linux: CUDA, ~3 GB with its nvidia-* and triton wheels).
+#   EXTRAS: e.g. fast (numba: the fused CPU engine), train, test, or "fast,train".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=cpu
@@ -30,3 +31,5 @@ else
     "${pip[@]}" "$torch"
 fi
 "${pip[@]}" -e ".${extras:+[$extras]}"
+# Compile the fused CPU kernels once where numba is installed (the "fast" extra); cached on disk.
+.venv/bin/python -m nca_core.inference.fused >/dev/null 2>&1 || true

@@ -13,6 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.cli.main import main
+from nca_core.inference import fused
 from nca_core.network.config import preset
 from nca_core.modelfile.bundle import load_model
 
@@ -163,7 +164,8 @@ def test_help_lists_the_contract_commands(capsys):
 def test_quick_bench_names_its_small_volumes_and_judges_no_target(capsys):
     code, out, err = run_cli(capsys, "bench", "--quick", "--workload", "hippocampus-batch", "--runs", "1")
     rows = [line for line in out.splitlines() if line.startswith("quick-hippocampus-20x24x20")]
-    assert code == 0 and not err and [row.split()[1] for row in rows] == ["fast", "reference"]
+    engines = ["torch", "fused"] if fused.available() else ["torch"]
+    assert code == 0 and not err and [row.split()[1] for row in rows] == engines + ["reference"]
     assert not re.search(r"\bmet\b|MISSED", out)
     assert "extrapolated from 1 run(s) x 1 case(s)" in out  # never more runs than asked for
 

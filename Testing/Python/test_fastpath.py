@@ -128,7 +128,7 @@ def test_bf16_path_stays_close():
 def test_ensemble_fast_equals_reference():
     model = _model()
     array = np.random.default_rng(0).random((11, 14, 9), dtype=np.float32)  # padded to even sizes
-    fast = run_ensemble(model, array, Preprocessing(), runs=4, seed=2)
+    fast = run_ensemble(model, array, Preprocessing(), runs=4, seed=2, engine="torch")
     reference = run_ensemble(model, array, Preprocessing(), runs=4, seed=2, reference=True)
     assert np.allclose(fast.probability, reference.probability, atol=1e-4)
     assert fast.nqm == pytest.approx(reference.nqm, rel=1e-3)
@@ -169,7 +169,7 @@ def test_real_cases_nqm_and_dice_unchanged(hippocampus_dir):
 
         def ensemble(runs=10, seed=0, bf16=False, reference=False):
             result = run_ensemble(model, case.image, bundle.preprocessing, runs=runs, seed=seed,
-                                  options=FastOptions(bf16=bf16), reference=reference)
+                                  options=FastOptions(bf16=bf16), reference=reference, engine="torch")
             return result.nqm, mean_foreground_dice(result.labels, case.label, classes), result
 
         if index == 0:  # the reference is slow: two runs on one case

@@ -189,7 +189,7 @@ def test_panel_choices_become_the_engines_settings(tiny_model):
     made = options.settings(str(tiny_model), runs=3, seed=2, device="CPU", fireRate=0.0, steps="2, 2", side="left",
                             region="roi")
     assert made.to_dict() == {"model": str(tiny_model), "runs": 3, "seed": 2, "device": "cpu", "fire_rate": None,
-                              "steps": [2, 2], "side": "left", "locate": "none"}
+                              "steps": [2, 2], "side": "left", "locate": "none", "engine": "auto"}
     assert options.settings("hippocampus").model == "hippocampus"
     with pytest.raises(NCAError, match="one per level"):
         options.settings(str(tiny_model), steps="5")

@@ -1,6 +1,8 @@
-"""``m3dnca bench``: wall time, peak memory and GFLOP/s of inference, fast path beside
-the plain reference formulation, each workload in a fresh subprocess (peak RSS from
-``getrusage``, which tracemalloc cannot see for torch)."""
+"""``m3dnca bench``: wall time, peak memory and GFLOP/s of inference: the torch fast path,
+the fused CPU engine (where numba is installed) and the plain reference formulation, each
+workload in a fresh subprocess (peak RSS from ``getrusage``, which tracemalloc cannot see
+for torch). ``--repeat N`` alternates the engines N times, so that load from other programs
+falls on both alike, and prints the fused/torch time ratios."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +10,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -115,6 +118,11 @@ def _measure(spec: Dict) -> Dict:
     if spec["chunk_voxels"]:
         options = replace(options, chunk_voxels=spec["chunk_voxels"])
     reference = spec["impl"] == "reference"
+    engine = "fused" if spec["impl"] == "fused" else "torch"
+    if engine == "fused":  # load (or compile) the kernels before the clock starts, as a batch does
+        from ..inference.fused import kernels
+
+        kernels()
     full_steps = list(model.config.steps)
     runs = workload.reference_runs if reference else workload.runs
     cases = arrays[:1] if reference else arrays
@@ -125,7 +133,7 @@ def _measure(spec: Dict) -> Dict:
         """Wall seconds, CPU seconds and NQM of one ensemble."""
         cpu, started = _cpu_seconds(), time.perf_counter()
         nqm = run_ensemble(model, array, Preprocessing(), runs=runs, steps=steps, options=options,
-                           reference=reference).nqm
+                           reference=reference, engine=engine).nqm
         return time.perf_counter() - started, _cpu_seconds() - cpu, nqm
 
     seconds = cpu_seconds = measured = 0.0
@@ -206,6 +214,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     failed = False
+    ratios: Dict[str, List[Tuple[float, float]]] = {}  # per workload: (wall, CPU) fused / torch
     for name in names:
         workload = WORKLOADS[name]
         if args.quick:  # a smoke test: named by its own size, judged against no target
@@ -217,19 +226,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
             workload = replace(workload, runs=args.runs, reference_runs=min(workload.reference_runs, args.runs))
         if args.fast_steps:
             workload = replace(workload, fast_steps=args.fast_steps)
-        impls = ["fast"] + ([] if args.no_reference else ["reference"])
-        for impl in impls:
-            spec = {"workload": asdict(workload), "impl": impl, "threads": args.threads,
-                    "chunk_voxels": args.chunk_voxels, "bf16": args.bf16}
-            result = _run_worker(spec)
+        engines = [e for e in (args.engine or ["torch", "fused"]) if e != "fused" or _fused_available()]
+        seconds: Dict[str, Tuple[float, float]] = {}
+        for _ in range(args.repeat):
+            for impl in engines:
+                spec = {"workload": asdict(workload), "impl": impl, "threads": args.threads,
+                        "chunk_voxels": args.chunk_voxels, "bf16": args.bf16}
+                result = _run_worker(spec)
+                if "error" in result:
+                    print(f"{name:26} {impl:10} failed: {result['error']}")
+                    failed = True
+                    continue
+                seconds[impl] = (result["seconds"], result["cpu_seconds"])
+                print(_row(workload, impl, result))
+                for note in _notes(workload, impl, result):
+                    print(f"{'':38}{note}")
+            if {"torch", "fused"} <= set(seconds):
+                ratios.setdefault(workload.name, []).append(
+                    (seconds["fused"][0] / seconds["torch"][0], seconds["fused"][1] / seconds["torch"][1]))
+        if not args.no_reference:
+            result = _run_worker({"workload": asdict(workload), "impl": "reference", "threads": args.threads,
+                                  "chunk_voxels": args.chunk_voxels, "bf16": args.bf16})
             if "error" in result:
-                print(f"{name:26} {impl:10} failed: {result['error']}")
+                print(f"{name:26} reference  failed: {result['error']}")
                 failed = True
-                continue
-            print(_row(workload, impl, result))
-            for note in _notes(workload, impl, result):
-                print(f"{'':38}{note}")
+            else:
+                print(_row(workload, "reference", result))
+                for note in _notes(workload, "reference", result):
+                    print(f"{'':38}{note}")
+    for name, values in ratios.items():
+        walls, cpus = [v[0] for v in values], [v[1] for v in values]
+        print(f"fused / torch on {name}: wall time {', '.join(f'{v:.2f}' for v in walls)} (median "
+              f"{statistics.median(walls):.2f}); CPU time {', '.join(f'{v:.2f}' for v in cpus)} (median "
+              f"{statistics.median(cpus):.2f}); load average now {os.getloadavg()[0]:.2f}")
     return 1 if failed else 0
+
+
+def _fused_available() -> bool:
+    from ..inference.fused import available
+
+    return available()
 
 
 def _row(workload: Workload, impl: str, r: Dict) -> str:
@@ -242,7 +278,7 @@ def _row(workload: Workload, impl: str, r: Dict) -> str:
     mark = "~" if r["extrapolated"] else " "
     label = f"{workload.runs} x {r['cases']}"
     return (f"{workload.name:26} {impl:10} {label:>12} {mark}{r['seconds']:8.2f} {per_case:8.3f} "
-            f"{r['cpu_seconds']:8.1f} {r['peak_mb']:8.0f} {r['gflops']:8.1f}  {'; '.join(target) if impl == 'fast' else ''}")
+            f"{r['cpu_seconds']:8.1f} {r['peak_mb']:8.0f} {r['gflops']:8.1f}  {'; '.join(target) if impl != 'reference' else ''}")
 
 
 def _notes(workload: Workload, impl: str, r: Dict) -> List[str]:
@@ -251,14 +287,14 @@ def _notes(workload: Workload, impl: str, r: Dict) -> List[str]:
         steps = f"{r['measure_steps']} step(s) per level, " if r["measure_steps"] is not None else ""
         notes.append(f"~ extrapolated from {steps}{r['runs_measured']} run(s) x {r['cases_measured']} case(s) "
                      f"measured in {r['measured_seconds']:.1f} s; peak MB is of that smaller run")
-    if impl == "fast":
+    if impl != "reference":
         notes.append(f"{r['model']}; {r['data']}; {r['threads']} threads; "
                      f"RSS before the run {r['baseline_mb']:.0f} MB; mean NQM {r['nqm']:.4f}")
     return notes
 
 
 def add_bench_command(commands) -> None:
-    bench = commands.add_parser("bench", help="time inference: fast path beside the plain reference")
+    bench = commands.add_parser("bench", help="time inference: torch fast path, fused engine, plain reference")
     bench.add_argument("--workload", action="append", choices=sorted(WORKLOADS),
                        help="measure only this workload (repeatable; default: all)")
     bench.add_argument("--runs", type=positive_int, default=None, help="runs per case instead of the workload's")
@@ -269,6 +305,10 @@ def add_bench_command(commands) -> None:
     bench.add_argument("--chunk-voxels", type=positive_int, default=None, help="fast path slab size (default: its own)")
     bench.add_argument("--bf16", action="store_true", help="fast path dense layers in bfloat16")
     bench.add_argument("--no-reference", action="store_true", help="skip the reference implementation")
+    bench.add_argument("--engine", action="append", choices=["torch", "fused"],
+                       help="time only this engine (repeatable; default: torch and, with numba, fused)")
+    bench.add_argument("--repeat", type=positive_int, default=1,
+                       help="alternate the engines this many times and print the fused/torch ratios")
     bench.set_defaults(run=cmd_bench)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import __version__
-from .options import add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
+from .options import add_engine_option, add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
 from .cluster.spec import add_cluster_options
 from ..errors import NCAError, exit_code, user_message
 from ..inference.settings import DEVICE_CHOICES
@@ -38,7 +38,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     bundle = load(args.model)
     settings = SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=args.device,
-                                     fire_rate=args.fire_rate, steps=args.steps, side=args.side, locate=args.locate)
+                                     fire_rate=args.fire_rate, steps=args.steps, side=args.side, locate=args.locate,
+                                     engine=args.engine)
     options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
                              overwrite=args.overwrite, channel=args.channel)
     if args.cluster is not None:
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="channel (0-based) of a 4D or vector image to segment")
     add_side_option(segment)
     add_locate_option(segment)
+    add_engine_option(segment)
     add_threads_option(segment)
     add_cluster_options(segment)
     segment.set_defaults(run=cmd_segment)

@@ -6,7 +6,7 @@ import math
 from typing import Callable, List, TypeVar
 
 from ..errors import NCAError
-from ..inference.settings import LOCATE_CHOICES, SIDE_CHOICES, parse_steps
+from ..inference.settings import ENGINE_CHOICES, LOCATE_CHOICES, SIDE_CHOICES, parse_steps
 
 
 T = TypeVar("T")
@@ -58,3 +58,9 @@ def add_locate_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--locate", choices=LOCATE_CHOICES, default="auto",
                         help="head: find both hippocampi in a whole-head T1; none: segment the volume as it "
                              "is; auto: head when the volume is much larger than a training crop")
+
+
+def add_engine_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                        help="how the NCA steps run: fused (compiled CPU kernels, needs numba), torch, or "
+                             "auto (fused on the CPU where numba is installed)")

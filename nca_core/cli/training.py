@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from .options import add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
+from .options import add_engine_option, add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
 from ..errors import NCAError
 from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
@@ -177,7 +177,8 @@ def _settings(args: argparse.Namespace, device: str):
     """The segmentation settings of evaluate/calibrate (the one settings type of segment)."""
     from ..inference.settings import SegmentSettings
 
-    return SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=device, side=args.side)
+    return SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=device, side=args.side,
+                                 engine=args.engine)
 
 
 def _add_case_selection(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +191,7 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
     add_side_option(parser)
+    add_engine_option(parser)
     add_threads_option(parser)
     parser.add_argument("-o", "--output", type=Path, required=True)
 

@@ -11,6 +11,7 @@ import torch
 
 from .fastpath import FastOptions, fast_forward
 from ..network.model import LevelPlan, M3DNCA
+from .fused import choose_engine, fused_forward
 from ..space.postprocessing import Postprocessing
 from ..space.preprocessing import Preprocessing, prepare
 
@@ -91,6 +92,7 @@ def run_ensemble(
     postprocessing: Optional[Postprocessing] = None,
     first_run: int = 0,
     count_run: Optional[RunCounter] = None,
+    engine: str = "auto",
 ) -> EnsembleResult:
     """Run the NCA ``runs`` times on a raw volume (X, Y, Z) and summarise.
 
@@ -99,6 +101,7 @@ def run_ensemble(
     The runs are numbered from ``first_run`` (each run's random firing follows its number),
     so runs 0-1 and then 2-9 merged with ``combine`` are the runs 0-9 of one call.
     ``count_run`` counts each run's own label map as its batch is done (``run_counts``).
+    ``engine`` (auto | torch | fused, see ``fused.choose_engine``) picks the step's implementation.
     """
     started = time.perf_counter()
     config = model.config
@@ -114,7 +117,9 @@ def run_ensemble(
     crop = (slice(None),) + tuple(slice(0, s) for s in array.shape)
     total = torch.zeros((config.output_channels,) + array.shape, dtype=torch.float64)
     total_sq = torch.zeros_like(total)
-    batch = runs_per_batch(int(np.prod(prepared.shape)), runs, config.channels, reference)
+    chosen = choose_engine(engine, device, config, reference)
+    buffers = 2 if chosen == "fused" else 1  # the fused engine double-buffers the state
+    batch = runs_per_batch(int(np.prod(prepared.shape)), runs, config.channels * buffers, reference)
     model = model.to(device).eval()
     done = 0
     counts = []
@@ -126,7 +131,9 @@ def run_ensemble(
             if reference:
                 logits = model(images, plan)[0][:, model.output_slice()]
             else:
-                logits = fast_forward(model, images, plan, options)[..., model.output_slice()]
+                forward = fused_forward(model, images, plan) if chosen == "fused" else \
+                    fast_forward(model, images, plan, options)
+                logits = forward[..., model.output_slice()]
                 logits = logits.permute(0, 4, 1, 2, 3)
             probability = torch.sigmoid(logits).double().cpu()
             del logits

@@ -81,7 +81,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
                               classes)
         return _ensemble(bundle, volume, shape, runs=count, seed=settings.seed, fire_rate=settings.fire_rate,
                          steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
-                         first_run=first, count_run=counter)
+                         first_run=first, count_run=counter, engine=settings.engine)
 
     probes: Dict[bool, EnsembleResult] = {}
 
@@ -129,6 +129,7 @@ def segment_image(
     settings: SegmentSettings,
     progress: Optional[StepProgress] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
+    engine: str = "auto",
 ) -> SegmentationResult:
     """Segment a scalar volume with its geometry: the one entry point from an image.
 
@@ -159,7 +160,7 @@ def segment_image(
                     count_run: RunCounter) -> EnsembleResult:
         return _ensemble(bundle, crop, shape, runs=runs, seed=settings.seed, fire_rate=settings.fire_rate,
                          steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
-                         count_run=count_run)
+                         count_run=count_run, engine=settings.engine)
 
     etiv = estimated_tiv_ml(registration["determinant"])
     head = segment_regions(scan, regions, bundle, ensemble_of,

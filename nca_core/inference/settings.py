@@ -9,6 +9,8 @@ text (the command line, the Slicer panel, the console, a job file) and checked a
   step (no randomness, so the light has no verdict).
 - ``steps``: None = the model's own; one count per level, 0..MAX_STEPS ("10,10" as text).
 - ``side``: auto | left | right; ``locate``: auto | head | none (see ``pipeline.segment_image``).
+- ``engine``: auto | torch | fused: how each NCA step runs (``fused.choose_engine``); auto takes
+  the fused CPU kernels where numba is installed and the model fits them, else torch.
 
 Made once by the command line, the Slicer panel or console, the worker (from the job file) or
 an API caller, checked where it is made, and handed whole to ``pipeline.segment_image``.
@@ -27,6 +29,7 @@ PANEL_DEVICE_CHOICES = ("auto", "CPU", "GPU")  # the Slicer panel's names for th
 DEVICE_NAMES = {**{name: name for name in DEVICE_CHOICES}, "gpu": "cuda"}  # any case
 SIDE_CHOICES = ("auto", "left", "right")
 LOCATE_CHOICES = ("auto", "head", "none")
+ENGINE_CHOICES = ("auto", "torch", "fused")  # fused.choose_engine says what each means
 
 
 def check_side(side: str) -> str:
@@ -39,6 +42,12 @@ def check_locate(locate: str) -> str:
     if locate not in LOCATE_CHOICES:
         raise NCAError(f"--locate must be one of {', '.join(LOCATE_CHOICES)}, not {locate!r}")
     return locate
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINE_CHOICES:
+        raise NCAError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
+    return engine
 
 
 def parse_steps(value: Union[None, str, Sequence[int]]) -> Optional[List[int]]:
@@ -74,6 +83,7 @@ class SegmentSettings:
     steps: Optional[List[int]] = None
     side: str = "auto"
     locate: str = "auto"
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         self.validate()  # checked where made: every holder of a SegmentSettings holds valid settings
@@ -98,6 +108,7 @@ class SegmentSettings:
         self.steps = parse_steps(self.steps)
         check_side(self.side)
         check_locate(self.locate)
+        check_engine(self.engine)
         return self
 
     def check(self, levels: int) -> "SegmentSettings":
