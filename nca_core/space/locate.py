@@ -98,18 +98,21 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     if progress:
         progress("registration", 1, 2)
     scan = on_grid(image, BRAIN_SPACING)
-    starts = [composed(pose.transform, atlas.template_to_head)]
-    if pose.correlation < WHOLE_HEAD_CORRELATION:  # maybe a brain without skull: its pose from the brain
-        starts += [brain.transform for brain in find_head_pose(pose_scan, atlas.template, atlas.brain_rim_mask,
-                                                               BRAIN_ORIENTATIONS)]
-    fits = [(correlation(atlas.template, scan, atlas.brain_mask, t), t)
-            for start in starts for t in (_fit_brain(atlas, scan, start), start)]
-    brain_r, transform = max(fits, key=lambda item: item[0])  # a fit only where it improved the match
-    if brain_r < MIN_T1_CORRELATION:
+
+    def fitted_from(start: sitk.Transform) -> List[Tuple[float, sitk.Transform]]:
+        return [(correlation(atlas.template, scan, atlas.brain_mask, t), t) for t in (_fit_brain(atlas, scan, start), start)]
+
+    fits = fitted_from(composed(pose.transform, atlas.template_to_head))
+    head_fit_r = max(r for r, _ in fits)
+    if head_fit_r < MIN_T1_CORRELATION:  # judged on the head's own pose: other poses of a brain can match by chance
         raise InputImageError(
-            f"this head does not look like a T1-weighted MRI (its brain correlates {brain_r:.2f} with the T1 "
+            f"this head does not look like a T1-weighted MRI (its brain correlates {head_fit_r:.2f} with the T1 "
             f"template, {MIN_CORRELATION} or more expected); the model knows T1 only: to segment it anyway, "
             "pass --locate none with a crop around the hippocampus")
+    if pose.correlation < WHOLE_HEAD_CORRELATION:  # maybe a brain without skull: its pose from the brain
+        for brain in find_head_pose(pose_scan, atlas.template, atlas.brain_rim_mask, BRAIN_ORIENTATIONS):
+            fits += fitted_from(brain.transform)
+    brain_r, transform = max(fits, key=lambda item: item[0])  # a fit only where it improved the match
     if progress:
         progress("registration", 2, 2)
     scales = tuple(float(s) for s in np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3), compute_uv=False))
