@@ -27,7 +27,7 @@ import SimpleITK as sitk
 
 from nca_core.inference.ensemble import run_ensemble
 from nca_core.space.atlas import ATLAS_FILE, HEAD_TEMPLATE_FILE, TEMPLATE_FILE, matrix_and_offset
-from nca_core.space.headpose import correlation, on_grid
+from nca_core.space.headpose import correlation, metric, on_grid
 from nca_core.modelfile.registry import load
 from nca_core.space.regions import box_grid
 
@@ -71,23 +71,13 @@ def as_uint8(image: sitk.Image) -> sitk.Image:
     return sitk.Cast(sitk.Clamp(image * (255.0 / top), lowerBound=0, upperBound=255), sitk.sitkUInt8)
 
 
-def registration_method(mask: sitk.Image) -> sitk.ImageRegistrationMethod:
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.05, seed=1)
-    method.SetMetricFixedMask(mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    return method
-
-
 def template_to_head(template: sitk.Image, head: sitk.Image):
     """The brain template fitted onto the mean head: the best of a few translations below the
     head's centre of mass, then rigid, then affine (mutual information inside the brain)."""
     mask = sitk.Cast(template > 0, sitk.sitkUInt8)
     initial = sitk.CenteredTransformInitializer(template, head, sitk.Euler3DTransform(),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
-    probe = registration_method(mask)
+    probe = metric(mask, [1], [0.0], sampling=0.05)
     starts = []
     for dz in (-45.0, -30.0, -15.0, 0.0, 15.0):
         for dy in (-10.0, 0.0, 10.0):
@@ -102,10 +92,7 @@ def template_to_head(template: sitk.Image, head: sitk.Image):
         stage.SetCenter(start.GetCenter())
         stage.SetMatrix(transform.GetMatrix())
         stage.SetTranslation(transform.GetTranslation())
-        method = registration_method(mask)
-        method.SetShrinkFactorsPerLevel([2, 1])
-        method.SetSmoothingSigmasPerLevel([2.0, 0.0])
-        method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        method = metric(mask, [2, 1], [2.0, 0.0], sampling=0.05)
         method.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 100, relaxationFactor=0.6,
                                                         gradientMagnitudeTolerance=1e-6)
         method.SetOptimizerScalesFromPhysicalShift()

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "Testing" / "Python"))
 
-from head_variants import REAL_HEAD_VARIANTS, LABEL_OF_SIDE, centroid_mm, real_head_variant  # noqa: E402
+from head_variants import REAL_HEAD_VARIANTS, LABEL_OF_SIDE, agreement, centroid_mm, real_head_variant  # noqa: E402
 from nca_core.errors import NCAError  # noqa: E402
 
 
@@ -62,25 +62,14 @@ def main() -> None:
             print(f"| {name} | refused: {str(error)[:70]} | | | | | | | {time.perf_counter() - started:.1f} |")
             continue
         seconds = time.perf_counter() - started
-        truth = sitk.GetArrayFromImage(labels).transpose(2, 1, 0)
         cells = []
-        for side in result.sides:
-            found = np.isin(result.ensemble.labels, side.label_values)
-            expected = truth == LABEL_OF_SIDE[side.side]
-            dice = 2 * np.count_nonzero(found & expected) / max(1, np.count_nonzero(found) + np.count_nonzero(expected))
-            distance = _distance(found, expected, image)
-            dices.append(dice)
-            cells += [f"{dice:.3f}", f"{distance:.1f}", f"{side.quality.light} {side.nqm:.3f}"]
+        for side, match in zip(result.sides, agreement(result, labels, image)):
+            dices.append(match.dice)
+            cells += [f"{match.dice:.3f}", f"{match.distance_mm:.1f}", f"{side.quality.light} {side.nqm:.3f}"]
         print(f"| {name} | yes | {' | '.join(cells)} | {seconds:.1f} |", flush=True)
     if dices:
         print(f"\nlocated {len(images) - failures}/{len(images)}; Dice per side median {statistics.median(dices):.3f}, "
               f"min {min(dices):.3f}")
-
-
-def _distance(found: np.ndarray, expected: np.ndarray, image: sitk.Image) -> float:
-    if not found.any() or not expected.any():
-        return float("nan")
-    return float(np.linalg.norm(centroid_mm(found, image) - centroid_mm(expected, image)))
 
 
 def _locate_only(image: sitk.Image, labels: sitk.Image, bundle) -> str:

@@ -90,12 +90,12 @@ def _fitted(head: sitk.Image, scan: sitk.Image, mask: sitk.Image, start: sitk.Tr
     return HeadPose(transform, correlation(head, scan, mask, transform))
 
 
-def metric(mask: sitk.Image, shrink: List[int], smooth: List[float]) -> sitk.ImageRegistrationMethod:
-    """Mattes mutual information over ``mask`` of the fixed image, 20% of it sampled."""
+def metric(mask: sitk.Image, shrink: List[int], smooth: List[float], sampling: float = 0.2) -> sitk.ImageRegistrationMethod:
+    """Mattes mutual information over ``mask`` of the fixed image, ``sampling`` of it sampled."""
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed=1)
+    method.SetMetricSamplingPercentage(sampling, seed=1)
     method.SetMetricFixedMask(mask)
     method.SetInterpolator(sitk.sitkLinear)
     method.SetShrinkFactorsPerLevel(shrink)
