@@ -31,6 +31,19 @@ def random_model(config: NCAConfig, seed: int = 0, scale: float = 0.05) -> M3DNC
     return model.eval()
 
 
+def every_parameter_matters(config: NCAConfig) -> M3DNCA:
+    """A model in eval mode whose every parameter matters (fc1 and BN affine not at their init)."""
+    torch.manual_seed(0)
+    model = M3DNCA(config)
+    with torch.no_grad():
+        for rule in model.levels:
+            rule.fc1.weight.normal_(0, 0.05)
+            rule.fc0.bias.normal_(0, 0.3)
+            rule.norm.weight.uniform_(0.5, 1.5)
+            rule.norm.bias.normal_(0, 0.1)
+    return model.eval()
+
+
 def model_file(path: Path, preset_name: str = "hippocampus", trained_like: bool = False) -> Path:
     """Write an (untrained, or random-weight) model file and return its path."""
     config = preset(preset_name)

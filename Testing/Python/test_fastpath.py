@@ -12,22 +12,15 @@ from nca_core.network.firing import fire_mask, fire_mask_range, stream_key
 from nca_core.network.model import LevelPlan, M3DNCA
 from nca_core.space.preprocessing import Preprocessing
 
+from nca_helpers import every_parameter_matters
+
 CONFIG = NCAConfig(kernel_sizes=[5, 3], steps=[3, 4], downscale=2)
 SHAPE = (12, 14, 10)
 TOLERANCE = 1e-4
 
 
 def _model(config: NCAConfig = CONFIG) -> M3DNCA:
-    """A model whose every parameter matters (fc1 and BN affine not at their init)."""
-    torch.manual_seed(0)
-    model = M3DNCA(config)
-    with torch.no_grad():
-        for rule in model.levels:
-            rule.fc1.weight.normal_(0, 0.05)
-            rule.fc0.bias.normal_(0, 0.3)
-            rule.norm.weight.uniform_(0.5, 1.5)
-            rule.norm.bias.normal_(0, 0.1)
-    return model.eval()
+    return every_parameter_matters(config)
 
 
 def _image(batch: int = 1) -> torch.Tensor:

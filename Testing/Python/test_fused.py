@@ -15,22 +15,15 @@ from nca_core.network.firing import fire_mask, stream_key
 from nca_core.network.model import LevelPlan, M3DNCA
 from nca_core.space.preprocessing import Preprocessing
 
+from nca_helpers import every_parameter_matters
+
 pytest.importorskip("numba", reason="the fused engine needs numba (pip install 'm3dnca[fast]')")
 
 TOLERANCE = 1e-5  # relative to the largest state value
 
 
 def _model(config: NCAConfig) -> M3DNCA:
-    """A model whose every parameter matters (fc1 and BN affine not at their init)."""
-    torch.manual_seed(0)
-    model = M3DNCA(config)
-    with torch.no_grad():
-        for rule in model.levels:
-            rule.fc1.weight.normal_(0, 0.05)
-            rule.fc0.bias.normal_(0, 0.3)
-            rule.norm.weight.uniform_(0.5, 1.5)
-            rule.norm.bias.normal_(0, 0.1)
-    return model.eval()
+    return every_parameter_matters(config)
 
 
 def _image(shape, batch: int) -> torch.Tensor:
