@@ -72,6 +72,11 @@ def realheads_dir() -> Path:
     return _require(SHARED_DATA / "realheads")
 
 
+@pytest.fixture(scope="session")
+def prostate_dir() -> Path:
+    return _require(SHARED_DATA / "prostate")
+
+
 # --- real MRML (slicer-core) for the Slicer module's tests --------------------------------------
 
 class _Module:

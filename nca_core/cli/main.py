@@ -80,13 +80,17 @@ def cmd_new_model(args: argparse.Namespace) -> int:
     from ..network.config import preset
     from ..network.model import M3DNCA
     from ..modelfile.bundle import ModelBundle, save_model
+    from ..space.preprocessing import Preprocessing
+    from ..training.settings import TrainSettings
 
     if args.output.exists() and not args.overwrite:
         raise NCAError(f"{args.output}: exists; pass --overwrite to replace it with an untrained model")
     model = M3DNCA(preset(args.preset))
+    grid = TrainSettings.for_preset(args.preset).given_preprocessing  # the prostate preset's field of view
     provenance = {"description": f"untrained {args.preset} preset", "preset": args.preset,
                   "software": f"nca_core {__version__}"}
-    save_model(ModelBundle.from_model(model, provenance=provenance), args.output)
+    save_model(ModelBundle.from_model(model, provenance=provenance, preprocessing=grid or Preprocessing()),
+               args.output)
     print(f"{args.output}: untrained '{args.preset}' model, {model.parameter_count()} parameters")
     return EXIT_OK
 

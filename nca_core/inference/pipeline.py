@@ -20,6 +20,7 @@ from ..space.locate import StepProgress, is_whole_scan
 from ..modelfile.bundle import ModelBundle
 from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing
+from ..space.preprocessing import Preprocessing
 from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
@@ -136,11 +137,12 @@ def segment_image(
     ``settings`` (checked where they were made) are checked here against the model only.
     ``settings.locate``: ``head`` finds both hippocampi in a whole-head scan and segments each
     side's box; ``none`` takes the volume as one crop; ``auto`` picks ``head`` for a volume much
-    larger than a training crop. ``settings.side`` is the crop's side (auto probes), or for a
-    head the side to segment (auto: both). ``progress(step, done, total)`` reports each step.
+    larger than a training crop. A field-of-view model (prostate) always takes the whole volume.
+    ``settings.side`` is the crop's side (auto probes), or for a head the side to segment (auto:
+    both). ``progress(step, done, total)`` reports each step.
     """
     settings.check(bundle.config.levels)
-    if not locates_hippocampi(image, settings.locate):
+    if not locates_hippocampi(image, settings.locate, bundle.preprocessing):
         return _segment_crop(
             sitk.GetArrayFromImage(image).transpose(2, 1, 0), bundle, settings,
             (lambda done, total: progress("segmentation", done, total)) if progress else None, should_cancel,
@@ -180,8 +182,14 @@ def segment_image(
     )
 
 
-def locates_hippocampi(image: sitk.Image, locate: str) -> bool:
-    """Whether ``segment_image`` takes the whole-head route for ``image`` with this ``locate``."""
+def locates_hippocampi(image: sitk.Image, locate: str, preprocessing: Preprocessing) -> bool:
+    """Whether ``segment_image`` takes the whole-head route for ``image`` with this ``locate``
+    and a model with this ``preprocessing``; NCAError for ``head`` with a field-of-view model."""
+    if preprocessing.relative_to_field_of_view:
+        if locate == "head":
+            raise NCAError("--locate head finds hippocampi in a whole head; this model segments the "
+                           "whole field of view (use --locate auto or none)")
+        return False
     return locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
 
 

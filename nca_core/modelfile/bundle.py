@@ -24,7 +24,11 @@ from ..space.preprocessing import Preprocessing
 from ..quality.nqm import Calibration
 
 FORMAT = "m3dnca"
-FORMAT_VERSION = 3  # 2: preprocessing may record the training grid (spacing, orientation); 3: the side
+# 2: preprocessing may record the training grid (spacing, orientation); 3: the side;
+# 4: a field-of-view grid (grid_shape, fov_fraction). A model without one is written as 3, which
+# earlier versions still read.
+FORMAT_VERSION = 4
+VERSION_WITHOUT_FIELD_OF_VIEW = 3
 
 
 @dataclass
@@ -56,7 +60,7 @@ class ModelBundle:
     def metadata(self) -> Dict[str, str]:
         return {
             "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
+            "format_version": str(FORMAT_VERSION if self.preprocessing.relative_to_field_of_view else VERSION_WITHOUT_FIELD_OF_VIEW),
             "config": _canonical(self.config.to_dict()),
             "preprocessing": _canonical(self.preprocessing.to_dict()),
             "postprocessing": _canonical(self.postprocessing.to_dict()),

@@ -1,5 +1,5 @@
 """A model file's header without torch or the weights: name, labels, levels, steps, calibration,
-grid and side. The Slicer module fills its model list with it; ``bundle`` reads the same
+grid, side and field-of-view grid. The Slicer module fills its model list with it; ``bundle`` reads the same
 header (with the same limits) before it verifies the whole file."""
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class ModelHeader:
     calibrated: bool = False
     largest_component: bool = False
     side: Optional[str] = None  # the side every training crop shows
+    grid_shape: Optional[List[int]] = None  # a field-of-view model's grid: it takes the whole scan
 
     def summary(self) -> str:
         parts = [self.description or "(no description)"]
@@ -60,6 +61,8 @@ class ModelHeader:
             parts.append("labels: " + ", ".join(self.labels))
         if self.steps:
             parts.append(f"steps per level: {','.join(str(s) for s in self.steps)}")
+        if self.grid_shape:
+            parts.append("segments the whole field of view (no head localisation)")
         if self.largest_component:
             parts.append("keeps the largest connected component")
         parts.append("NQM calibrated" if self.calibrated else "no NQM calibration (light stays grey)")
@@ -95,6 +98,7 @@ def read_model_header(path, name: Optional[str] = None) -> ModelHeader:
             calibrated=bool(calibration),
             largest_component=bool(postprocessing.get("largest_component", False)),
             side=preprocessing.get("side"),
+            grid_shape=preprocessing.get("grid_shape"),
         )
     except (ValueError, TypeError, AttributeError):
         raise ModelFileError(f"{path}: corrupt model file (unreadable metadata)") from None

@@ -73,7 +73,7 @@ class NCAConfig:
 
 PRESETS: Dict[str, NCAConfig] = {
     # The paper's prostate model: 2 levels, downscale 4, k 7 then 3: 12,480 parameters.
-    "prostate": NCAConfig(kernel_sizes=[7, 3], steps=[20, 40], downscale=4),
+    "prostate": NCAConfig(kernel_sizes=[7, 3], steps=[20, 40], downscale=4, labels=["prostate"]),
     # Hippocampus crops are small (about 35x50x35 voxels): downscale 2 keeps the coarse
     # level at about 18x25x18, where 10 steps of a 7^3 kernel (radius 30) see the whole
     # crop; 10 steps of 3^3 at full resolution refine the boundary.

@@ -59,7 +59,8 @@ class ModelGrid:
 
     The model's spacing and orientation come from its preprocessing (None: keep the input's);
     without input geometry (``input_spacing`` None) the input is taken to be on the model's
-    grid already.
+    grid already. A field-of-view model (``grid_shape``) maps every input by its extent, not
+    its spacing: its central part resampled to the grid's shape (see ``field_of_view_geometry``).
     """
 
     def __init__(self, shape: Sequence[int], input_spacing: Optional[Sequence[float]],
@@ -72,12 +73,18 @@ class ModelGrid:
         orientation, spacing = preprocessing.orientation, preprocessing.spacing
         self.code = orientation if known and orientation else input_code
         self._input_code = input_code
+        if preprocessing.relative_to_field_of_view:  # the field of view maps without the input's spacing
+            self.code = orientation
         oriented = sitk.DICOMOrient(self._input, self.code) if self.code != input_code else self._input
-        target = tuple(float(s) for s in spacing) if known and spacing else oriented.GetSpacing()
         self.reoriented = self.code != input_code
-        self.resampled = any(abs(t - s) > SPACING_TOLERANCE * t for t, s in zip(target, oriented.GetSpacing()))
         self._oriented = oriented
-        self._model = _resampled_geometry(oriented, target) if self.resampled else oriented
+        if preprocessing.relative_to_field_of_view:
+            self.resampled = not on_field_of_view_grid(oriented.GetSize(), preprocessing)
+            self._model = field_of_view_geometry(oriented, preprocessing) if self.resampled else oriented
+        else:
+            target = tuple(float(s) for s in spacing) if known and spacing else oriented.GetSpacing()
+            self.resampled = any(abs(t - s) > SPACING_TOLERANCE * t for t, s in zip(target, oriented.GetSpacing()))
+            self._model = _resampled_geometry(oriented, target) if self.resampled else oriented
         self.change = GridChange(tuple(self._input.GetSpacing()), input_code, tuple(self._model.GetSpacing()),
                                  self.code, self.reoriented, self.resampled) if known else None
 
@@ -159,6 +166,30 @@ def _resampled_geometry(oriented: sitk.Image, spacing: Sequence[float]) -> sitk.
     # First new voxel's edge on the first old voxel's edge: shift the centre by half the difference.
     origin = np.asarray(oriented.GetOrigin()) + direction @ ((new_spacing - old_spacing) / 2)
     geometry = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    geometry.SetSpacing([float(s) for s in new_spacing])
+    geometry.SetDirection(oriented.GetDirection())
+    geometry.SetOrigin([float(o) for o in origin])
+    return geometry
+
+
+def on_field_of_view_grid(size: Sequence[int], preprocessing: Preprocessing) -> bool:
+    """Whether a volume of ``size`` (in the model's orientation) is taken as on a field-of-view
+    model's grid already: exactly ``grid_shape`` voxels, as the model's training data was."""
+    return [int(s) for s in size] == list(preprocessing.grid_shape)
+
+
+def field_of_view_geometry(oriented: sitk.Image, preprocessing: Preprocessing) -> sitk.Image:
+    """The grid of ``grid_shape`` voxels over the central ``fov_fraction`` of ``oriented``'s
+    extent (edge to edge), in its orientation."""
+    old_size = np.asarray(oriented.GetSize(), dtype=float)
+    old_spacing = np.asarray(oriented.GetSpacing())
+    fraction = np.asarray(preprocessing.fov_fraction or (1.0, 1.0, 1.0))
+    shape = np.asarray(preprocessing.grid_shape)
+    new_spacing = old_spacing * old_size * fraction / shape
+    cut = old_size * (1 - fraction) / 2 * old_spacing  # mm left out before the kept part, per axis
+    direction = np.asarray(oriented.GetDirection()).reshape(3, 3)
+    origin = np.asarray(oriented.GetOrigin()) + direction @ (cut + (new_spacing - old_spacing) / 2)
+    geometry = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
     geometry.SetSpacing([float(s) for s in new_spacing])
     geometry.SetDirection(oriented.GetDirection())
     geometry.SetOrigin([float(o) for o in origin])

@@ -14,6 +14,9 @@ from ..errors import InputImageError, ModelFileError
 from ..fields import checked_fields
 
 
+FIELD_OF_VIEW_KEYS = ("grid_shape", "fov_fraction")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """Percentile clip and rescale to [0, 1] (TorchIO's ``RescaleIntensity`` maths).
@@ -28,6 +31,11 @@ class Preprocessing:
 
     ``side`` (``left`` or ``right``) is the body side that every training crop shows; crops of
     the other side are mirrored left-right on the model's grid. None: unknown, never mirrored.
+
+    ``grid_shape`` (voxels) makes the grid relative to the field of view instead of a spacing:
+    the central ``fov_fraction`` of each axis (e.g. 0.8 = 10% cut from either end) is resampled
+    to ``grid_shape``, in ``orientation``. For data whose spacing was lost (PROMISE12's teaching
+    copy); such a model maps the whole scan and is never routed through head localisation.
     """
 
     percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
@@ -35,9 +43,19 @@ class Preprocessing:
     spacing: Optional[List[float]] = None
     orientation: Optional[str] = None
     side: Optional[str] = None
+    grid_shape: Optional[List[int]] = None
+    fov_fraction: Optional[List[float]] = None
+
+    @property
+    def relative_to_field_of_view(self) -> bool:
+        """Whether the model's grid is the scan's field of view (``grid_shape``), not a spacing."""
+        return self.grid_shape is not None
 
     def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON data; the field-of-view ones only when set (files without them
+        stay readable by versions before them)."""
+        data = dataclasses.asdict(self)
+        return {key: value for key, value in data.items() if value is not None or key not in FIELD_OF_VIEW_KEYS}
 
     def validate(self) -> "Preprocessing":
         """Raise ModelFileError when the percentiles or padding cannot be used."""
@@ -57,7 +75,25 @@ class Preprocessing:
             raise ModelFileError(f"invalid preprocessing: side must be left or right, found {reprlib.repr(self.side)}")
         if self.side is not None and not self.orientation:
             raise ModelFileError("invalid preprocessing: side needs the orientation of the training grid")
+        self._validate_field_of_view()
         return self
+
+    def _validate_field_of_view(self) -> None:
+        """Raise ModelFileError unless ``grid_shape`` and ``fov_fraction`` form a field-of-view grid."""
+        if self.fov_fraction is not None and self.grid_shape is None:
+            raise ModelFileError("invalid preprocessing: fov_fraction needs grid_shape")
+        if self.grid_shape is None:
+            return
+        if len(self.grid_shape) != 3 or min(self.grid_shape) < 1:
+            raise ModelFileError(f"invalid preprocessing: grid_shape must be 3 positive sizes, "
+                                 f"found {reprlib.repr(self.grid_shape)}")
+        fraction = self.fov_fraction
+        if fraction is not None and (len(fraction) != 3 or not all(0 < f <= 1 for f in fraction)):
+            raise ModelFileError(f"invalid preprocessing: fov_fraction must be 3 numbers in (0, 1], "
+                                 f"found {reprlib.repr(fraction)}")
+        if self.spacing is not None or not self.orientation:
+            raise ModelFileError("invalid preprocessing: a grid_shape (field-of-view grid) needs an orientation "
+                                 "and no spacing")
 
     @classmethod
     def from_dict(cls, data: Any) -> "Preprocessing":

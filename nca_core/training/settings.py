@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ..network.config import NCAConfig, preset
 from ..errors import NCAError
 from ..fields import checked_fields
+from ..space.preprocessing import Preprocessing
 
 
 @dataclass
@@ -21,7 +22,9 @@ class TrainSettings:
     (Polyak averaging) instead of the last weights; 0 turns it off. Each step trains on
     ``cases_per_step`` cases, each repeated ``batch_duplication`` times; cases of
     different sizes are zero-padded, and the padding is left out of the normalisation
-    statistics and the loss."""
+    statistics and the loss. ``preprocessing`` (the model file's section, e.g. a field-of-view
+    grid) is what the model is trained with; None: the training images' common spacing and
+    orientation."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -40,10 +43,16 @@ class TrainSettings:
     augment: bool = False
     ema_decay: float = 0.0
     time_limit_minutes: Optional[float] = None
+    preprocessing: Optional[Dict[str, Any]] = None
 
     @property
     def config(self) -> NCAConfig:
         return NCAConfig.from_dict(self.model)
+
+    @property
+    def given_preprocessing(self) -> Optional[Preprocessing]:
+        """The preprocessing these settings fix, or None (the trainer derives it from the data)."""
+        return None if self.preprocessing is None else Preprocessing.from_dict(self.preprocessing)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,6 +71,7 @@ class TrainSettings:
         levels = self.config.levels
         if len(self.patch_sizes) != levels:
             raise NCAError(f"patch_sizes needs one entry per level ({levels})")
+        self.given_preprocessing  # noqa: B018 - raises naming the bad preprocessing field
         return self
 
     @classmethod
@@ -80,10 +90,17 @@ class TrainSettings:
         config = preset(name)
         patches: List[Optional[List[int]]] = [None] + [[24, 24, 24]] * (config.levels - 1)
         if name == "prostate":
-            patches = [None] + [[64, 64, 16]] * (config.levels - 1)
+            # 32x32x16 patches: 1.06 s per step on 2 CPU threads against 3.9 s for 64x64x16.
+            patches = [None] + [[32, 32, 16]] * (config.levels - 1)
+            overrides.setdefault("preprocessing", PROSTATE_GRID.to_dict())
         if name.endswith("2class"):
             overrides.setdefault("merge_labels", False)
         return cls.from_dict({"model": config.to_dict(), "patch_sizes": patches, **overrides})
+
+
+# PROMISE12's teaching copy: the central 80% of each slice's field of view at 128x128, 32 slices,
+# axes towards the patient's left, posterior, superior (its README); its spacing was lost.
+PROSTATE_GRID = Preprocessing(grid_shape=[128, 128, 32], fov_fraction=[0.8, 0.8, 1.0], orientation="LPS")
 
 
 # The types are checked against the fields first (``checked_fields``); these are the ranges.

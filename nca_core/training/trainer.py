@@ -100,9 +100,16 @@ class Trainer:
         self._augment = augmenter() if self.settings.augment else None
 
     def _training_grid(self, cases: List[Case]) -> Preprocessing:
-        """The preprocessing with the grid to train on: the initial model's when fine-tuning
-        one that has it, else the training images' common grid."""
+        """The preprocessing with the grid to train on: the settings' own (a field-of-view grid),
+        else the initial model's when fine-tuning one that has it, else the training images'
+        common grid."""
+        given = self.settings.given_preprocessing
+        if given is not None:
+            return given
         initial = self.initial_preprocessing
+        if initial is not None and initial.relative_to_field_of_view:
+            return replace(self.preprocessing, orientation=initial.orientation, grid_shape=initial.grid_shape,
+                           fov_fraction=initial.fov_fraction)
         if initial is not None and initial.spacing is not None:
             spacing, orientation = initial.spacing, initial.orientation
         else:

@@ -1,0 +1,97 @@
+"""The prostate model's field-of-view grid, its training and routing, on the shared PROMISE12 cases."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nca_core.errors import ModelFileError, NCAError
+from nca_core.inference.pipeline import locates_hippocampi
+from nca_core.modelfile.bundle import load_model
+from nca_core.quality.metrics import mean_foreground_dice
+from nca_core.space.grid import ModelGrid
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.training.settings import PROSTATE_GRID, TrainSettings
+from nca_core.training.trainer import Trainer
+
+from nca_helpers import run_cli
+from prostate_helpers import case_paths, scanner_version, xyz
+
+
+@pytest.fixture(scope="module")
+def scanner_case(prostate_dir):
+    """Case 00 (BIDMC) as the model's grid has it, and as a 320x320x24 RAI scan."""
+    image_path, label_path = case_paths(prostate_dir, 0)
+    image, label = sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path))
+    return image, label, *scanner_version(image, label)
+
+
+def grid_of(image: sitk.Image) -> ModelGrid:
+    return ModelGrid(image.GetSize(), image.GetSpacing(), image.GetDirection(), PROSTATE_GRID)
+
+
+def test_a_scan_of_another_size_and_orientation_maps_onto_the_training_grid_and_back(scanner_case):
+    image, label, scan, scan_label = scanner_case
+    grid = grid_of(scan)
+    assert grid.model_shape == (128, 128, 32) and grid.reoriented and grid.resampled
+    on_grid = grid.label_to_model(xyz(scan_label))
+    assert mean_foreground_dice(on_grid, xyz(label), 1) > 0.93  # the training case's own label, recovered
+    image_on_grid = grid.to_model(xyz(scan).astype(np.float32))
+    assert np.corrcoef(image_on_grid.ravel(), xyz(image).ravel())[0, 1] > 0.95  # 32 -> 24 -> 32 slices, linear
+    back = grid.to_input(xyz(label).astype(np.float32)) > 0.5
+    assert back.shape == xyz(scan).shape == (320, 320, 24)
+    assert mean_foreground_dice(back.astype(np.uint8), xyz(scan_label), 1) > 0.9
+    assert not back[:32].any() and not back[-32:].any() and not back[:, :32].any()  # the cut 10% stays empty
+
+
+def test_the_central_field_of_view_lands_on_the_grid_voxel_for_voxel(scanner_case):
+    """At 160x160x32 the kept 80% is 128x128x32 of the scan's own voxels: no interpolation at all."""
+    image, label = scanner_case[:2]
+    scan, _ = scanner_version(image, label, size=(160, 160, 32), orientation="RAI")
+    np.testing.assert_allclose(grid_of(scan).to_model(xyz(scan).astype(np.float32)), xyz(image), atol=1e-3)
+
+
+def test_a_volume_already_on_the_grid_is_used_as_it_is(scanner_case):
+    image = scanner_case[0]
+    grid = grid_of(image)
+    assert not grid.changes_grid and grid.model_shape == (128, 128, 32)
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"grid_shape": [128, 128]}, "grid_shape must be 3 positive sizes"),
+    ({"grid_shape": [128, 128, 32]}, "needs an orientation and no spacing"),
+    ({"grid_shape": [128, 128, 32], "orientation": "LPS", "spacing": [1, 1, 3]}, "needs an orientation and no spacing"),
+    ({"grid_shape": [128, 128, 32], "orientation": "LPS", "fov_fraction": [0.8, 0.8, 1.5]}, "fov_fraction must be"),
+    ({"fov_fraction": [0.8, 0.8, 1.0]}, "fov_fraction needs grid_shape"),
+])
+def test_a_field_of_view_grid_that_cannot_work_is_refused(fields, words):
+    with pytest.raises(ModelFileError, match=words):
+        Preprocessing.from_dict(fields)
+
+
+def test_a_field_of_view_model_is_never_routed_through_head_localisation(scanner_case):
+    scan = scanner_case[2]
+    assert not locates_hippocampi(scan, "auto", PROSTATE_GRID)
+    with pytest.raises(NCAError, match="--locate head finds hippocampi"):
+        locates_hippocampi(scan, "head", PROSTATE_GRID)
+
+
+def test_training_a_few_steps_on_two_cases_records_the_grid(prostate_dir, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
+    settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
+                                        patch_sizes=[None, [16, 16, 8]])
+    trainer = Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split)
+    result = trainer.fit(log=False)
+    assert result.iterations == 2 and len(trainer.train_cases) == 2
+    model = load_model(tmp_path / "run" / "best.m3dnca")
+    assert model.preprocessing == PROSTATE_GRID and model.config.labels == ["prostate"]
+    assert model.preprocessing.spacing is None  # the data's nominal 1x1x3 mm is not a spacing to trust
+
+
+def test_new_model_from_the_prostate_preset_carries_the_field_of_view(tmp_path, capsys):
+    code, out, err = run_cli(capsys, "new-model", "--preset", "prostate", "-o", tmp_path / "p.m3dnca")
+    assert code == 0, err
+    assert load_model(tmp_path / "p.m3dnca").preprocessing.grid_shape == [128, 128, 32]
