@@ -89,3 +89,24 @@ def test_two_class_model_gives_two_probability_volumes():
                           Preprocessing(), runs=2, steps=[1, 1])
     assert result.probability.shape == (2, 10, 12, 8)
     assert set(np.unique(result.labels)) <= {0, 1, 2}
+
+
+def test_patches_with_a_focus_contain_it_and_the_others_lie_anywhere():
+    import random
+
+    model = random_model(preset("prostate"), scale=0.3)
+    image = torch.rand(4, 1, 64, 64, 16)
+    starts = {True: set(), False: set()}
+    for seed in range(12):
+        rng = random.Random(seed)
+        focus = [[rng.randrange(64), rng.randrange(64), rng.randrange(16)] for _ in range(2)] + [None, None]
+        plan = LevelPlan(steps=[1, 1], fire_rate=0.5, seed=seed, patch_sizes=[[8, 8, 4], [16, 16, 8]], rng=rng,
+                         focus=focus)
+        with torch.no_grad():
+            state, origins = model(image, plan)
+        assert tuple(state.shape[2:]) == (16, 16, 8)
+        for b, origin in enumerate(origins.tolist()):
+            if focus[b] is not None:
+                assert all(o <= f < o + p for o, f, p in zip(origin, focus[b], (16, 16, 8))), (focus[b], origin)
+            starts[focus[b] is None].add(tuple(origin))
+    assert len(starts[True]) > 12  # unfocused patches still move about

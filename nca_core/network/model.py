@@ -30,6 +30,9 @@ class LevelPlan:
     # training only: per batch element, the full-resolution size of its case before
     # zero padding; each element's normalisation statistics then skip its padding
     extents: Optional[Sequence[Sequence[int]]] = None
+    # training only: per batch element, a full-resolution voxel (e.g. of the foreground) that
+    # every patch must contain, or None for a patch anywhere
+    focus: Optional[Sequence[Optional[Sequence[int]]]] = None
 
 
 class M3DNCA(nn.Module):
@@ -131,11 +134,21 @@ class M3DNCA(nn.Module):
             if plan.extents is not None:  # keep the patch on the case, not its padding
                 room = [min(s, max(p, cells - o)) for s, p, cells, o in
                         zip(room, patch, self._cells(plan.extents[b], level), origins[b].tolist())]
-            offset = [rng.randint(0, r - p) for r, p in zip(room, patch)]
+            offset = [rng.randint(low, high) for low, high in self._offset_ranges(room, patch, origins[b], level, plan, b)]
             crops.append(state[b, :, offset[0] : offset[0] + patch[0],
                                offset[1] : offset[1] + patch[1], offset[2] : offset[2] + patch[2]])
             new_origins.append([o + d for o, d in zip(origins[b].tolist(), offset)])
         return torch.stack(crops), torch.tensor(new_origins, dtype=torch.long)
+
+    def _offset_ranges(self, room, patch, origin, level: int, plan: LevelPlan, b: int):
+        """Per axis, the (lowest, highest) patch offset: anywhere in ``room``, or, with a focus
+        voxel for element ``b``, only where the patch contains it."""
+        anywhere = [(0, r - p) for r, p in zip(room, patch)]
+        if plan.focus is None or plan.focus[b] is None:
+            return anywhere
+        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        cells = [f // factor - o for f, o in zip(plan.focus[b], origin.tolist())]  # in this patch's cells
+        return [(min(max(low, c - p + 1), high), max(min(high, c), low)) for (low, high), c, p in zip(anywhere, cells, patch)]
 
     @staticmethod
     def _gather(volume: torch.Tensor, origins: torch.Tensor, size) -> torch.Tensor:

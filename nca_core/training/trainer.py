@@ -205,6 +205,18 @@ class Trainer:
         extents = [list(image.shape) for image, _ in pairs for _ in range(copies)]
         return images.repeat_interleave(copies, 0), targets.repeat_interleave(copies, 0), extents
 
+    def _focus(self, targets: torch.Tensor, rng: random.Random) -> Optional[List[Optional[List[int]]]]:
+        """Per batch element, with probability ``foreground_patches``, a random foreground voxel
+        for its patches to contain; None where a patch may lie anywhere."""
+        share = self.settings.foreground_patches
+        if share == 0:
+            return None
+        focus: List[Optional[List[int]]] = []
+        for target in targets:
+            voxels = torch.nonzero(target.sum(0)) if rng.random() < share else None
+            focus.append(None if voxels is None or not len(voxels) else voxels[rng.randrange(len(voxels))].tolist())
+        return focus
+
     def train_step(self) -> float:
         """One optimiser step on ``cases_per_step`` cases (duplicated); deterministic in the iteration."""
         rng = random.Random(self.settings.seed * 7_919 + self.iteration)
@@ -218,6 +230,7 @@ class Trainer:
             patch_sizes=self.settings.patch_sizes,
             rng=rng,
             extents=extents if padded else None,
+            focus=self._focus(targets, rng),
         )
         self.model.train()
         state, origins = self.model(images.to(self.device), plan)

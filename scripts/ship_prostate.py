@@ -1,0 +1,48 @@
+"""Write the shipped prostate model from a calibrated run: the same weights, config, grid and
+calibration, with provenance that names the data and sites instead of this machine's folders.
+
+    python scripts/ship_prostate.py runs/prostate-cal.m3dnca Resources/Models/prostate.m3dnca
+
+See docs/models/prostate.md for the commands that make the calibrated run.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nca_core.modelfile.bundle import load_model, save_model
+
+SITES = "BIDMC (cases 00, 02-12), UCL (01, 26-37), RUNMC (13-25)"
+
+
+def shipped_provenance(provenance: dict) -> dict:
+    """``provenance`` with the data described in words and the training folder left out."""
+    validation = provenance.get("validation_cases", [])
+    return dict(
+        provenance,
+        description="M3D-NCA prostate (whole gland, axial T2 MRI; PROMISE12)",
+        data=(f"PROMISE12 training set, teaching copy (UCL WEISS, gu98/MPHY0041_Segmentation b516c84): 38 "
+              f"cases from 3 hospitals, {SITES}; trained on {provenance.get('training_cases')} cases of "
+              f"BIDMC and RUNMC, validated and calibrated on the {len(validation)} UCL cases (a hospital "
+              "the model never saw)"),
+        grid=("field-of-view relative, as the data: the central 80% of each axial slice resampled to "
+              "128x128, the slices to 32, axes towards left, posterior, superior (LPS); the data's "
+              "spacing was lost upstream, so none is assumed"),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("calibrated", type=Path)
+    parser.add_argument("output", type=Path)
+    args = parser.parse_args()
+    bundle = load_model(args.calibrated)
+    if bundle.calibration is None or not bundle.preprocessing.relative_to_field_of_view:
+        raise SystemExit(f"{args.calibrated}: not a calibrated field-of-view (prostate) model")
+    bundle.provenance = shipped_provenance(bundle.provenance)
+    save_model(bundle, args.output)
+    print(f"{args.output}: written")
+
+
+if __name__ == "__main__":
+    main()
