@@ -38,6 +38,8 @@ from nca_core.inference.settings import SegmentSettings  # noqa: E402
 
 SAMPLE = REPOSITORY / "Resources" / "SampleData" / "mni152_hippocampus_right.nii.gz"
 RUNS = 2  # the shipped sample is a right hippocampus: side="right" skips the side probe's runs
+PROSTATE_CASE = 1  # a UCL case: that hospital was held out of the prostate model's training
+PROSTATE_MINIMUM_DICE = 0.7
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +380,29 @@ def test_cancel_stops_the_engine_and_adds_nothing(scene):
     with pytest.raises(Cancelled):
         SegmentLogic().process(volume, runs=RUNS, region="volume", side="right", shouldCancel=shouldCancel)
     assert len(polls) == 4 and _node_ids(scene) == before
+
+
+def test_a_prostate_scan_gives_a_named_prostate_on_its_own_voxels(scene, prostate_dir):
+    """A held-out case as a 320x320x24 scan stored RAI: one 'Prostate' segment (SNOMED 41216001,
+    no side), on the volume's own voxels where the gland is, and its volume in the summary."""
+    from prostate_helpers import case_paths, scanner_version
+
+    image_path, label_path = case_paths(prostate_dir, PROSTATE_CASE)
+    scan, scan_label = scanner_version(sitk.ReadImage(str(image_path), sitk.sitkFloat32),
+                                       sitk.ReadImage(str(label_path)))
+    volume = _volume_node(scan, "prostate")
+    result = SegmentLogic().process(volume, model="prostate", runs=RUNS)  # region auto: never a head
+    segmentation = result.segmentationNode.GetSegmentation()
+    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["Prostate"]
+    segment = segmentation.GetNthSegment(0)
+    tag = vtk.mutable("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert slicer.vtkSlicerTerminologiesModuleLogic.DeserializeTerminologyEntry(str(tag), entry)
+    assert (entry.GetTypeObject().GetCodeValue(), entry.GetTypeObject().GetCodeMeaning()) == ("41216001", "Prostate")
+    assert [side["side"] for side in result.sides] == [None]
+    mask = _labelmap_kji(result.segmentationNode, "Prostate", volume) > 0
+    truth = sitk.GetArrayFromImage(scan_label) > 0
+    assert mask.shape == truth.shape
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > PROSTATE_MINIMUM_DICE
+    assert "volume" in result.summary().lower()
