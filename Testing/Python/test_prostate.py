@@ -95,3 +95,75 @@ def test_new_model_from_the_prostate_preset_carries_the_field_of_view(tmp_path, 
     code, out, err = run_cli(capsys, "new-model", "--preset", "prostate", "-o", tmp_path / "p.m3dnca")
     assert code == 0, err
     assert load_model(tmp_path / "p.m3dnca").preprocessing.grid_shape == [128, 128, 32]
+
+
+def test_a_scanner_size_scan_is_segmented_whole_onto_its_own_voxels(scanner_case, tmp_path, capsys):
+    """An (untrained) prostate-preset model on a 320x320x24 RAI scan: no head route, outputs
+    on the scan's grid, no thick-slice note (the model was trained on thick slices), and
+    ``info`` names the field-of-view grid."""
+    model = tmp_path / "p.m3dnca"
+    assert run_cli(capsys, "new-model", "--preset", "prostate", "-o", model)[0] == 0
+    scan = scanner_case[2]
+    sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
+    code, out, err = run_cli(capsys, "segment", tmp_path / "scan.nii.gz", "--model", model, "--runs", "1",
+                             "-o", tmp_path / "out")
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "scan_report.json").read_text())
+    assert report["registration"] is None and report["thick_slices"] is None
+    assert report["grid"]["model"]["orientation"] == "LPS" and report["grid"]["input"]["orientation"] == "RAI"
+    for output in ("seg", "variance"):
+        written = sitk.ReadImage(str(tmp_path / "out" / f"scan_{output}.nii.gz"))
+        assert written.GetSize() == scan.GetSize() and written.GetDirection() == scan.GetDirection()
+        assert np.allclose(written.GetOrigin(), scan.GetOrigin()) and np.allclose(written.GetSpacing(), scan.GetSpacing())
+    code, out, _ = run_cli(capsys, "info", model)
+    assert "128x128x32 voxels over the central 0.8x0.8x1 of the field of view" in out
+
+
+# --- the shipped model (slow: 10 runs per case) ------------------------------------------------
+# Least Dice per held-out (UCL) case, from the shipped model's validation minus a margin.
+SHIPPED_MINIMUM_DICE = 0.6
+
+
+def shipped_prostate():
+    from nca_core.modelfile.registry import load, shipped_models
+
+    if "prostate" not in shipped_models():
+        pytest.skip("no shipped 'prostate' model in Resources/Models")
+    return load("prostate")
+
+
+@pytest.mark.slow
+def test_shipped_model_segments_cases_of_the_hospital_it_never_saw(prostate_dir, tmp_path, capsys):
+    from nca_core.space.imaging import read_volume
+
+    bundle = shipped_prostate()
+    assert bundle.calibration is not None and bundle.preprocessing.relative_to_field_of_view
+    held_out = bundle.provenance["validation_cases"]
+    assert held_out == [f"promise12_{n:02d}" for n in [1] + list(range(26, 38))]  # UCL, every case
+    for case in (held_out[0], held_out[7]):
+        image = prostate_dir / "imagesTr" / f"{case}.nii.gz"
+        code, _, err = run_cli(capsys, "segment", image, "--model", "prostate", "-o", tmp_path)
+        assert code == 0, err
+        report = json.loads((tmp_path / f"{case}_report.json").read_text())
+        assert report["runs"] == 10 and report["registration"] is None
+        labels = read_volume(tmp_path / f"{case}_seg.nii.gz").array
+        truth = read_volume(prostate_dir / "labelsTr" / f"{case}.nii.gz").array
+        assert mean_foreground_dice(labels, (truth > 0).astype(np.uint8), 1) >= SHIPPED_MINIMUM_DICE, case
+
+
+@pytest.mark.slow
+def test_shipped_model_gives_a_scanner_size_scan_its_result_on_its_own_voxels(scanner_case, tmp_path, capsys):
+    from nca_core.space.imaging import read_volume
+
+    shipped_prostate()
+    _, _, scan, scan_label = scanner_case  # case 00: BIDMC, a training case; the grid mapping is what is tested
+    sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
+    code, _, err = run_cli(capsys, "segment", tmp_path / "scan.nii.gz", "--model", "prostate", "-o", tmp_path / "out")
+    assert code == 0, err
+    seg = sitk.ReadImage(str(tmp_path / "out" / "scan_seg.nii.gz"))
+    assert seg.GetSize() == scan.GetSize() and seg.GetDirection() == scan.GetDirection()
+    assert np.allclose(seg.GetSpacing(), scan.GetSpacing()) and np.allclose(seg.GetOrigin(), scan.GetOrigin())
+    on_grid = read_volume(tmp_path / "out" / "scan_seg.nii.gz").array
+    assert mean_foreground_dice(on_grid, (xyz(scan_label) > 0).astype(np.uint8), 1) >= SHIPPED_MINIMUM_DICE
+    report = json.loads((tmp_path / "out" / "scan_report.json").read_text())
+    assert report["grid"]["reoriented"] and report["grid"]["resampled"]

@@ -123,6 +123,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     if preprocessing.spacing is not None:
         print(f"  input grid: {spacing_text(preprocessing.spacing)}, {preprocessing.orientation or 'any'} orientation "
               "(inputs are turned and resampled to it, results mapped back)")
+    elif preprocessing.relative_to_field_of_view:
+        kept = "x".join(f"{f:g}" for f in preprocessing.fov_fraction or (1, 1, 1))
+        print(f"  input grid: {'x'.join(map(str, preprocessing.grid_shape))} voxels over the central {kept} of the "
+              f"field of view, {preprocessing.orientation} orientation (no spacing: the whole scan is resampled "
+              "to it, results mapped back)")
     else:
         print("  input grid: not recorded (inputs are used on their own voxel grid)")
     if preprocessing.side:

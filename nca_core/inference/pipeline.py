@@ -121,6 +121,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
                           int(np.count_nonzero(ensemble.labels)), None, values, volume)],
         labels=label_names(bundle.config.labels, choice.side),
         volumes=VolumeSummary((volume,)),
+        warns_of_thick_slices=not bundle.preprocessing.relative_to_field_of_view,
     )
 
 

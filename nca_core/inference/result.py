@@ -60,6 +60,7 @@ class SegmentationResult:
     registration: Optional[Dict[str, Any]] = None  # how a whole scan was matched to the head template
     input_spacing: Optional[Tuple[float, ...]] = None  # the input's voxel spacing in mm (None: unknown)
     volumes: Optional[VolumeSummary] = None  # per side in ``sides``; eTIV and asymmetry for whole heads
+    warns_of_thick_slices: bool = True  # False for models trained on thick slices (prostate T2)
 
     @property
     def nqm(self) -> float:
@@ -68,7 +69,7 @@ class SegmentationResult:
     @property
     def thick_slices(self) -> Optional[str]:
         """A warning when the input's slices are thicker than ``THICK_SLICE_MM``, else None."""
-        if not self.input_spacing or max(self.input_spacing) <= THICK_SLICE_MM:
+        if not self.warns_of_thick_slices or not self.input_spacing or max(self.input_spacing) <= THICK_SLICE_MM:
             return None
         return (f"thick slices ({max(self.input_spacing):g} mm, over {THICK_SLICE_MM:g} mm): the hippocampus is "
                 "poorly sampled; a 1 mm 3D T1 is more reliable")
