@@ -1,4 +1,4 @@
-"""The shared PROMISE12 prostate cases for tests: their sites, and a case as a scanner would store it.
+"""The shared PROMISE12 prostate cases for tests: their files, and a case as a scanner would store it.
 
 The shared cases are already on the prostate model's grid (the central 80% of each slice at
 128x128, 32 slices). ``scanner_version`` undoes that as far as it can: it puts the cut 10% back
@@ -13,8 +13,6 @@ from typing import Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
-
-SITES = {"BIDMC": [0] + list(range(2, 13)), "UCL": [1] + list(range(26, 38)), "RUNMC": list(range(13, 26))}
 
 
 def case_paths(data: Path, number: int) -> Tuple[Path, Path]:
