@@ -71,14 +71,13 @@ class ModelGrid:
                                 IDENTITY_DIRECTION if input_direction is None else input_direction)
         input_code = orientation_code(self._input.GetDirection())
         orientation, spacing = preprocessing.orientation, preprocessing.spacing
-        self.code = orientation if known and orientation else input_code
+        field_of_view = preprocessing.relative_to_field_of_view  # maps without the input's spacing
+        self.code = orientation if (known or field_of_view) and orientation else input_code
         self._input_code = input_code
-        if preprocessing.relative_to_field_of_view:  # the field of view maps without the input's spacing
-            self.code = orientation
         oriented = sitk.DICOMOrient(self._input, self.code) if self.code != input_code else self._input
         self.reoriented = self.code != input_code
         self._oriented = oriented
-        if preprocessing.relative_to_field_of_view:
+        if field_of_view:
             self.resampled = not on_field_of_view_grid(oriented.GetSize(), preprocessing)
             self._model = field_of_view_geometry(oriented, preprocessing) if self.resampled else oriented
         else:
@@ -165,11 +164,7 @@ def _resampled_geometry(oriented: sitk.Image, spacing: Sequence[float]) -> sitk.
     direction = np.asarray(oriented.GetDirection()).reshape(3, 3)
     # First new voxel's edge on the first old voxel's edge: shift the centre by half the difference.
     origin = np.asarray(oriented.GetOrigin()) + direction @ ((new_spacing - old_spacing) / 2)
-    geometry = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
-    geometry.SetSpacing([float(s) for s in new_spacing])
-    geometry.SetDirection(oriented.GetDirection())
-    geometry.SetOrigin([float(o) for o in origin])
-    return geometry
+    return _grid_image(size, new_spacing, oriented.GetDirection(), origin)
 
 
 def on_field_of_view_grid(size: Sequence[int], preprocessing: Preprocessing) -> bool:
@@ -189,9 +184,15 @@ def field_of_view_geometry(oriented: sitk.Image, preprocessing: Preprocessing) -
     cut = old_size * (1 - fraction) / 2 * old_spacing  # mm left out before the kept part, per axis
     direction = np.asarray(oriented.GetDirection()).reshape(3, 3)
     origin = np.asarray(oriented.GetOrigin()) + direction @ (cut + (new_spacing - old_spacing) / 2)
-    geometry = sitk.Image([int(s) for s in shape], sitk.sitkUInt8)
-    geometry.SetSpacing([float(s) for s in new_spacing])
-    geometry.SetDirection(oriented.GetDirection())
+    return _grid_image(shape, new_spacing, oriented.GetDirection(), origin)
+
+
+def _grid_image(size: Sequence[int], spacing: Sequence[float], direction: Sequence[float],
+                origin: Sequence[float]) -> sitk.Image:
+    """A small image that carries one grid's geometry."""
+    geometry = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    geometry.SetSpacing([float(s) for s in spacing])
+    geometry.SetDirection([float(d) for d in direction])
     geometry.SetOrigin([float(o) for o in origin])
     return geometry
 
