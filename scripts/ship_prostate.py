@@ -11,8 +11,10 @@ import argparse
 from pathlib import Path
 
 from nca_core.modelfile.bundle import load_model, save_model
+from prostate_site_splits import site_split
 
 SITES = "BIDMC (cases 00, 02-12), UCL (01, 26-37), RUNMC (13-25)"
+HELD_OUT = "UCL"
 
 
 def shipped_provenance(provenance: dict) -> dict:
@@ -23,7 +25,7 @@ def shipped_provenance(provenance: dict) -> dict:
         description="M3D-NCA prostate (whole gland, axial T2 MRI; PROMISE12)",
         data=(f"PROMISE12 training set, teaching copy (UCL WEISS, gu98/MPHY0041_Segmentation b516c84): 38 "
               f"cases from 3 hospitals, {SITES}; trained on {provenance.get('training_cases')} cases of "
-              f"BIDMC and RUNMC, validated and calibrated on the {len(validation)} UCL cases (a hospital "
+              f"BIDMC and RUNMC, validated and calibrated on the {len(validation)} {HELD_OUT} cases (a hospital "
               "the model never saw)"),
         grid=("field-of-view relative, as the data: the central 80% of each axial slice resampled to "
               "128x128, the slices to 32, axes towards left, posterior, superior (LPS); the data's "
@@ -39,6 +41,9 @@ def main() -> None:
     bundle = load_model(args.calibrated)
     if bundle.calibration is None or not bundle.preprocessing.relative_to_field_of_view:
         raise SystemExit(f"{args.calibrated}: not a calibrated field-of-view (prostate) model")
+    if bundle.provenance.get("validation_cases") != site_split(HELD_OUT)["validation"]:
+        raise SystemExit(f"{args.calibrated}: its validation cases are not the {HELD_OUT} hospital's, "
+                         "which this provenance describes")
     bundle.provenance = shipped_provenance(bundle.provenance)
     save_model(bundle, args.output)
     print(f"{args.output}: written")

@@ -30,6 +30,9 @@ def settings(model: str, runs=10, seed=0, device="auto", fireRate: Optional[floa
     """The engine's options from the panel's or the console's values, checked against the model.
     ``fireRate`` 0 or None: the model's own rate (the panel's spin box shows 0 as "model's own")."""
     header = find_header(model)
+    if region == "roi" and header.grid_shape:
+        raise NCAError(f"model {header.name} maps the scan's whole field of view: use region auto or volume, "
+                       "not an ROI (a cut-out would show the organ at another size)")
     return SegmentSettings.parse(
         model=header.path if os.path.isfile(model) else header.name, runs=runs, seed=seed, device=device,
         fire_rate=fireRate or None, steps=steps, side=side, locate=region_locate(region)).check(header.levels)

@@ -21,7 +21,7 @@ from ..inference.limits import long_run_notice, memory_limit
 from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
 from .outputs import output_paths, write_outputs
-from ..inference.pipeline import locates_hippocampi, segment_image
+from ..inference.pipeline import check_locate_for_model, locates_hippocampi, segment_image
 from ..inference.volumes import VolumeSummary, csv_columns, volume_text
 
 SUMMARY = "summary.csv"
@@ -150,6 +150,7 @@ def plan_cases(inputs: Sequence[Path], outdir: Path, bundle: ModelBundle, option
     """The cases of ``inputs``, each once, after the checks common to all of them (options,
     device, output folder); raises NCAError."""
     settings = options.settings.check(bundle.config.levels)  # the whole batch is refused at once, not each case
+    check_locate_for_model(settings.locate, bundle.preprocessing)
     memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
     paths = unique_cases(list_inputs(given))

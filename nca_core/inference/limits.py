@@ -148,7 +148,7 @@ def long_run_notice(shape: Sequence[int], spacing: Optional[Sequence[float]], co
                     threads: int) -> Optional[str]:
     """A line on a CPU segmentation expected to take over a minute (a volume far larger than a
     training crop, such as a whole head for the hippocampus model), else None."""
-    voxels = float(math.prod(preprocessing.grid_shape or shape))
+    voxels = float(math.prod(shape))
     if spacing is not None and preprocessing.spacing:
         voxels *= math.prod(spacing) / math.prod(preprocessing.spacing)
     seconds = estimated_seconds(voxels, config, runs, steps, threads)

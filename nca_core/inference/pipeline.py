@@ -64,6 +64,9 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
     try:
         check_fits(shape, bundle.config, bundle.preprocessing)
     except InputImageError as error:
+        if bundle.preprocessing.relative_to_field_of_view:
+            raise NCAError(f"the model's grid {list(shape)} is too small for its own levels; the model file is "
+                           "broken") from None
         if not grid.resampled:
             raise
         raise InputImageError(f"{error} (after resampling to the model's {spacing_text(grid.change.model_spacing)} "
@@ -186,12 +189,17 @@ def segment_image(
 def locates_hippocampi(image: sitk.Image, locate: str, preprocessing: Preprocessing) -> bool:
     """Whether ``segment_image`` takes the whole-head route for ``image`` with this ``locate``
     and a model with this ``preprocessing``; NCAError for ``head`` with a field-of-view model."""
+    check_locate_for_model(locate, preprocessing)
     if preprocessing.relative_to_field_of_view:
-        if locate == "head":
-            raise NCAError("--locate head finds hippocampi in a whole head; this model segments the "
-                           "whole field of view (use --locate auto or none)")
         return False
     return locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
+
+
+def check_locate_for_model(locate: str, preprocessing: Preprocessing) -> None:
+    """NCAError for ``--locate head`` with a field-of-view model (it takes the whole scan)."""
+    if locate == "head" and preprocessing.relative_to_field_of_view:
+        raise NCAError("--locate head finds hippocampi in a whole head; this model segments the "
+                       "whole field of view (use --locate auto or none)")
 
 
 def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:

@@ -57,10 +57,15 @@ class ModelBundle:
     def description(self) -> str:
         return str(self.provenance.get("description", ""))
 
+    @property
+    def format_version(self) -> int:
+        """The oldest format that holds this model (readers before a feature still read the rest)."""
+        return FORMAT_VERSION if self.preprocessing.relative_to_field_of_view else VERSION_WITHOUT_FIELD_OF_VIEW
+
     def metadata(self) -> Dict[str, str]:
         return {
             "format": FORMAT,
-            "format_version": str(FORMAT_VERSION if self.preprocessing.relative_to_field_of_view else VERSION_WITHOUT_FIELD_OF_VIEW),
+            "format_version": str(self.format_version),
             "config": _canonical(self.config.to_dict()),
             "preprocessing": _canonical(self.preprocessing.to_dict()),
             "postprocessing": _canonical(self.postprocessing.to_dict()),

@@ -15,6 +15,7 @@ from ..fields import checked_fields
 
 
 FIELD_OF_VIEW_KEYS = ("grid_shape", "fov_fraction")
+MAX_GRID_VOXELS = 1 << 27  # 512^3: far above any field-of-view grid a model is trained on
 
 
 @dataclass(frozen=True)
@@ -84,9 +85,9 @@ class Preprocessing:
             raise ModelFileError("invalid preprocessing: fov_fraction needs grid_shape")
         if self.grid_shape is None:
             return
-        if len(self.grid_shape) != 3 or min(self.grid_shape) < 1:
-            raise ModelFileError(f"invalid preprocessing: grid_shape must be 3 positive sizes, "
-                                 f"found {reprlib.repr(self.grid_shape)}")
+        if len(self.grid_shape) != 3 or min(self.grid_shape) < 1 or math.prod(self.grid_shape) > MAX_GRID_VOXELS:
+            raise ModelFileError(f"invalid preprocessing: grid_shape must be 3 positive sizes, at most "
+                                 f"{MAX_GRID_VOXELS:,} voxels in all, found {reprlib.repr(self.grid_shape)}")
         fraction = self.fov_fraction
         if fraction is not None and (len(fraction) != 3 or not all(0 < f <= 1 for f in fraction)):
             raise ModelFileError(f"invalid preprocessing: fov_fraction must be 3 numbers in (0, 1], "
