@@ -288,3 +288,15 @@ def test_augmentation_moves_image_and_label_together():
         assert overlap > 0.95, seed  # an unmoved label would overlap about 0.88 after a rotation
         moved += not torch.equal(label, target)
     assert moved > 0  # the affine did act on some draws
+
+
+def test_a_fold_that_cannot_be_fitted_keeps_the_calibration_and_says_why(capsys):
+    """Held-out rates need every fold's own line; when one has none (Dice rising with NQM, as on a
+    weak model's cases) the calibration is still written and the report names the reason."""
+    from nca_core.cli.training import _held_out_rates
+    from nca_core.training.evaluate import CaseEvaluation
+
+    rows = [CaseEvaluation(f"case{i}", "none", 0.3 + 0.05 * i, 0.1 + 0.02 * i, 0.3, "", None, 1000) for i in range(6)]
+    held_out = _held_out_rates(rows, 3, 0.7)
+    assert held_out["folds"] == 3 and "Dice does not fall with NQM" in held_out["failed"]
+    assert "m3dnca: warning: cross-validation with 3 folds failed" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 import json
 import os
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
@@ -163,14 +164,17 @@ def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
 
 
 def _held_out_rates(rows: List[CaseEvaluation], folds: int, target_dice: float) -> Dict:
-    """The light's detection rates on held-out cases, or NCAError when a fold cannot be fitted."""
+    """The light's detection rates on held-out cases; when a fold cannot be fitted, the reason
+    instead (said on stderr; the calibration on all cases is still written)."""
     from ..training.calibrate import cross_validated_rates
 
     try:
         return cross_validated_rates(rows, folds, target_dice)
     except ValueError as error:
-        raise NCAError(f"cross-validation with {folds} folds failed ({error}); calibrate on more cases "
-                       "or pass --cross-validate 1 to skip it") from None
+        reason = f"cross-validation with {folds} folds failed: {error}"
+        print(f"m3dnca: warning: {reason}; no held-out rates (the light's rates below are on the calibration "
+              "cases themselves)", file=sys.stderr)
+        return {"folds": folds, "failed": reason}
 
 
 def _settings(args: argparse.Namespace, device: str):

@@ -69,7 +69,7 @@ def fit_calibration(
     predicted = np.clip(slope * nqm + intercept, 0, 1)
     local = nqm <= LOCAL_SPAN * max((target_dice - intercept) / slope, 0.0)
     residual = (dice - predicted)[local]
-    spread = ((dice[local] - dice[local].mean()) ** 2).sum()
+    spread = ((dice[local] - dice[local].mean()) ** 2).sum() if local.any() else 0.0
     r_squared = 1 - float((residual**2).sum() / spread) if spread > 0 else None
     margin = MINIMUM_MARGIN
     failures = predicted[dice < target_dice]
