@@ -128,6 +128,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
     device = pick_device(args.device)
     prepare_output_folder(args.output.parent)  # before the evaluation, not after it
+    if 1 < args.cross_validate > len(cases):
+        raise NCAError(f"cross-validation with {args.cross_validate} folds needs at least {args.cross_validate} "
+                       f"cases, found {len(cases)}; calibrate on more cases or pass --cross-validate 1 to skip it")
     rows = evaluate_cases(bundle, cases, _settings(args, device), artifacts=artifacts, postprocessing=Postprocessing())
     bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
     if bundle.postprocessing.largest_component:
