@@ -172,7 +172,8 @@ def segment_case(path: Path, outdir: Path, bundle: ModelBundle, options: Segment
     try:
         volume = read_volume(path, options.channel)
         settings = options.settings
-        notice = not locates_hippocampi(volume.reference, settings.locate, bundle.preprocessing) and pick_device(settings.device) == "cpu" \
+        whole_head = locates_hippocampi(volume.reference, settings.locate, bundle.preprocessing)
+        notice = not whole_head and pick_device(settings.device) == "cpu" \
             and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, settings.runs,
                                 settings.steps, torch.get_num_threads())
         if notice:

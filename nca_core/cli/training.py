@@ -128,7 +128,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     artifacts = ["none"] + ([] if args.no_artifacts else ["noise", "spike", "ghosting"])
     device = pick_device(args.device)
     prepare_output_folder(args.output.parent)  # before the evaluation, not after it
-    if 1 < args.cross_validate > len(cases):
+    if args.cross_validate > 1 and len(cases) < args.cross_validate:
         raise NCAError(f"cross-validation with {args.cross_validate} folds needs at least {args.cross_validate} "
                        f"cases, found {len(cases)}; calibrate on more cases or pass --cross-validate 1 to skip it")
     rows = evaluate_cases(bundle, cases, _settings(args, device), artifacts=artifacts, postprocessing=Postprocessing())

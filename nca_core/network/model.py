@@ -134,7 +134,8 @@ class M3DNCA(nn.Module):
             if plan.extents is not None:  # keep the patch on the case, not its padding
                 room = [min(s, max(p, cells - o)) for s, p, cells, o in
                         zip(room, patch, self._cells(plan.extents[b], level), origins[b].tolist())]
-            offset = [rng.randint(low, high) for low, high in self._offset_ranges(room, patch, origins[b], level, plan, b)]
+            ranges = self._offset_ranges(room, patch, origins[b], level, plan, b)
+            offset = [rng.randint(low, high) for low, high in ranges]
             crops.append(state[b, :, offset[0] : offset[0] + patch[0],
                                offset[1] : offset[1] + patch[1], offset[2] : offset[2] + patch[2]])
             new_origins.append([o + d for o, d in zip(origins[b].tolist(), offset)])
@@ -148,7 +149,8 @@ class M3DNCA(nn.Module):
             return anywhere
         factor = self.config.downscale ** (self.config.levels - 1 - level)
         cells = [f // factor - o for f, o in zip(plan.focus[b], origin.tolist())]  # in this patch's cells
-        return [(min(max(low, c - p + 1), high), max(min(high, c), low)) for (low, high), c, p in zip(anywhere, cells, patch)]
+        return [(min(max(low, c - p + 1), high), max(min(high, c), low))
+                for (low, high), c, p in zip(anywhere, cells, patch)]
 
     @staticmethod
     def _gather(volume: torch.Tensor, origins: torch.Tensor, size) -> torch.Tensor:
