@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.errors import ModelFileError, NCAError
-from nca_core.inference.pipeline import locates_hippocampi
+from nca_core.inference.route import locates_hippocampi
 from nca_core.modelfile.bundle import load_model
 from nca_core.quality.metrics import mean_foreground_dice
 from nca_core.space.grid import ModelGrid

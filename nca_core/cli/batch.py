@@ -15,13 +15,17 @@ import torch
 
 from ..atomic import write_text
 from ..inference.devices import pick_device
+from ..inference.fused import choose_engine
 from ..errors import NCAError
-from ..space.imaging import case_name, is_dicom_folder, list_inputs, read_volume
+from ..space.imaging import case_name, is_dicom_folder, list_inputs
 from ..inference.limits import long_run_notice, memory_limit
 from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
 from .outputs import output_paths, write_outputs
-from ..inference.pipeline import check_locate_for_model, locates_hippocampi, segment_image
+from ..inference.pipeline import segment_image
+from ..inference.route import check_locate_for_model
+from ..space.locate import StepProgress
+from .readahead import ReadAhead, ReadCase, read_case
 from ..inference.volumes import VolumeSummary, csv_columns, volume_text
 
 SUMMARY = "summary.csv"
@@ -131,19 +135,34 @@ def segment_inputs(
     progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
     report: Callable[[CaseOutcome], None] = lambda outcome: print(describe(outcome)),
     notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    ahead: Optional[ReadAhead] = None,
 ) -> List[CaseOutcome]:
     """Segment every input; returns one outcome per case (see ``write_summary``).
 
     Problems common to all cases (options, output folder) raise NCAError; a case that
     fails is reported and skipped, and leaves no output files. ``notify`` gets the line
-    announcing a long run.
+    announcing a long run. Each case is read (and a head registered) while the one before it
+    is segmented; ``ahead``: a reader that may have started the first case already.
     """
-    outcomes = []
-    for path in plan_cases(inputs, outdir, bundle, options):
-        outcome = segment_case(path, Path(outdir), bundle, options, progress_for, notify)
-        report(outcome)
-        outcomes.append(outcome)
+    with ahead or read_ahead(options, bundle) as reader:
+        paths = plan_cases(inputs, outdir, bundle, options)
+        reader.follow([path for path in paths if not is_skipped(path, Path(outdir), options)])
+        outcomes = []
+        for path in paths:
+            outcome = segment_case(path, Path(outdir), bundle, options, progress_for, notify, reader.take)
+            report(outcome)
+            outcomes.append(outcome)
     return outcomes
+
+
+def read_ahead(options: SegmentOptions, bundle: ModelBundle) -> ReadAhead:
+    """A reader of the cases that ``options`` segment with a model of ``bundle``'s preprocessing."""
+    return ReadAhead(options.channel, options.settings.locate, bundle.preprocessing)
+
+
+def is_skipped(path: Path, outdir: Path, options: SegmentOptions) -> bool:
+    """Whether ``segment_case`` skips ``path``: its outputs are complete and not to be overwritten."""
+    return not options.overwrite and is_done(output_paths(outdir, case_name(path))["report"])
 
 
 def plan_cases(inputs: Sequence[Path], outdir: Path, bundle: ModelBundle, options: SegmentOptions) -> List[Path]:
@@ -151,7 +170,9 @@ def plan_cases(inputs: Sequence[Path], outdir: Path, bundle: ModelBundle, option
     device, output folder); raises NCAError."""
     settings = options.settings.check(bundle.config.levels)  # the whole batch is refused at once, not each case
     check_locate_for_model(settings.locate, bundle.preprocessing)
-    memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
+    device = pick_device(settings.device)  # a bad --device, memory limit or engine fails once, not per case
+    memory_limit(device)
+    choose_engine(settings.engine, device, bundle.config)  # also loads the fused kernels while a case is read
     given = [Path(p) for p in inputs]
     paths = unique_cases(list_inputs(given))
     outdir = Path(outdir)
@@ -162,23 +183,27 @@ def plan_cases(inputs: Sequence[Path], outdir: Path, bundle: ModelBundle, option
 
 def segment_case(path: Path, outdir: Path, bundle: ModelBundle, options: SegmentOptions,
                  progress_for: Optional[Callable[[str], Callable[[str, int, int], None]]] = None,
-                 notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr)) -> CaseOutcome:
+                 notify: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+                 read: Optional[Callable[[Path, Optional[StepProgress]], ReadCase]] = None) -> CaseOutcome:
     """One case: skipped when done (unless ``options.overwrite``), else segmented and written;
-    a failure is returned as a failed outcome, never raised."""
+    a failure is returned as a failed outcome, never raised. ``read``: how the case is read
+    (a ``ReadAhead``'s ``take``); by default here and now."""
     name = case_name(path)
     report_path = output_paths(outdir, name)["report"]
-    if not options.overwrite and is_done(report_path):
+    if is_skipped(path, outdir, options):
         return skipped_outcome(report_path, path)
+    settings = options.settings
+    progress = progress_for(name) if progress_for else None
     try:
-        volume = read_volume(path, options.channel)
-        settings = options.settings
-        whole_head = locates_hippocampi(volume.reference, settings.locate, bundle.preprocessing)
-        notice = not whole_head and pick_device(settings.device) == "cpu" \
+        case = read(path, progress) if read else read_case(path, options.channel, settings.locate,
+                                                           bundle.preprocessing, progress)
+        volume = case.volume
+        notice = case.registration is None and pick_device(settings.device) == "cpu" \
             and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, settings.runs,
                                 settings.steps, torch.get_num_threads())
         if notice:
             notify(f"m3dnca: {name}: {notice}")
-        result = segment_image(volume.reference, bundle, settings, progress=progress_for(name) if progress_for else None)
+        result = segment_image(volume.reference, bundle, settings, progress=progress, registration=case.registration)
         write_outputs(volume, result, outdir, options.save_probability, options.preview)
     except NCAError as error:
         return CaseOutcome(name, str(path), "failed", _naming(str(error), path, outdir))

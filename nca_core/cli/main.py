@@ -24,22 +24,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Segment every input; exit 0 when every case succeeded (or was skipped), 1 otherwise."""
     from ..space.imaging import require_input
     from ..modelfile.registry import load, resolve
+    from ..inference.settings import SegmentSettings
 
-    resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
+    model_path = resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
     if args.cluster is not None:
         from .cluster.connect import require_distributed
 
         require_distributed()
     if len(args.inputs) == 1:
         require_input(args.inputs[0])
-    from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
-    from ..inference.settings import SegmentSettings
-    from .progress import BatchProgress
-
-    bundle = load(args.model)
     settings = SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=args.device,
                                      fire_rate=args.fire_rate, steps=args.steps, side=args.side, locate=args.locate,
                                      engine=args.engine)
+    ahead = None if args.cluster is not None else _first_case_read_ahead(args, model_path, settings.locate)
+    from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
+    from .progress import BatchProgress
+
+    bundle = load(args.model)
     options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
                              overwrite=args.overwrite, channel=args.channel)
     if args.cluster is not None:
@@ -50,13 +51,35 @@ def cmd_segment(args: argparse.Namespace) -> int:
     else:
         with BatchProgress(args.inputs, args.runs) as progress:
             outcomes = segment_inputs(args.inputs, args.output, bundle, options, progress_for=progress.for_case,
-                                      report=progress.reporting(_print_outcome), notify=progress.write)
+                                      report=progress.reporting(_print_outcome), notify=progress.write, ahead=ahead)
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
         summary = write_summary(outcomes, args.output)
         if failed:
             print(f"m3dnca: {len(failed)} of {len(outcomes)} cases failed; see {summary}", file=sys.stderr)
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_OK if not failed else EXIT_FAILED
+
+
+def _first_case_read_ahead(args: argparse.Namespace, model_path: Path, locate: str):
+    """A ``ReadAhead`` that reads (and registers) the first input while torch and the model load,
+    or None when the first input is a folder of volumes or the model's header is unreadable
+    (the load that follows says why)."""
+    from .readahead import ReadAhead
+    from ..errors import ModelFileError
+    from ..modelfile.header import read_model_header
+    from ..space.imaging import is_dicom_folder, is_volume_file
+    from ..space.preprocessing import Preprocessing
+
+    first = Path(args.inputs[0])
+    if not (is_volume_file(first) or is_dicom_folder(first)):
+        return None
+    try:
+        preprocessing = Preprocessing.from_dict(read_model_header(model_path).preprocessing)
+    except ModelFileError:
+        return None
+    ahead = ReadAhead(args.channel, locate, preprocessing)
+    ahead.start(first)
+    return ahead
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

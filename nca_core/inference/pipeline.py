@@ -13,17 +13,16 @@ from .devices import pick_device
 from .ensemble import EnsembleResult, ProgressCallback, RunCounter, combine, label_map, run_ensemble
 from ..errors import InputImageError, NCAError
 from ..space.grid import ModelGrid, spacing_text
-from ..space.imaging import check_not_constant, intensity_array
+from ..space.imaging import check_not_constant, head_scan, intensity_array
 from .limits import check_fits, check_memory, inference_bytes, size_text
-from ..space.atlas import HeadAtlas
-from ..space.locate import StepProgress, is_whole_scan
+from ..space.locate import Registration, StepProgress
 from ..modelfile.bundle import ModelBundle
 from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing
-from ..space.preprocessing import Preprocessing
 from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
+from .route import locates_hippocampi
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
 from .volumes import VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
 from .wholehead import locate_regions, segment_regions, worst
@@ -134,7 +133,7 @@ def segment_image(
     settings: SegmentSettings,
     progress: Optional[StepProgress] = None,
     should_cancel: Optional[Callable[[], bool]] = None,
-    engine: str = "auto",
+    registration: Optional[Registration] = None,
 ) -> SegmentationResult:
     """Segment a scalar volume with its geometry: the one entry point from an image.
 
@@ -143,7 +142,9 @@ def segment_image(
     side's box; ``none`` takes the volume as one crop; ``auto`` picks ``head`` for a volume much
     larger than a training crop. A field-of-view model (prostate) always takes the whole volume.
     ``settings.side`` is the crop's side (auto probes), or for a head the side to segment (auto:
-    both). ``progress(step, done, total)`` reports each step.
+    both). ``progress(step, done, total)`` reports each step. ``registration``: the head's,
+    when it was registered already (``head_scan(image)`` onto the head atlas, e.g. while the
+    engine loaded).
     """
     settings.check(bundle.config.levels)
     if not locates_hippocampi(image, settings.locate, bundle.preprocessing):
@@ -154,10 +155,9 @@ def segment_image(
     runs, side = settings.runs, settings.side
     started = time.perf_counter()
     device = pick_device(settings.device)
-    scan = sitk.GetImageFromArray(intensity_array(sitk.GetArrayFromImage(image), ""))
-    scan.CopyInformation(image)
-    located = locate_regions(scan, bundle, SIDES if side == "auto" else (side,), progress)
-    regions, registration = located.regions, located.registration
+    scan = head_scan(image)
+    located = locate_regions(scan, bundle, SIDES if side == "auto" else (side,), progress, registration)
+    regions, report = located.regions, located.registration
     shape = regions[0].shape
     check_fits(shape, bundle.config, bundle.preprocessing)
     check_memory(shape, bundle.config, bundle.preprocessing, device)
@@ -168,7 +168,7 @@ def segment_image(
                          steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
                          count_run=count_run, engine=settings.engine)
 
-    etiv = estimated_tiv_ml(registration["determinant"])
+    etiv = estimated_tiv_ml(report["determinant"])
     head = segment_regions(scan, regions, bundle, ensemble_of,
                            lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate), progress, etiv)
     return SegmentationResult(
@@ -176,30 +176,14 @@ def segment_image(
         quality=worst([side_result.quality for side_result in head.sides]),
         model_name=settings.model,
         device=device,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started + (0.0 if registration is None else registration.seconds),
         largest_component_only=bundle.postprocessing.largest_component,
         sides=head.sides,
         labels=head.labels,
-        registration=registration,
+        registration=report,
         input_spacing=tuple(image.GetSpacing()),
         volumes=VolumeSummary(tuple(side.volume for side in head.sides), etiv),
     )
-
-
-def locates_hippocampi(image: sitk.Image, locate: str, preprocessing: Preprocessing) -> bool:
-    """Whether ``segment_image`` takes the whole-head route for ``image`` with this ``locate``
-    and a model with this ``preprocessing``; NCAError for ``head`` with a field-of-view model."""
-    check_locate_for_model(locate, preprocessing)
-    if preprocessing.relative_to_field_of_view:
-        return False
-    return locate == "head" or (locate == "auto" and is_whole_scan(image, HeadAtlas.load().crop_size_mm))
-
-
-def check_locate_for_model(locate: str, preprocessing: Preprocessing) -> None:
-    """NCAError for ``--locate head`` with a field-of-view model (it takes the whole scan)."""
-    if locate == "head" and preprocessing.relative_to_field_of_view:
-        raise NCAError("--locate head finds hippocampi in a whole head; this model segments the "
-                       "whole field of view (use --locate auto or none)")
 
 
 def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:

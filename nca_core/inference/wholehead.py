@@ -14,7 +14,7 @@ from .ensemble import EnsembleResult, ProgressCallback, RunCounter, label_map
 from ..errors import InputImageError
 from ..space.imaging import check_not_constant
 from ..space.atlas import HeadAtlas
-from ..space.locate import StepProgress, hippocampus_regions, register
+from ..space.locate import Registration, StepProgress, hippocampus_regions, register
 from ..modelfile.bundle import ModelBundle
 from ..quality.nqm import Quality, at_least
 from ..space.regions import Region
@@ -51,10 +51,13 @@ class HeadSegmentation:
 
 
 def locate_regions(image: sitk.Image, bundle: ModelBundle, sides: Sequence[str],
-                   progress: Optional[StepProgress] = None) -> LocatedRegions:
-    """The regions of the requested ``sides`` on a whole-head ``image``, with the registration."""
+                   progress: Optional[StepProgress] = None,
+                   registration: Optional[Registration] = None) -> LocatedRegions:
+    """The regions of the requested ``sides`` on a whole-head ``image``, with the registration
+    (``registration``: the image's, when it was registered already)."""
     atlas = HeadAtlas.load()
-    registration = register(image, atlas, progress)
+    if registration is None:
+        registration = register(image, atlas, progress)
     spec = bundle.preprocessing
     code = spec.orientation or "RAS"
     spacing = spec.spacing or [1.0, 1.0, 1.0]

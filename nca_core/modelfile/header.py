@@ -7,7 +7,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import ModelFileError
 
@@ -54,6 +54,7 @@ class ModelHeader:
     largest_component: bool = False
     side: Optional[str] = None  # the side every training crop shows
     grid_shape: Optional[List[int]] = None  # a field-of-view model's grid: it takes the whole scan
+    preprocessing: Dict[str, Any] = field(default_factory=dict)  # the section as stored (unchecked)
 
     def summary(self) -> str:
         parts = [self.description or "(no description)"]
@@ -99,6 +100,7 @@ def read_model_header(path, name: Optional[str] = None) -> ModelHeader:
             largest_component=bool(postprocessing.get("largest_component", False)),
             side=preprocessing.get("side"),
             grid_shape=preprocessing.get("grid_shape"),
+            preprocessing=preprocessing,
         )
     except (ValueError, TypeError, AttributeError):
         raise ModelFileError(f"{path}: corrupt model file (unreadable metadata)") from None

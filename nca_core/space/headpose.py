@@ -24,6 +24,9 @@ TOP_TO_BRAIN_MM = 65.0  # from the top of the head down to the brain's centre (a
 SLAB_MM = 110.0  # the top part of a head whose centroid places the brain front-back and left-right
 TILTS = (-20.0, 0.0, 20.0)  # degrees of pitch and roll tried about each of the best orientations
 BEST_ORIENTATIONS = 3
+# The pose fit stops when its step falls below this (mm): the brain fit that follows refines the
+# pose (1e-3 took 0.2 s more per head; no hippocampus of the 20 real heads moved by more than 0.03 mm).
+MIN_STEP_MM = 1e-2
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def _fitted(head: sitk.Image, scan: sitk.Image, mask: sitk.Image, start: sitk.Tr
         stage.SetMatrix(residual.GetMatrix())
         stage.SetTranslation(residual.GetTranslation())
         fit = metric(mask, [2, 1], [4.0, 0.0])
-        fit.SetOptimizerAsRegularStepGradientDescent(2.0, 1e-3, 100, relaxationFactor=0.6,
+        fit.SetOptimizerAsRegularStepGradientDescent(2.0, MIN_STEP_MM, 100, relaxationFactor=0.6,
                                                      gradientMagnitudeTolerance=1e-6)
         fit.SetOptimizerScalesFromPhysicalShift()
         fit.SetMovingInitialTransform(start)

@@ -256,6 +256,14 @@ def intensity_array(array: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+def head_scan(image: sitk.Image) -> sitk.Image:
+    """``image`` as float32 voxels (``intensity_array``) with its geometry: what a whole head is
+    registered and segmented from."""
+    scan = sitk.GetImageFromArray(intensity_array(sitk.GetArrayFromImage(image), ""))
+    scan.CopyInformation(image)
+    return scan
+
+
 def _named(source: str, text: str) -> str:
     return f"{source}: {text}" if source else text
 

@@ -7,6 +7,7 @@ whose brain fit stays poor is still segmented: its report says why its light can
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -50,6 +51,7 @@ class Registration:
     correlation: float  # brain template and scan inside the brain
     head_correlation: float  # head template and scan over the head
     scales: Tuple[float, float, float]
+    seconds: float = 0.0  # how long the registration took
 
     @property
     def rotation(self) -> np.ndarray:
@@ -73,7 +75,7 @@ class Registration:
 
     def to_dict(self) -> Dict[str, object]:
         return {"correlation": round(self.correlation, 4), "head_correlation": round(self.head_correlation, 4),
-                "scales": [round(s, 3) for s in self.scales], "doubt": self.doubt}
+                "scales": [round(s, 3) for s in self.scales], "doubt": self.doubt, "seconds": round(self.seconds, 3)}
 
 
 def is_whole_scan(image: sitk.Image, atlas_crop_mm: Sequence[float]) -> bool:
@@ -88,6 +90,7 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     Raises InputImageError when ``image`` does not match the head template (no head), or its
     brain does not match the T1 brain template (another contrast).
     """
+    started = time.perf_counter()
     if progress:
         progress("registration", 0, 2)
     pose_scan = on_grid(image, POSE_SPACING)
@@ -118,7 +121,7 @@ def register(image: sitk.Image, atlas: HeadAtlas, progress: Optional[StepProgres
     if progress:
         progress("registration", 2, 2)
     scales = tuple(float(s) for s in np.linalg.svd(np.asarray(transform.GetMatrix()).reshape(3, 3), compute_uv=False))
-    return Registration(transform, brain_r, pose.correlation, scales)
+    return Registration(transform, brain_r, pose.correlation, scales, time.perf_counter() - started)
 
 
 def hippocampus_regions(image: sitk.Image, registration: Registration, atlas: HeadAtlas, model_code: str,
