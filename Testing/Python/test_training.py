@@ -290,6 +290,32 @@ def test_augmentation_moves_image_and_label_together():
     assert moved > 0  # the affine did act on some draws
 
 
+def test_augmentation_strengths_come_from_the_settings():
+    """Zero strengths leave every image as it was; the defaults change it; a wrong key or a
+    negative strength is refused naming it."""
+    import random
+
+    from nca_core.training.augment import augmenter
+
+    target = torch.zeros(1, 24, 24, 24)
+    target[0, 6:18, 6:18, 6:18] = 1
+    image = 0.1 + 0.5 * target[0] + 0.02 * torch.arange(24.0)[:, None, None] / 24
+    still = TrainSettings.for_preset("hippocampus", augment=True, augmentation=dict.fromkeys(
+        ["scales", "degrees", "log_gamma", "bias_field", "noise_std"], 0.0))
+    unchanged = augmenter(still.augmentation_strength)
+    default = augmenter(TrainSettings.for_preset("hippocampus").augmentation_strength)
+    changed = 0
+    for seed in range(8):
+        augmented, label = unchanged(image, target, random.Random(seed))
+        assert torch.allclose(augmented, image, atol=1e-5) and torch.equal(label, target), seed
+        changed += not torch.allclose(default(image, target, random.Random(seed))[0], image, atol=1e-3)
+    assert changed > 0
+    with pytest.raises(NCAError, match="unknown keys \\['scale'\\]"):
+        TrainSettings.for_preset("hippocampus", augmentation={"scale": 0.2})
+    with pytest.raises(NCAError, match="augmentation log_gamma must be a number >= 0"):
+        TrainSettings.for_preset("hippocampus", augmentation={"log_gamma": -0.1})
+
+
 def test_a_fold_that_cannot_be_fitted_keeps_the_calibration_and_says_why(capsys):
     """Held-out rates need every fold's own line; when one has none (Dice rising with NQM, as on a
     weak model's cases) the calibration is still written and the report names the reason."""

@@ -12,6 +12,7 @@ from ..network.config import NCAConfig, preset
 from ..errors import NCAError
 from ..fields import checked_fields
 from ..space.preprocessing import Preprocessing
+from .augment import Augmentation
 
 
 @dataclass
@@ -25,7 +26,8 @@ class TrainSettings:
     statistics and the loss. ``preprocessing`` (the model file's section, e.g. a field-of-view
     grid) is what the model is trained with; None: the training images' common spacing and
     orientation. ``foreground_patches`` is the share of patches placed to contain a random
-    foreground voxel (nnU-Net's oversampling); the others lie anywhere."""
+    foreground voxel (nnU-Net's oversampling); the others lie anywhere. ``augmentation``
+    sets the strengths of ``augment``'s changes (``Augmentation``'s fields; missing: defaults)."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -46,10 +48,16 @@ class TrainSettings:
     time_limit_minutes: Optional[float] = None
     preprocessing: Optional[Dict[str, Any]] = None
     foreground_patches: float = 0.0
+    augmentation: Dict[str, float] = field(default_factory=dict)
 
     @property
     def config(self) -> NCAConfig:
         return NCAConfig.from_dict(self.model)
+
+    @property
+    def augmentation_strength(self) -> Augmentation:
+        """How strong ``augment``'s changes are: ``augmentation``'s values over the defaults."""
+        return Augmentation.from_dict(self.augmentation)
 
     @property
     def given_preprocessing(self) -> Optional[Preprocessing]:
@@ -74,6 +82,7 @@ class TrainSettings:
         if len(self.patch_sizes) != levels:
             raise NCAError(f"patch_sizes needs one entry per level ({levels})")
         self.given_preprocessing  # noqa: B018 - raises naming the bad preprocessing field
+        self.augmentation_strength  # noqa: B018 - raises naming the bad augmentation field
         return self
 
     @classmethod

@@ -97,7 +97,7 @@ class Trainer:
         self.train_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["train"]]
         self.validation_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["validation"]]
         self._prepared = {c.name: self._prepare(c) for c in self.train_cases}
-        self._augment = augmenter() if self.settings.augment else None
+        self._augment = augmenter(self.settings.augmentation_strength) if self.settings.augment else None
 
     def _training_grid(self, cases: List[Case]) -> Preprocessing:
         """The preprocessing with the grid to train on: the settings' own (a field-of-view grid),
