@@ -21,7 +21,7 @@ from ..space.imaging import case_name, is_dicom_folder, list_inputs
 from ..inference.limits import long_run_notice, memory_limit
 from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
-from .outputs import output_paths, write_outputs
+from .outputs import is_done, output_paths, write_outputs
 from ..inference.pipeline import segment_image
 from ..inference.route import check_locate_for_model
 from ..space.locate import StepProgress
@@ -141,11 +141,14 @@ def segment_inputs(
 
     Problems common to all cases (options, output folder) raise NCAError; a case that
     fails is reported and skipped, and leaves no output files. ``notify`` gets the line
-    announcing a long run. Each case is read (and a head registered) while the one before it
-    is segmented; ``ahead``: a reader that may have started the first case already.
+    announcing a long run. Each case is read before the one before it is segmented, and a
+    head registered on a background thread meanwhile (``readahead``); ``ahead``: a reader
+    that may have started the first case already.
     """
     with ahead or read_ahead(options, bundle) as reader:
         paths = plan_cases(inputs, outdir, bundle, options)
+        settings = options.settings  # a fused engine that cannot run fails once; its kernels load meanwhile
+        choose_engine(settings.engine, pick_device(settings.device), bundle.config)
         reader.follow([path for path in paths if not is_skipped(path, Path(outdir), options)])
         outcomes = []
         for path in paths:
@@ -170,9 +173,7 @@ def plan_cases(inputs: Sequence[Path], outdir: Path, bundle: ModelBundle, option
     device, output folder); raises NCAError."""
     settings = options.settings.check(bundle.config.levels)  # the whole batch is refused at once, not each case
     check_locate_for_model(settings.locate, bundle.preprocessing)
-    device = pick_device(settings.device)  # a bad --device, memory limit or engine fails once, not per case
-    memory_limit(device)
-    choose_engine(settings.engine, device, bundle.config)  # also loads the fused kernels while a case is read
+    memory_limit(pick_device(settings.device))  # a bad --device or memory limit fails once, not per case
     given = [Path(p) for p in inputs]
     paths = unique_cases(list_inputs(given))
     outdir = Path(outdir)
@@ -235,17 +236,6 @@ def outcome_from_report(report: Path) -> CaseOutcome:
                            data["predicted_dice"], data["seconds"], data.get("thick_slices") or "")
     except (KeyError, TypeError) as error:
         raise ValueError(f"{report}: not a case report ({error!r} missing or wrong)") from None
-
-
-def is_done(report: Path) -> bool:
-    """Whether a case was finished: its report (written last) parses and every output it lists
-    is in the report's folder. Outputs without such a report are left from an interrupted run
-    and are redone."""
-    try:
-        outputs = json.loads(report.read_text(encoding="utf-8"))["outputs"]
-        return bool(outputs) and all((report.parent / Path(listed).name).is_file() for listed in outputs.values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return False
 
 
 def _naming(message: str, path: Path, outdir: Path) -> str:

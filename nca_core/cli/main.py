@@ -6,16 +6,19 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .. import __version__
 from .options import add_engine_option, add_locate_option, add_side_option, add_threads_option, channel_index, fire_rate_option, positive_int, steps_list
 from .cluster.spec import add_cluster_options
 from ..errors import NCAError, exit_code, user_message
-from ..inference.settings import DEVICE_CHOICES
+from ..inference.settings import DEVICE_CHOICES, SegmentSettings
 from ..modelfile.registry import DEFAULT_MODEL
 from ..space.grid import spacing_text
 from ..inference.threads import use_threads
+
+if TYPE_CHECKING:  # torch loads with it; ``segment`` imports it when it runs
+    from .batch import SegmentOptions
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -24,7 +27,6 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Segment every input; exit 0 when every case succeeded (or was skipped), 1 otherwise."""
     from ..space.imaging import require_input
     from ..modelfile.registry import load, resolve
-    from ..inference.settings import SegmentSettings
 
     model_path = resolve(args.model)  # a wrong model name or a missing input is refused before torch loads
     if args.cluster is not None:
@@ -36,22 +38,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     settings = SegmentSettings.parse(model=args.model, runs=args.runs, seed=args.seed, device=args.device,
                                      fire_rate=args.fire_rate, steps=args.steps, side=args.side, locate=args.locate,
                                      engine=args.engine)
-    ahead = None if args.cluster is not None else _first_case_read_ahead(args, model_path, settings.locate)
-    from .batch import SegmentOptions, is_batch, segment_inputs, write_summary
-    from .progress import BatchProgress
-
-    bundle = load(args.model)
-    options = SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
-                             overwrite=args.overwrite, channel=args.channel)
     if args.cluster is not None:
         from .cluster.run import segment_on_cluster
 
-        outcomes = segment_on_cluster(args.inputs, args.output, bundle, options, args.cluster, args.worker_memory,
-                                      report=_print_outcome)
+        outcomes = segment_on_cluster(args.inputs, args.output, load(args.model), _segment_options(args, settings),
+                                      args.cluster, args.worker_memory, report=_print_outcome)
     else:
-        with BatchProgress(args.inputs, args.runs) as progress:
-            outcomes = segment_inputs(args.inputs, args.output, bundle, options, progress_for=progress.for_case,
-                                      report=progress.reporting(_print_outcome), notify=progress.write, ahead=ahead)
+        with _first_case_read_ahead(args, model_path, settings.locate) as ahead:
+            from .batch import segment_inputs
+            from .progress import BatchProgress
+
+            bundle = load(args.model)  # torch loads while the first case is registered
+            with BatchProgress(args.inputs, args.runs) as progress:
+                outcomes = segment_inputs(args.inputs, args.output, bundle, _segment_options(args, settings),
+                                          progress_for=progress.for_case, report=progress.reporting(_print_outcome),
+                                          notify=progress.write, ahead=ahead)
+    from .batch import is_batch, write_summary
+
     failed = [o for o in outcomes if o.status == "failed"]
     if is_batch(args.inputs):
         summary = write_summary(outcomes, args.output)
@@ -60,23 +63,36 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_OK if not failed else EXIT_FAILED
 
 
+def _segment_options(args: argparse.Namespace, settings: SegmentSettings) -> "SegmentOptions":
+    """What ``segment`` writes besides the segmentation's settings."""
+    from .batch import SegmentOptions
+
+    return SegmentOptions(settings, save_probability=args.save_probability, preview=args.preview,
+                          overwrite=args.overwrite, channel=args.channel)
+
+
 def _first_case_read_ahead(args: argparse.Namespace, model_path: Path, locate: str):
-    """A ``ReadAhead`` that reads (and registers) the first input while torch and the model load,
-    or None when the first input is a folder of volumes or the model's header is unreadable
-    (the load that follows says why)."""
+    """A ``ReadAhead`` (a context manager) that has read the first input and registers it (a
+    head) while torch and the model load; a ``nullcontext`` of None when the first input is a
+    folder of volumes, is done already (and not to be overwritten), or the model's header is
+    unreadable (the model's load says why)."""
+    from contextlib import nullcontext
+
+    from .outputs import is_done, output_paths
     from .readahead import ReadAhead
     from ..errors import ModelFileError
     from ..modelfile.header import read_model_header
-    from ..space.imaging import is_dicom_folder, is_volume_file
+    from ..space.imaging import case_name, is_dicom_folder, is_volume_file
     from ..space.preprocessing import Preprocessing
 
     first = Path(args.inputs[0])
-    if not (is_volume_file(first) or is_dicom_folder(first)):
-        return None
+    if not (is_volume_file(first) or is_dicom_folder(first)) or (
+            not args.overwrite and is_done(output_paths(Path(args.output), case_name(first))["report"])):
+        return nullcontext()
     try:
         preprocessing = Preprocessing.from_dict(read_model_header(model_path).preprocessing)
     except ModelFileError:
-        return None
+        return nullcontext()
     ahead = ReadAhead(args.channel, locate, preprocessing)
     ahead.start(first)
     return ahead
@@ -239,7 +255,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         if getattr(args, "cluster", None) is not None and args.threads is not None:
             parser.error("--threads is for a run in this process; a local cluster's threads are --cluster local:PxT")
-        use_threads(getattr(args, "threads", None))  # before torch loads
+        threads = use_threads(getattr(args, "threads", None))  # before torch loads
+        if hasattr(args, "threads"):
+            import SimpleITK as sitk
+
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)  # registration keeps to them too
         return args.run(args)
     except (NCAError, OSError, MemoryError) as error:
         print(f"m3dnca: error: {user_message(error)}", file=sys.stderr)

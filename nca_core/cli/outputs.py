@@ -1,14 +1,17 @@
-"""A case's output files: the names and the atomic write of all of them (the report last)."""
+"""A case's output files: the names, the atomic write of all of them (the report last), and
+whether a case is done (its report and outputs complete)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import TYPE_CHECKING, Dict
 
 from ..atomic import atomic_group
 from ..errors import NCAError
 from ..space.imaging import Volume, output_reason, to_image, volume_suffix, write_image
-from ..inference.result import SegmentationResult
+
+if TYPE_CHECKING:  # the names and ``is_done`` serve before torch loads
+    from ..inference.result import SegmentationResult
 
 
 def output_paths(outdir: Path, case: str) -> Dict[str, Path]:
@@ -54,3 +57,14 @@ def write_outputs(
         target = Path(named) if named and Path(named) in written.values() else target
         raise NCAError(f"{target}: cannot write output ({output_reason(error)})") from None
     return written
+
+
+def is_done(report: Path) -> bool:
+    """Whether a case was finished: its report (written last) parses and every output it lists
+    is in the report's folder. Outputs without such a report are left from an interrupted run
+    and are redone."""
+    try:
+        outputs = json.loads(report.read_text(encoding="utf-8"))["outputs"]
+        return bool(outputs) and all((report.parent / Path(listed).name).is_file() for listed in outputs.values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False

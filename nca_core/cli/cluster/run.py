@@ -1,7 +1,7 @@
 """``m3dnca segment --cluster``: the cases of a cohort as Dask tasks, one per unfinished case.
 
 The client plans the cohort as the serial run does (``batch.plan_cases``), skips the cases
-already done (the resume rule, ``batch.is_done``), sends the rest to the workers
+already done (the resume rule, ``outputs.is_done``), sends the rest to the workers
 (``worker.segment_on_worker``) and gathers their outcomes as they finish; the caller writes
 ``summary.csv`` once at the end. A worker that dies mid-case (killed, out of memory, its
 job ended) loses nothing: the scheduler reruns the case on another worker, up to Dask's
@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence
 
-from ..batch import CaseOutcome, SegmentOptions, describe, is_done, plan_cases, skipped_outcome
+from ..batch import CaseOutcome, SegmentOptions, describe, plan_cases, skipped_outcome
+from ..outputs import is_done
 from ...space.imaging import case_name
 from ...modelfile.bundle import ModelBundle
 from ..outputs import output_paths

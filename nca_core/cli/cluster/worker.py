@@ -107,12 +107,12 @@ def remove_stale_temporaries(outdir: Path, case: str) -> None:
 def segment_on_worker(path: str, job: CaseJob) -> "CaseOutcome":
     """One case on a worker; a failure is returned as a failed outcome. A case whose outputs
     are complete (an earlier try of this cohort finished it before its worker died) is not redone."""
-    from ..batch import CaseOutcome, is_done, outcome_from_report, segment_case
+    from ..batch import CaseOutcome, outcome_from_report, segment_case
 
     use_threads(get_worker().state.nthreads)  # torch is loaded now: its threads set directly
     from ...errors import NCAError
     from ...space.imaging import case_name
-    from ..outputs import output_paths
+    from ..outputs import is_done, output_paths
 
     source, outdir = Path(path), Path(job.outdir)
     report = output_paths(outdir, case_name(source))["report"]
