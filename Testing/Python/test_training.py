@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -201,6 +202,29 @@ def test_a_run_stopped_before_its_first_validation_names_no_missing_model(hippoc
                              "--time-limit", "0.00001")
     assert code == 0 and not (tmp_path / "run" / BEST_MODEL).exists()
     assert "no model yet" in out and "--resume and a larger --time-limit" in out and "best.m3dnca" not in out
+
+
+def test_a_resumed_run_goes_on_with_the_config_given_but_keeps_its_model(hippocampus_dir, tmp_path, capsys):
+    """``--resume --config``: the run continues with the new settings (saved with it), naming what
+    changed; a config that changes the model is refused in one line, before any training."""
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 4)
+    run = tmp_path / "run"
+    start = tmp_path / "start.json"
+    start.write_text(json.dumps(quick_settings(iterations=1, patch_sizes=[None, [8, 8, 8]]).to_dict()))
+    assert run_cli(capsys, "train", "--data", data, "--config", start, "-o", run)[0] == 0
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(dict(json.loads(start.read_text()), iterations=2, ema_decay=0.99)))
+    code, out, err = run_cli(capsys, "train", "--data", data, "--config", more, "-o", run, "--resume")
+    assert code == 0, err
+    assert "resuming with changed settings: iterations, ema_decay" in out
+    saved = json.loads((run / "settings.json").read_text())
+    assert saved["iterations"] == 2 and saved["ema_decay"] == 0.99
+    wider = json.loads(more.read_text())
+    wider["model"]["hidden"] = 32
+    more.write_text(json.dumps(dict(wider, iterations=3)))
+    code, _, err = run_cli(capsys, "train", "--data", data, "--config", more, "-o", run, "--resume")
+    assert code == 1 and len(err) == 1 and "--config changes model, which a resumed run keeps" in err[0], err
+    assert json.loads((run / "settings.json").read_text())["iterations"] == 2
 
 
 def test_calibration_recovers_a_known_line():

@@ -20,6 +20,7 @@ from ..training.data import Case, check_cases_found, find_pairs, load_cases, rea
 
 if TYPE_CHECKING:
     from ..training.evaluate import CaseEvaluation
+    from ..training.settings import TrainSettings
     from ..training.trainer import Trainer, TrainingResult
 
 EXIT_OK = 0
@@ -55,6 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = run_dir / "settings.json"
     if args.resume and saved.is_file():
         settings = TrainSettings.from_file(saved)
+        if args.config:
+            settings = _resumed_with(settings, TrainSettings.from_file(args.config))
     elif args.config:
         settings = TrainSettings.from_file(args.config)
     else:
@@ -203,12 +206,33 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 
+# What a checkpoint's weights were trained for: a resumed run cannot change them.
+KEPT_ON_RESUME = ("model", "preprocessing", "merge_labels")
+
+
+def _resumed_with(saved: "TrainSettings", given: "TrainSettings") -> "TrainSettings":
+    """``given`` (``--config``) for a run resumed from ``saved`` settings; prints which change.
+
+    Raises:
+        NCAError: ``given`` changes what the checkpoint's weights were trained for.
+    """
+    for name in KEPT_ON_RESUME:
+        if getattr(given, name) != getattr(saved, name):
+            raise NCAError(f"--config changes {name}, which a resumed run keeps; start a new run "
+                           "(--init RUN_DIR/last.m3dnca starts from its weights)")
+    changed = [name for name, value in saved.to_dict().items() if given.to_dict()[name] != value]
+    if changed:
+        print(f"resuming with changed settings: {', '.join(changed)}")
+    return given
+
+
 def add_training_commands(commands) -> None:
     train = commands.add_parser("train", help="train a model on an MSD-style dataset")
     train.add_argument("--data", type=Path, required=True)
     source = train.add_mutually_exclusive_group()
     source.add_argument("--preset", default="hippocampus")
-    source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run)")
+    source.add_argument("--config", type=Path, help="training settings JSON (see settings.json of a run); with "
+                        "--resume, the run goes on with these (same model)")
     train.add_argument("-o", "--output", type=Path, required=True, metavar="RUN_DIR")
     train.add_argument("--iterations", type=positive_int)
     train.add_argument("--time-limit", type=positive_number, metavar="MINUTES",
