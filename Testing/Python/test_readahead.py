@@ -5,11 +5,7 @@ next case (never a skipped one) before the one before it is segmented, and ``m3d
 starts the first head before it loads the engine."""
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +21,7 @@ from nca_core.space.atlas import HeadAtlas
 from nca_core.space.imaging import read_volume
 from nca_core.space.preprocessing import Preprocessing
 
-from nca_helpers import REPOSITORY, run_cli
+from nca_helpers import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +119,17 @@ def test_segment_registers_the_first_head_on_the_thread_and_skips_a_finished_one
     assert threads_of == []  # a finished case is neither read nor registered again
 
 
-def test_a_command_stopped_while_a_head_registers_ends_cleanly(wholehead_dir, tmp_path):
-    """SIGTERM (a scheduler's stop, handled as Ctrl+C) while the first head registers on the
-    thread: one line and exit code 130, not an abort from a thread left inside ITK."""
-    command = [sys.executable, "-m", "nca_core", "segment", str(wholehead_dir / "ch2.nii.gz"), "-o", str(tmp_path)]
-    process = subprocess.Popen(command, cwd=REPOSITORY, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # torch is loading; the head is registering
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and err.strip() == "m3dnca: interrupted", (process.returncode, err)
+def test_closing_waits_for_the_registration_under_way(wholehead_dir, bundle, monkeypatch):
+    """An interrupt while a head registers: closing the reader waits for the thread, which must
+    not be left inside ITK when Python shuts down (that aborted the process)."""
+    started = threading.Event()
+    register = readahead.register
+    monkeypatch.setattr(readahead, "register", lambda *args: (started.set(), register(*args))[1])
+    with pytest.raises(KeyboardInterrupt):
+        with ReadAhead(None, "auto", bundle.preprocessing) as ahead:
+            ahead.start(wholehead_dir / "ch2.nii.gz")
+            assert started.wait(30)
+            raise KeyboardInterrupt
+    assert "m3dnca-read-ahead" not in [thread.name for thread in threading.enumerate()]
+    with pytest.raises(RuntimeError, match="after close"):
+        ahead.start(wholehead_dir / "ch2.nii.gz")

@@ -213,17 +213,17 @@ def test_a_resumed_run_goes_on_with_the_config_given_but_keeps_its_model(hippoca
     start.write_text(json.dumps(quick_settings(iterations=1, patch_sizes=[None, [8, 8, 8]]).to_dict()))
     assert run_cli(capsys, "train", "--data", data, "--config", start, "-o", run)[0] == 0
     more = tmp_path / "more.json"
-    more.write_text(json.dumps(dict(json.loads(start.read_text()), iterations=2, ema_decay=0.99)))
+    more.write_text(json.dumps({"iterations": 2, "ema_decay": 0.99}))  # laid over the run's settings
     code, out, err = run_cli(capsys, "train", "--data", data, "--config", more, "-o", run, "--resume")
     assert code == 0, err
     assert "resuming with changed settings: iterations, ema_decay" in out
     saved = json.loads((run / "settings.json").read_text())
-    assert saved["iterations"] == 2 and saved["ema_decay"] == 0.99
-    wider = json.loads(more.read_text())
-    wider["model"]["hidden"] = 32
-    more.write_text(json.dumps(dict(wider, iterations=3)))
-    code, _, err = run_cli(capsys, "train", "--data", data, "--config", more, "-o", run, "--resume")
-    assert code == 1 and len(err) == 1 and "--config changes model, which a resumed run keeps" in err[0], err
+    assert saved["iterations"] == 2 and saved["ema_decay"] == 0.99 and saved["patch_sizes"] == [None, [8, 8, 8]]
+    for change in ({"model": dict(saved["model"], hidden=32)}, {"learning_rate": 1e-4}):
+        more.write_text(json.dumps(dict(change, iterations=3)))
+        code, _, err = run_cli(capsys, "train", "--data", data, "--config", more, "-o", run, "--resume")
+        assert code == 1 and len(err) == 1 and f"--config changes {next(iter(change))}, which a resumed run keeps" \
+            in err[0], err
     assert json.loads((run / "settings.json").read_text())["iterations"] == 2
 
 

@@ -256,7 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if getattr(args, "cluster", None) is not None and args.threads is not None:
             parser.error("--threads is for a run in this process; a local cluster's threads are --cluster local:PxT")
         threads = use_threads(getattr(args, "threads", None))  # before torch loads
-        if hasattr(args, "threads"):
+        if getattr(args, "threads", None) is not None:
             import SimpleITK as sitk
 
             sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)  # registration keeps to them too

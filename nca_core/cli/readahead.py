@@ -61,6 +61,7 @@ class ReadAhead:
         self._options = (channel, locate, preprocessing)
         self._jobs: "queue.Queue[Optional[Tuple[Future, Callable[[], ReadCase]]]]" = queue.Queue()
         self._thread: Optional[threading.Thread] = None
+        self._closed = False
         self._pending: Dict[Path, Future] = {}
         self._order: List[Path] = []
         self._lock = threading.Lock()  # guards the two dicts below and every call of a listener
@@ -78,6 +79,8 @@ class ReadAhead:
         """Read ``path`` now and queue its registration (a head's); what reading raises is
         raised by its ``take``."""
         path = Path(path)
+        if self._closed:
+            raise RuntimeError("ReadAhead.start after close")
         if path in self._pending:
             return
         future: Future = Future()
@@ -122,16 +125,19 @@ class ReadAhead:
         path = Path(path)
         self.start(path)
         future = self._pending.pop(path)
-        following = self._order[self._order.index(path) + 1:] if path in self._order else []
-        if following:
-            self.start(following[0])
-        if progress is not None:
-            with self._lock:
-                self._listeners[path] = progress
-                if path in self._steps:
-                    progress(*self._steps[path])  # the step reached before the wait began
         try:
+            following = self._order[self._order.index(path) + 1:] if path in self._order else []
+            if following:
+                self.start(following[0])
+            if progress is not None:
+                with self._lock:
+                    self._listeners[path] = progress
+                    if path in self._steps:
+                        progress(*self._steps[path])  # the step reached before the wait began
             return future.result()
+        except BaseException:
+            future.cancel()  # not registered after all when taking it was interrupted
+            raise
         finally:
             with self._lock:
                 self._listeners.pop(path, None)
@@ -141,6 +147,7 @@ class ReadAhead:
         """Drop the cases not taken and end the thread, waiting for the registration it is in
         (at most one head's: ITK's code cannot be stopped halfway, and a thread still in it
         when Python shuts down aborts the process)."""
+        self._closed = True
         for future in self._pending.values():
             future.cancel()
         self._pending.clear()

@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and saved.is_file():
         settings = TrainSettings.from_file(saved)
         if args.config:
-            settings = _resumed_with(settings, TrainSettings.from_file(args.config))
+            settings = _resumed_with(settings, TrainSettings.from_file(args.config, base=settings))
     elif args.config:
         settings = TrainSettings.from_file(args.config)
     else:
@@ -206,20 +206,29 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 
-# What a checkpoint's weights were trained for: a resumed run cannot change them.
-KEPT_ON_RESUME = ("model", "preprocessing", "merge_labels")
+# What a checkpoint holds (the weights, the optimiser's state) or its split fixes: kept on resume.
+KEPT_ON_RESUME = {
+    "model": lambda settings: settings.config,
+    "preprocessing": lambda settings: settings.given_preprocessing,
+    "merge_labels": lambda settings: settings.merge_labels,
+    "learning_rate": lambda settings: settings.learning_rate,
+    "betas": lambda settings: list(settings.betas),
+    "lr_gamma": lambda settings: settings.lr_gamma,
+    "validation_fraction": lambda settings: settings.validation_fraction,
+}
 
 
 def _resumed_with(saved: "TrainSettings", given: "TrainSettings") -> "TrainSettings":
-    """``given`` (``--config``) for a run resumed from ``saved`` settings; prints which change.
+    """``given`` (``--config`` laid over the run's settings) for a run resumed from ``saved``
+    settings; prints which change.
 
     Raises:
-        NCAError: ``given`` changes what the checkpoint's weights were trained for.
+        NCAError: ``given`` changes what the checkpoint or the run's split fixes.
     """
-    for name in KEPT_ON_RESUME:
-        if getattr(given, name) != getattr(saved, name):
-            raise NCAError(f"--config changes {name}, which a resumed run keeps; start a new run "
-                           "(--init RUN_DIR/last.m3dnca starts from its weights)")
+    for name, value in KEPT_ON_RESUME.items():
+        if value(given) != value(saved):
+            raise NCAError(f"--config changes {name}, which a resumed run keeps; start a new run in "
+                           "another folder for that")
     changed = [name for name, value in saved.to_dict().items() if given.to_dict()[name] != value]
     if changed:
         print(f"resuming with changed settings: {', '.join(changed)}")

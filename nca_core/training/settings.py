@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..network.config import NCAConfig, preset
 from ..errors import NCAError
-from ..fields import checked_fields
+from ..fields import checked_fields, json_object
 from ..space.preprocessing import Preprocessing
 from .augment import Augmentation
 
@@ -86,13 +86,19 @@ class TrainSettings:
         return self
 
     @classmethod
-    def from_file(cls, path: Path) -> "TrainSettings":
+    def from_file(cls, path: Path, base: Optional["TrainSettings"] = None) -> "TrainSettings":
+        """Settings from a JSON file; with ``base``, the file's keys laid over ``base``'s settings.
+
+        Raises:
+            NCAError: naming the file, when it cannot be read or holds a wrong setting.
+        """
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
             raise NCAError(f"{path}: cannot read training settings ({error})") from None
         try:
-            return cls.from_dict(data)
+            return cls.from_dict(data if base is None else {**base.to_dict(), **json_object(data, "training settings",
+                                                                                            NCAError)})
         except NCAError as error:
             raise NCAError(f"{path}: {error}") from None
 
