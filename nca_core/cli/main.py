@@ -60,7 +60,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         summary = write_summary(outcomes, args.output)
         if failed:
             print(f"m3dnca: {len(failed)} of {len(outcomes)} cases failed; see {summary}", file=sys.stderr)
-    return EXIT_OK if not failed else EXIT_FAILED
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _segment_options(args: argparse.Namespace, settings: SegmentSettings) -> "SegmentOptions":

@@ -40,10 +40,14 @@ def read_case(path: Path, channel: Optional[int], locate: str, preprocessing: Pr
     Raises:
         NCAError: an unreadable file, or a scan that is no head for the whole-head route.
     """
+    volume, head = routed(path, channel, locate, preprocessing)
+    return registered(volume, progress) if head else ReadCase(volume)
+
+
+def routed(path: Path, channel: Optional[int], locate: str, preprocessing: Preprocessing) -> Tuple[Volume, bool]:
+    """``path``'s volume and whether it takes the whole-head route (``route.locates_hippocampi``)."""
     volume = read_volume(path, channel)
-    if not locates_hippocampi(volume.reference, locate, preprocessing):
-        return ReadCase(volume)
-    return registered(volume, progress)
+    return volume, locates_hippocampi(volume.reference, locate, preprocessing)
 
 
 def registered(volume: Volume, progress: Optional[StepProgress] = None) -> ReadCase:
@@ -85,10 +89,8 @@ class ReadAhead:
             return
         future: Future = Future()
         self._pending[path] = future
-        channel, locate, preprocessing = self._options
         try:
-            volume = read_volume(path, channel)
-            head = locates_hippocampi(volume.reference, locate, preprocessing)
+            volume, head = routed(path, *self._options)
         except Exception as error:  # noqa: BLE001 - the case's own failure, reported when it is taken
             future.set_exception(error)
             return
