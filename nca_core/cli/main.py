@@ -169,6 +169,10 @@ def cmd_info(args: argparse.Namespace) -> int:
               "to it, results mapped back)")
     else:
         print("  input grid: not recorded (inputs are used on their own voxel grid)")
+    prior = preprocessing.location_prior
+    if prior:
+        print(f"  location prior: centre {_fractions(prior['centre'])}, spread {_fractions(prior['spread'])} "
+              "of the grid (read as a second input channel)")
     if preprocessing.side:
         print(f"  side: trained on {preprocessing.side} crops (crops of the other side are mirrored for it)")
     print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")
@@ -183,6 +187,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         if not isinstance(value, (dict, list)):
             print(f"  {key}: {value}")
     return EXIT_OK
+
+
+def _fractions(values: List[float]) -> str:
+    """Fractions of a grid's axes as text, e.g. (0.51, 0.47, 0.50)."""
+    return "(" + ", ".join(f"{value:.2f}" for value in values) + ")"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from .fastpath import FastOptions, fast_forward
 from ..network.model import LevelPlan, M3DNCA
 from .fused import choose_engine, fused_forward
 from ..space.postprocessing import Postprocessing
-from ..space.preprocessing import Preprocessing, prepare
+from ..space.preprocessing import Preprocessing, model_input, prepare
 
 # Runs are batched while their finest-level working sets fit the budget. The fast path
 # keeps only the state per run (4 bytes x channels per voxel; slab temporaries are
@@ -106,7 +106,7 @@ def run_ensemble(
     started = time.perf_counter()
     config = model.config
     prepared = prepare(array, preprocessing, model.multiple)
-    image = torch.from_numpy(prepared)[None, None].to(device)
+    image = torch.from_numpy(model_input(prepared, preprocessing))[None].to(device)
     plan = LevelPlan(
         steps=list(steps or config.steps),
         fire_rate=config.fire_rate if fire_rate is None else fire_rate,

@@ -116,7 +116,7 @@ def minimum_size(config: NCAConfig, preprocessing: Preprocessing) -> int:
 
 def check_fits(shape: Sequence[int], config: NCAConfig, preprocessing: Preprocessing) -> None:
     """Refuse inputs the model cannot take: wrong channel count, too small a volume."""
-    if config.input_channels != 1:
+    if config.input_channels != preprocessing.input_channels:
         raise InputImageError(
             f"the model expects {config.input_channels} input channels (images), the input has 1; "
             "use a model trained on single-channel images"

@@ -25,10 +25,11 @@ from ..quality.nqm import Calibration
 
 FORMAT = "m3dnca"
 # 2: preprocessing may record the training grid (spacing, orientation); 3: the side;
-# 4: a field-of-view grid (grid_shape, fov_fraction). A model without one is written as 3, which
-# earlier versions still read.
-FORMAT_VERSION = 4
+# 4: a field-of-view grid (grid_shape, fov_fraction); 5: a location prior (a second input channel).
+# A model without them is written as 3 (or 4), which earlier versions still read.
+FORMAT_VERSION = 5
 VERSION_WITHOUT_FIELD_OF_VIEW = 3
+VERSION_WITHOUT_LOCATION_PRIOR = 4
 
 
 @dataclass
@@ -60,7 +61,11 @@ class ModelBundle:
     @property
     def format_version(self) -> int:
         """The oldest format that holds this model (readers before a feature still read the rest)."""
-        return FORMAT_VERSION if self.preprocessing.relative_to_field_of_view else VERSION_WITHOUT_FIELD_OF_VIEW
+        if self.preprocessing.location_prior is not None:
+            return FORMAT_VERSION
+        if self.preprocessing.relative_to_field_of_view:
+            return VERSION_WITHOUT_LOCATION_PRIOR
+        return VERSION_WITHOUT_FIELD_OF_VIEW
 
     def metadata(self) -> Dict[str, str]:
         return {
@@ -134,10 +139,16 @@ def load_model(path: Path) -> ModelBundle:
 def _bundle(metadata: Dict[str, str], weights: Dict[str, torch.Tensor]) -> ModelBundle:
     """The bundle described by verified metadata; ModelFileError names the bad section or field."""
     calibration = _section(metadata, "calibration")
+    config = NCAConfig.from_dict(_section(metadata, "config"))
+    preprocessing = Preprocessing.from_dict(_section(metadata, "preprocessing"))
+    if config.input_channels != preprocessing.input_channels:
+        raise ModelFileError(f"the config reads {config.input_channels} input channels, the preprocessing "
+                             f"gives {preprocessing.input_channels} (the image"
+                             f"{' and the location prior' if preprocessing.location_prior else ''})")
     return ModelBundle(
-        config=NCAConfig.from_dict(_section(metadata, "config")),
+        config=config,
         weights=weights,
-        preprocessing=Preprocessing.from_dict(_section(metadata, "preprocessing")),
+        preprocessing=preprocessing,
         postprocessing=Postprocessing.from_dict(_section(metadata, "postprocessing", default="{}")),
         calibration=None if calibration is None else Calibration.from_dict(calibration),
         provenance=json_object(_section(metadata, "provenance"), "provenance"),

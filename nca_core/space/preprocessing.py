@@ -12,9 +12,10 @@ import numpy as np
 
 from ..errors import InputImageError, ModelFileError
 from ..fields import checked_fields
+from .prior import location_prior_map, location_prior_problem
 
 
-FIELD_OF_VIEW_KEYS = ("grid_shape", "fov_fraction")
+FIELD_OF_VIEW_KEYS = ("grid_shape", "fov_fraction", "location_prior")
 MAX_GRID_VOXELS = 1 << 27  # 512^3: far above any field-of-view grid a model is trained on
 
 
@@ -37,6 +38,9 @@ class Preprocessing:
     the central ``fov_fraction`` of each axis (e.g. 0.8 = 10% cut from either end) is resampled
     to ``grid_shape``, in ``orientation``. For data whose spacing was lost (PROMISE12's teaching
     copy); such a model maps the whole scan and is never routed through head localisation.
+
+    ``location_prior`` (a field-of-view grid only; ``prior.location_prior_problem``) is where the
+    structure usually lies on that grid; the model then reads it as a second input channel.
     """
 
     percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
@@ -46,11 +50,17 @@ class Preprocessing:
     side: Optional[str] = None
     grid_shape: Optional[List[int]] = None
     fov_fraction: Optional[List[float]] = None
+    location_prior: Optional[Dict[str, Any]] = None
 
     @property
     def relative_to_field_of_view(self) -> bool:
         """Whether the model's grid is the scan's field of view (``grid_shape``), not a spacing."""
         return self.grid_shape is not None
+
+    @property
+    def input_channels(self) -> int:
+        """How many channels the model reads: the image, and the location prior when there is one."""
+        return 1 if self.location_prior is None else 2
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as JSON data; the field-of-view ones only when set (files without them
@@ -81,8 +91,9 @@ class Preprocessing:
 
     def _validate_field_of_view(self) -> None:
         """Raise ModelFileError unless ``grid_shape`` and ``fov_fraction`` form a field-of-view grid."""
-        if self.fov_fraction is not None and self.grid_shape is None:
-            raise ModelFileError("invalid preprocessing: fov_fraction needs grid_shape")
+        for name in ("fov_fraction", "location_prior"):
+            if getattr(self, name) is not None and self.grid_shape is None:
+                raise ModelFileError(f"invalid preprocessing: {name} needs grid_shape")
         if self.grid_shape is None:
             return
         if len(self.grid_shape) != 3 or min(self.grid_shape) < 1 or math.prod(self.grid_shape) > MAX_GRID_VOXELS:
@@ -95,6 +106,9 @@ class Preprocessing:
         if self.spacing is not None or not self.orientation:
             raise ModelFileError("invalid preprocessing: a grid_shape (field-of-view grid) needs an orientation "
                                  "and no spacing")
+        problem = "" if self.location_prior is None else location_prior_problem(self.location_prior)
+        if problem:
+            raise ModelFileError(f"invalid preprocessing: location_prior {problem}")
 
     @classmethod
     def from_dict(cls, data: Any) -> "Preprocessing":
@@ -145,3 +159,12 @@ def prepare(array: np.ndarray, spec: Preprocessing, multiple: int) -> np.ndarray
         normalised = rescale_percentiles(pad_end(normalised, target), spec.percentiles)
     rounded = tuple(-(-s // multiple) * multiple for s in normalised.shape)
     return pad_end(normalised, rounded)
+
+
+def model_input(prepared: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The channels the model reads (C, X, Y, Z): the prepared image (``prepare``) and, when
+    ``spec`` has one, the location prior on the model's grid (zero in the padding)."""
+    if spec.location_prior is None:
+        return prepared[None]
+    prior = pad_end(location_prior_map(spec.grid_shape, spec.location_prior), prepared.shape)
+    return np.stack([prepared, prior[tuple(slice(0, s) for s in prepared.shape)]])

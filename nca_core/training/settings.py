@@ -27,7 +27,9 @@ class TrainSettings:
     grid) is what the model is trained with; None: the training images' common spacing and
     orientation. ``foreground_patches`` is the share of patches placed to contain a random
     foreground voxel (nnU-Net's oversampling); the others lie anywhere. ``augmentation``
-    sets the strengths of ``augment``'s changes (``Augmentation``'s fields; missing: defaults)."""
+    sets the strengths of ``augment``'s changes (``Augmentation``'s fields; missing: defaults).
+    ``location_prior`` fits where the labels lie on a field-of-view grid and gives it to the model
+    as a second input channel (``space.prior``; the model's ``input_channels`` must then be 2)."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -49,6 +51,7 @@ class TrainSettings:
     preprocessing: Optional[Dict[str, Any]] = None
     foreground_patches: float = 0.0
     augmentation: Dict[str, float] = field(default_factory=dict)
+    location_prior: bool = False
 
     @property
     def config(self) -> NCAConfig:
@@ -82,6 +85,11 @@ class TrainSettings:
         if len(self.patch_sizes) != levels:
             raise NCAError(f"patch_sizes needs one entry per level ({levels})")
         self.given_preprocessing  # noqa: B018 - raises naming the bad preprocessing field
+        inputs = 2 if self.location_prior else 1
+        if self.config.input_channels != inputs:
+            raise NCAError(f"model.input_channels must be {inputs} "
+                           f"{'with location_prior (the image and the prior)' if inputs == 2 else '(the image)'}, "
+                           f"found {self.config.input_channels}")
         self.augmentation_strength  # noqa: B018 - raises naming the bad augmentation field
         return self
 

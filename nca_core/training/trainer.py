@@ -26,7 +26,8 @@ from ..space.grid import common_grid
 from ..quality.metrics import mean_foreground_dice
 from ..network.model import LevelPlan, M3DNCA
 from ..modelfile.bundle import ModelBundle, save_model
-from ..space.preprocessing import Preprocessing, pad_end, prepare
+from ..space.preprocessing import Preprocessing, model_input, pad_end, prepare
+from ..space.prior import fit_location_prior
 from .augment import augmenter
 from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
 from .loss import dice_bce_loss
@@ -95,6 +96,12 @@ class Trainer:
         self.split = self._checked_split(list(by_name))
         self.preprocessing = self._training_grid([by_name[n] for n in self.split["train"]])
         self.train_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["train"]]
+        if self.settings.location_prior:
+            if not self.preprocessing.relative_to_field_of_view:
+                raise NCAError("location_prior needs a field-of-view grid (preprocessing with grid_shape, as "
+                               "in the prostate preset)")
+            labels = [case.label for case in self.train_cases]
+            self.preprocessing = replace(self.preprocessing, location_prior=fit_location_prior(labels))
         self.validation_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["validation"]]
         self._prepared = {c.name: self._prepare(c) for c in self.train_cases}
         self._augment = augmenter(self.settings.augmentation_strength) if self.settings.augment else None
@@ -190,7 +197,7 @@ class Trainer:
         return self.train_cases[order[index]]
 
     def _batch(self, rng: random.Random) -> Tuple[torch.Tensor, torch.Tensor, List[List[int]]]:
-        """This iteration's cases, each duplicated: images (B, 1, X, Y, Z), targets
+        """This iteration's cases, each duplicated: model inputs (B, C, X, Y, Z), targets
         (B, K, X, Y, Z), and each element's size before zero padding to the largest."""
         count, copies = self.settings.cases_per_step, self.settings.batch_duplication
         pairs = []
@@ -200,7 +207,9 @@ class Trainer:
                 image, target = self._augment(image, target, rng)
             pairs.append((image, target))
         shape = [max(sizes) for sizes in zip(*(image.shape for image, _ in pairs))]
-        images = torch.stack([torch.from_numpy(pad_end(image.numpy(), shape)) for image, _ in pairs])[:, None]
+        channels = [self.preprocessing.input_channels]
+        images = torch.stack([torch.from_numpy(pad_end(model_input(image.numpy(), self.preprocessing), channels + shape))
+                              for image, _ in pairs])
         targets = torch.stack([torch.from_numpy(pad_end(target.numpy(), [len(target)] + shape)) for _, target in pairs])
         extents = [list(image.shape) for image, _ in pairs for _ in range(copies)]
         return images.repeat_interleave(copies, 0), targets.repeat_interleave(copies, 0), extents

@@ -1,0 +1,141 @@
+"""The location prior of field-of-view models: fitted to the training labels, stored in the model
+file, read by every engine as a second input channel, and refused where it cannot work."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nca_core.errors import ModelFileError, NCAError
+from nca_core.inference.ensemble import run_ensemble
+from nca_core.modelfile.bundle import ModelBundle, load_model, save_model
+from nca_core.network.config import preset
+from nca_core.space.preprocessing import Preprocessing, model_input
+from nca_core.space.prior import fit_location_prior, location_prior_map
+from nca_core.training.settings import PROSTATE_GRID, TrainSettings
+from nca_core.training.trainer import Trainer
+
+from nca_helpers import every_parameter_matters, run_cli, small_dataset
+from prostate_helpers import case_paths, scanner_version
+
+PRIOR = {"centre": [0.5, 0.45, 0.5], "spread": [0.1, 0.1, 0.2]}
+SMALL_GRID = Preprocessing(grid_shape=[32, 32, 16], fov_fraction=[0.8, 0.8, 1.0], orientation="LPS",
+                           location_prior=PRIOR)
+
+
+def two_channel_model(preprocessing: Preprocessing = SMALL_GRID) -> ModelBundle:
+    config = dataclasses.replace(preset("prostate"), input_channels=2, steps=[4, 4])
+    return ModelBundle.from_model(every_parameter_matters(config), preprocessing=preprocessing)
+
+
+def test_the_prior_fitted_to_labels_sits_at_their_centre_with_their_spread():
+    first, second = np.zeros((20, 10, 10), np.uint8), np.zeros((20, 10, 10), np.uint8)
+    first[4:8, 2:4, 5], second[12:16, 2:4, 5] = 1, 1  # x centres 6.5 and 14.5 voxels; y 2.5; z 5.5
+    prior = fit_location_prior([first, second])
+    assert prior["centre"] == pytest.approx([0.5, 0.3, 0.55])
+    assert prior["spread"][0] == pytest.approx(np.std([4, 5, 6, 7, 12, 13, 14, 15]) / 20, abs=1e-4)
+    assert prior["spread"][1] == pytest.approx(0.05) and prior["spread"][2] == pytest.approx(1e-3)  # flat: floored
+
+
+def test_the_prior_map_is_one_at_its_centre_and_falls_as_a_gaussian():
+    prior_map = location_prior_map([20, 20, 10], {"centre": [0.525, 0.525, 0.55], "spread": [0.1, 0.2, 0.5]})
+    assert prior_map.shape == (20, 20, 10) and prior_map.max() == pytest.approx(1.0)
+    assert np.unravel_index(prior_map.argmax(), prior_map.shape) == (10, 10, 5)
+    assert prior_map[12, 10, 5] == pytest.approx(np.exp(-0.5), rel=1e-5)  # one spread (2 voxels) along x
+    assert prior_map[10, 14, 5] == pytest.approx(np.exp(-0.5), rel=1e-5)  # one spread (4 voxels) along y
+
+
+@pytest.mark.parametrize("prior, words", [
+    (None, None),
+    ({"centre": [0.5, 0.5, 0.5]}, "location_prior must be"),
+    ({"centre": [0.5, 0.5, 1.5], "spread": [0.1, 0.1, 0.1]}, "centre must be 3 fractions"),
+    ({"centre": [0.5, 0.5], "spread": [0.1, 0.1, 0.1]}, "centre must be 3 fractions"),
+    ({"centre": [0.5, 0.5, 0.5], "spread": [0.1, 0.0, 0.1]}, "spread must be 3 fractions"),
+    ({"centre": [0.5, 0.5, 0.5], "spread": [0.1, True, 0.1]}, "spread must be 3 fractions"),
+])
+def test_a_location_prior_that_cannot_work_is_refused(prior, words):
+    fields = dict(SMALL_GRID.to_dict(), location_prior=prior)
+    if words is None:
+        assert Preprocessing.from_dict(fields).input_channels == 1
+        return
+    with pytest.raises(ModelFileError, match=words):
+        Preprocessing.from_dict(fields)
+
+
+def test_a_prior_needs_a_field_of_view_grid():
+    with pytest.raises(ModelFileError, match="location_prior needs grid_shape"):
+        Preprocessing.from_dict({"spacing": [1, 1, 1], "orientation": "RAS", "location_prior": PRIOR})
+
+
+def test_a_model_with_a_prior_is_format_5_and_its_channels_must_match(tmp_path):
+    save_model(two_channel_model(), tmp_path / "prior.m3dnca")
+    loaded = load_model(tmp_path / "prior.m3dnca")
+    assert loaded.preprocessing.location_prior == PRIOR and loaded.config.input_channels == 2
+    assert loaded.metadata()["format_version"] == "5"
+    save_model(two_channel_model(dataclasses.replace(SMALL_GRID, location_prior=None)), tmp_path / "bad.m3dnca")
+    with pytest.raises(ModelFileError, match="reads 2 input channels, the preprocessing gives 1"):
+        load_model(tmp_path / "bad.m3dnca")
+
+
+def test_the_model_reads_the_prior_and_every_engine_agrees():
+    """The same image with the prior moved gives another result (the channel is read); the torch,
+    fused and reference engines give the same probabilities on a two-channel model."""
+    bundle = two_channel_model()
+    model = bundle.build()
+    image = np.random.default_rng(0).random((32, 32, 16)).astype(np.float32)
+    inputs = model_input(image, SMALL_GRID)
+    assert inputs.shape == (2, 32, 32, 16) and np.array_equal(inputs[1], location_prior_map([32, 32, 16], PRIOR))
+    results = {engine: run_ensemble(model, image, SMALL_GRID, runs=2, seed=1, engine=engine).probability
+               for engine in ("torch", "fused")}
+    results["reference"] = run_ensemble(model, image, SMALL_GRID, runs=2, seed=1, reference=True).probability
+    np.testing.assert_allclose(results["fused"], results["torch"], atol=1e-4)
+    np.testing.assert_allclose(results["reference"], results["torch"], atol=1e-4)
+    moved = dataclasses.replace(SMALL_GRID, location_prior={"centre": [0.2, 0.7, 0.5], "spread": PRIOR["spread"]})
+    assert np.abs(run_ensemble(model, image, moved, runs=2, seed=1).probability - results["torch"]).max() > 0.05
+
+
+def test_settings_ask_for_two_input_channels_with_a_prior():
+    model = dict(preset("prostate").to_dict(), input_channels=1)
+    with pytest.raises(NCAError, match="model.input_channels must be 2 with location_prior"):
+        TrainSettings.for_preset("prostate", location_prior=True, model=model)
+    with pytest.raises(NCAError, match=r"model.input_channels must be 1 \(the image\)"):
+        TrainSettings.for_preset("prostate", model=dict(model, input_channels=2))
+
+
+def test_a_prior_on_a_spacing_grid_is_refused_before_training(hippocampus_dir, tmp_path):
+    model = dict(preset("hippocampus").to_dict(), input_channels=2)
+    settings = TrainSettings.for_preset("hippocampus", location_prior=True, model=model, iterations=1)
+    with pytest.raises(NCAError, match="location_prior needs a field-of-view grid"):
+        Trainer(small_dataset(hippocampus_dir, tmp_path / "data", 4), tmp_path / "run", settings, device="cpu").load_data()
+
+
+def test_training_with_a_prior_fits_it_to_the_training_labels(prostate_dir, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
+    model = dict(preset("prostate").to_dict(), input_channels=2)
+    settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
+                                        patch_sizes=[None, [16, 16, 8]], location_prior=True, model=model)
+    Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split).fit(log=False)
+    saved = load_model(tmp_path / "run" / "best.m3dnca")
+    labels = [np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(case_paths(prostate_dir, n)[1])))) for n in (0, 13)]
+    assert saved.preprocessing.location_prior == fit_location_prior(labels)
+    assert dataclasses.replace(saved.preprocessing, location_prior=None) == PROSTATE_GRID
+    assert 0.4 < saved.preprocessing.location_prior["centre"][0] < 0.6  # the gland lies mid-field
+
+
+def test_a_scanner_size_scan_with_a_prior_model_comes_back_on_its_own_voxels(prostate_dir, tmp_path, capsys):
+    grid = dataclasses.replace(PROSTATE_GRID, location_prior=PRIOR)
+    save_model(two_channel_model(grid), tmp_path / "p.m3dnca")
+    image_path, label_path = case_paths(prostate_dir, 26)
+    scan = scanner_version(sitk.ReadImage(str(image_path)), sitk.ReadImage(str(label_path)), size=(256, 256, 20))[0]
+    sitk.WriteImage(scan, str(tmp_path / "scan.nii.gz"))
+    code, _, err = run_cli(capsys, "segment", tmp_path / "scan.nii.gz", "--model", tmp_path / "p.m3dnca",
+                           "--runs", "1", "-o", tmp_path / "out")
+    assert code == 0, err
+    written = sitk.ReadImage(str(tmp_path / "out" / "scan_seg.nii.gz"))
+    assert written.GetSize() == scan.GetSize() and written.GetDirection() == scan.GetDirection()
+    code, out, _ = run_cli(capsys, "info", tmp_path / "p.m3dnca")
+    assert "location prior: centre (0.50, 0.45, 0.50), spread (0.10, 0.10, 0.20)" in out

@@ -1,0 +1,68 @@
+"""Where the structure usually lies in a field-of-view grid: a Gaussian location prior that a
+model reads as a second input channel beside the image.
+
+A field-of-view grid (``Preprocessing.grid_shape``) is relative to the scan's field of view,
+and a prostate scan is prescribed around the gland: on PROMISE12's three hospitals the gland's
+centre lies within a few per cent of the middle of the field of view. An NCA's rule is the same
+at every voxel, so it cannot know where in the field of view a cell is; the prior tells it.
+The prior is fitted to the training labels (the foreground voxels' mean and deviation per
+axis, as fractions of the grid) and stored in the model file as six numbers.
+"""
+from __future__ import annotations
+
+import reprlib
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+from ..errors import NCAError
+
+KEYS = ("centre", "spread")
+
+
+def location_prior_problem(prior: Any) -> str:
+    """What keeps ``prior`` from being a location prior, or '' when it is one: a JSON object
+    with ``centre`` (3 numbers in [0, 1]) and ``spread`` (3 numbers in (0, 1]), fractions of the
+    grid's axes."""
+    if not isinstance(prior, dict) or sorted(prior) != sorted(KEYS):
+        return f"must be {{\"centre\": [x, y, z], \"spread\": [x, y, z]}}, found {reprlib.repr(prior)}"
+    centre, spread = prior["centre"], prior["spread"]
+    if not _three_numbers(centre) or not all(0 <= c <= 1 for c in centre):
+        return f"centre must be 3 fractions of the grid in [0, 1], found {reprlib.repr(centre)}"
+    if not _three_numbers(spread) or not all(0 < s <= 1 for s in spread):
+        return f"spread must be 3 fractions of the grid in (0, 1], found {reprlib.repr(spread)}"
+    return ""
+
+
+def _three_numbers(values: Any) -> bool:
+    return (isinstance(values, list) and len(values) == 3
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values))
+
+
+def fit_location_prior(labels: Sequence[np.ndarray]) -> Dict[str, List[float]]:
+    """The prior of label maps on one grid: their foreground voxels' mean position and standard
+    deviation per axis, as fractions of the grid (a voxel's centre at (i + 0.5) / size).
+
+    Raises:
+        NCAError: when the labels differ in shape or hold no foreground.
+    """
+    shapes = {label.shape for label in labels}
+    if len(shapes) != 1:
+        raise NCAError(f"a location prior needs the labels on one grid, found shapes {sorted(shapes)}")
+    (shape,) = shapes
+    positions = [np.argwhere(label > 0) for label in labels]
+    voxels = np.concatenate(positions) if positions else np.empty((0, 3))
+    if len(voxels) < 2:
+        raise NCAError("a location prior needs labelled foreground in the training cases; none found")
+    fractions = (voxels + 0.5) / np.asarray(shape, dtype=np.float64)
+    return {"centre": [round(float(c), 4) for c in fractions.mean(0)],
+            "spread": [round(max(float(s), 1e-3), 4) for s in fractions.std(0)]}
+
+
+def location_prior_map(shape: Sequence[int], prior: Dict[str, List[float]]) -> np.ndarray:
+    """The prior on a grid of ``shape`` voxels (float32, 1 at the centre, falling as a Gaussian)."""
+    squared = np.zeros(tuple(shape), dtype=np.float32)
+    for axis, (size, centre, spread) in enumerate(zip(shape, prior["centre"], prior["spread"])):
+        distance = (((np.arange(size, dtype=np.float32) + 0.5) / size - centre) / spread) ** 2
+        squared += distance.reshape([-1 if a == axis else 1 for a in range(3)])
+    return np.exp(-0.5 * squared).astype(np.float32)
