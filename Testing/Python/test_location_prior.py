@@ -97,12 +97,15 @@ def test_the_model_reads_the_prior_and_every_engine_agrees():
     assert np.abs(run_ensemble(model, image, moved, runs=2, seed=1).probability - results["torch"]).max() > 0.05
 
 
-def test_settings_ask_for_two_input_channels_with_a_prior():
+def test_the_prostate_preset_trains_with_a_prior_and_the_channels_must_match():
+    assert TrainSettings.for_preset("prostate").config.input_channels == 2
+    assert TrainSettings.for_preset("prostate", location_prior=False).config.input_channels == 1
+    assert not TrainSettings.for_preset("hippocampus").location_prior
     model = dict(preset("prostate").to_dict(), input_channels=1)
     with pytest.raises(NCAError, match="model.input_channels must be 2 with location_prior"):
-        TrainSettings.for_preset("prostate", location_prior=True, model=model)
+        TrainSettings.for_preset("prostate", model=model)
     with pytest.raises(NCAError, match=r"model.input_channels must be 1 \(the image\)"):
-        TrainSettings.for_preset("prostate", model=dict(model, input_channels=2))
+        TrainSettings.for_preset("prostate", location_prior=False, model=dict(model, input_channels=2))
 
 
 def test_a_prior_on_a_spacing_grid_is_refused_before_training(hippocampus_dir, tmp_path):
@@ -112,12 +115,11 @@ def test_a_prior_on_a_spacing_grid_is_refused_before_training(hippocampus_dir, t
         Trainer(small_dataset(hippocampus_dir, tmp_path / "data", 4), tmp_path / "run", settings, device="cpu").load_data()
 
 
-def test_training_with_a_prior_fits_it_to_the_training_labels(prostate_dir, tmp_path):
+def test_training_the_prostate_preset_fits_the_prior_to_the_training_labels(prostate_dir, tmp_path):
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
-    model = dict(preset("prostate").to_dict(), input_channels=2)
     settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
-                                        patch_sizes=[None, [16, 16, 8]], location_prior=True, model=model)
+                                        patch_sizes=[None, [16, 16, 8]])
     Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split).fit(log=False)
     saved = load_model(tmp_path / "run" / "best.m3dnca")
     labels = [np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(case_paths(prostate_dir, n)[1])))) for n in (0, 13)]

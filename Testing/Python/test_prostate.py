@@ -98,10 +98,11 @@ def test_a_field_of_view_model_is_never_routed_through_head_localisation(scanner
 
 
 def test_training_a_few_steps_on_two_cases_records_the_grid(prostate_dir, tmp_path):
+    """Without the location prior (the preset's default: test_location_prior) the file stays format 4."""
     split = tmp_path / "split.json"
     split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
     settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
-                                        patch_sizes=[None, [16, 16, 8]])
+                                        patch_sizes=[None, [16, 16, 8]], location_prior=False)
     trainer = Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split)
     result = trainer.fit(log=False)
     assert result.iterations == 2 and len(trainer.train_cases) == 2
