@@ -1,6 +1,8 @@
 """Leave-one-site-out splits of the shared PROMISE12 prostate cases (its README's sites):
 ``split_BIDMC.json``, ``split_UCL.json``, ``split_RUNMC.json``, each holding one hospital out
-for validation, for ``m3dnca train --split`` and ``evaluate``/``calibrate --split``.
+for validation, for ``m3dnca train --split`` and ``evaluate``/``calibrate --split``; and
+``prostate_settings.json``, the settings of the recorded runs (docs/models/prostate.md) for
+``m3dnca train --config``.
 
     python scripts/prostate_site_splits.py runs/
 """
@@ -10,8 +12,16 @@ import argparse
 import json
 from pathlib import Path
 
+from nca_core.training.settings import TrainSettings
+
 SITES = {"BIDMC": [0] + list(range(2, 13)), "UCL": [1] + list(range(26, 38)), "RUNMC": list(range(13, 26))}
 CASES = 38
+# The prostate preset (field-of-view grid, location prior) with the recorded runs' choices:
+# augmentation aimed at another hospital's contrast, a moving average of the weights.
+RUN_CHOICES = {
+    "augment": True, "ema_decay": 0.998, "iterations": 4000, "validate_every": 400, "time_limit_minutes": 80,
+    "augmentation": {"scales": 0.2, "degrees": 10, "log_gamma": 0.7, "bias_field": 0.5, "noise_std": 0.05},
+}
 
 
 def site_split(site: str) -> dict:
@@ -31,6 +41,9 @@ def main() -> None:
         path = folder / f"split_{site}.json"
         path.write_text(json.dumps(site_split(site), indent=1) + "\n")
         print(path)
+    settings = folder / "prostate_settings.json"
+    settings.write_text(json.dumps(TrainSettings.for_preset("prostate", **RUN_CHOICES).to_dict(), indent=1) + "\n")
+    print(settings)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from nca_core.space.preprocessing import Preprocessing
 from nca_core.training.settings import PROSTATE_GRID, TrainSettings
 from nca_core.training.trainer import Trainer
 
-from nca_helpers import run_cli
+from nca_helpers import REPOSITORY, run_cli
 from prostate_helpers import case_paths, scanner_version, xyz
 
 
@@ -138,3 +138,20 @@ def test_a_scanner_size_scan_is_segmented_whole_onto_its_own_voxels(scanner_case
     code, out, _ = run_cli(capsys, "info", model)
     assert "128x128x32 voxels over the central 0.8x0.8x1 of the field of view" in out
 
+
+
+def test_the_site_splits_hold_each_hospital_out_once_and_the_settings_are_the_presets(tmp_path):
+    import subprocess
+    import sys
+
+    script = REPOSITORY / "scripts" / "prostate_site_splits.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+    held_out = []
+    for site in ("BIDMC", "UCL", "RUNMC"):
+        split = json.loads((tmp_path / f"split_{site}.json").read_text())
+        assert not set(split["train"]) & set(split["validation"])
+        assert len(split["train"]) + len(split["validation"]) == 38
+        held_out += split["validation"]
+    assert sorted(held_out) == [f"promise12_{n:02d}" for n in range(38)]
+    settings = TrainSettings.from_file(tmp_path / "prostate_settings.json")
+    assert settings.location_prior and settings.preprocessing == PROSTATE_GRID.to_dict() and settings.ema_decay > 0
