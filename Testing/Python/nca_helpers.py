@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -10,13 +12,14 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
+from safetensors.torch import save as save_tensors
 
 from nca_core.cli.main import main
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 from nca_core.network.config import NCAConfig, preset
 from nca_core.network.model import M3DNCA
-from nca_core.modelfile.bundle import ModelBundle, save_model
+from nca_core.modelfile.bundle import ModelBundle, digest, load_model, save_model
 from nca_core.training.data import find_pairs
 from nca_core.training.settings import TrainSettings
 
@@ -193,3 +196,21 @@ def preview_badges(png: Path) -> list:
             starts = rows[np.concatenate([[True], np.diff(rows) > 30])]  # text lines split a badge
             badges += [(int(start), light) for start in starts]
     return [light for _, light in sorted(badges)]
+
+
+def header_and_data(path: Path):
+    data = path.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+def rewrite(path: Path, metadata_changes: dict, weights=None, rehash: bool = True) -> None:
+    """Re-save a model file with changed metadata (and a matching checksum if ``rehash``)."""
+    original = load_model(path)
+    header, _ = header_and_data(path)
+    metadata = dict(header["__metadata__"], **metadata_changes)
+    weights = weights if weights is not None else original.weights
+    if rehash:
+        metadata.pop("sha256")
+        metadata["sha256"] = digest(metadata, weights)
+    path.write_bytes(save_tensors(weights, metadata=metadata))

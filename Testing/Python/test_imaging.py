@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from nca_core.network.config import NCAConfig, preset
-from nca_core.errors import InputImageError, NCAError
+from nca_core.errors import InputImageError, ModelFileError, NCAError
 from nca_core.space.imaging import intensity_array, list_inputs, read_volume, to_image
 from nca_core.network.model import M3DNCA
 from nca_core.modelfile.bundle import ModelBundle
@@ -190,11 +190,10 @@ def test_mostly_uniform_image_is_segmented():
     assert result.ensemble.labels.shape == array.shape
 
 
-def test_model_with_other_input_channels_is_refused():
+def test_a_model_reading_more_channels_than_its_preprocessing_gives_cannot_be_built():
     config = NCAConfig(input_channels=2, kernel_sizes=[7, 3], steps=[1, 1], downscale=2)
-    bundle = ModelBundle.from_model(M3DNCA(config))
-    with pytest.raises(InputImageError, match="model expects 2 input channels"):
-        segment_array(smooth_volume(), bundle, SegmentSettings(model="test", runs=1, device="cpu"))
+    with pytest.raises(ModelFileError, match="the config reads 2 input channels, the preprocessing gives 1"):
+        ModelBundle.from_model(M3DNCA(config))
 
 
 def test_volume_beyond_the_memory_limit_is_refused(monkeypatch):

@@ -18,7 +18,7 @@ from nca_core.space.prior import fit_location_prior, location_prior_map
 from nca_core.training.settings import PROSTATE_GRID, TrainSettings
 from nca_core.training.trainer import Trainer
 
-from nca_helpers import every_parameter_matters, run_cli, small_dataset
+from nca_helpers import every_parameter_matters, header_and_data, rewrite, run_cli, small_dataset
 from prostate_helpers import case_paths, scanner_version
 
 PRIOR = {"centre": [0.5, 0.45, 0.5], "spread": [0.1, 0.1, 0.2]}
@@ -71,13 +71,16 @@ def test_a_prior_needs_a_field_of_view_grid():
 
 
 def test_a_model_with_a_prior_is_format_5_and_its_channels_must_match(tmp_path):
-    save_model(two_channel_model(), tmp_path / "prior.m3dnca")
-    loaded = load_model(tmp_path / "prior.m3dnca")
+    path = tmp_path / "prior.m3dnca"
+    save_model(two_channel_model(), path)
+    loaded = load_model(path)
     assert loaded.preprocessing.location_prior == PRIOR and loaded.config.input_channels == 2
-    assert loaded.metadata()["format_version"] == "5"
-    save_model(two_channel_model(dataclasses.replace(SMALL_GRID, location_prior=None)), tmp_path / "bad.m3dnca")
+    assert header_and_data(path)[0]["__metadata__"]["format_version"] == "5"
     with pytest.raises(ModelFileError, match="reads 2 input channels, the preprocessing gives 1"):
-        load_model(tmp_path / "bad.m3dnca")
+        two_channel_model(dataclasses.replace(SMALL_GRID, location_prior=None))
+    rewrite(path, {"preprocessing": json.dumps(dataclasses.replace(SMALL_GRID, location_prior=None).to_dict())})
+    with pytest.raises(ModelFileError, match="reads 2 input channels, the preprocessing gives 1"):
+        load_model(path)
 
 
 def test_the_model_reads_the_prior_and_every_engine_agrees():
@@ -106,6 +109,14 @@ def test_the_prostate_preset_trains_with_a_prior_and_the_channels_must_match():
         TrainSettings.for_preset("prostate", model=model)
     with pytest.raises(NCAError, match=r"model.input_channels must be 1 \(the image\)"):
         TrainSettings.for_preset("prostate", location_prior=False, model=dict(model, input_channels=2))
+
+
+def test_a_prior_is_fitted_never_given_and_fine_tuning_keeps_the_channels(tmp_path):
+    with pytest.raises(NCAError, match="preprocessing.location_prior is fitted to the training labels"):
+        TrainSettings.for_preset("prostate", preprocessing=dict(PROSTATE_GRID.to_dict(), location_prior=PRIOR))
+    one_channel = ModelBundle.from_model(every_parameter_matters(preset("prostate")), preprocessing=PROSTATE_GRID)
+    with pytest.raises(NCAError, match="reads 1 input channel.*\"location_prior\": false and model.input_channels 1"):
+        Trainer(tmp_path, tmp_path / "run", TrainSettings.for_preset("prostate"), device="cpu", initial=one_channel)
 
 
 def test_a_prior_on_a_spacing_grid_is_refused_before_training(hippocampus_dir, tmp_path):

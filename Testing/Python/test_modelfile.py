@@ -16,7 +16,7 @@ from nca_core.space.postprocessing import Postprocessing
 from nca_core.space.preprocessing import Preprocessing
 from nca_core.quality.nqm import Calibration
 
-from nca_helpers import REPOSITORY, fast, random_model, run_cli, smooth_volume, write_volume
+from nca_helpers import REPOSITORY, fast, header_and_data, random_model, rewrite, run_cli, smooth_volume, write_volume
 
 
 def bundle(name: str = "hippocampus") -> ModelBundle:
@@ -27,24 +27,6 @@ def bundle(name: str = "hippocampus") -> ModelBundle:
         calibration=Calibration(slope=-2.0, intercept=0.95, cases=12, r_squared=0.5),
         provenance={"data": "unit test", "metrics": {"dice": 0.5}},
     )
-
-
-def header_and_data(path: Path):
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + length]), data[8 + length :]
-
-
-def rewrite(path: Path, metadata_changes: dict, weights=None, rehash: bool = True) -> None:
-    """Re-save a model file with changed metadata (and a matching checksum if ``rehash``)."""
-    original = load_model(path)
-    header, _ = header_and_data(path)
-    metadata = dict(header["__metadata__"], **metadata_changes)
-    weights = weights if weights is not None else original.weights
-    if rehash:
-        metadata.pop("sha256")
-        metadata["sha256"] = digest(metadata, weights)
-    path.write_bytes(save_tensors(weights, metadata=metadata))
 
 
 def test_round_trip_keeps_everything(tmp_path):

@@ -141,11 +141,13 @@ def test_a_scanner_size_scan_is_segmented_whole_onto_its_own_voxels(scanner_case
 
 
 def test_the_site_splits_hold_each_hospital_out_once_and_the_settings_are_the_presets(tmp_path):
+    import os
     import subprocess
     import sys
 
     script = REPOSITORY / "scripts" / "prostate_site_splits.py"
-    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+    environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))  # nca_core from this checkout
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True, env=environment)
     held_out = []
     for site in ("BIDMC", "UCL", "RUNMC"):
         split = json.loads((tmp_path / f"split_{site}.json").read_text())

@@ -29,7 +29,7 @@ import nca_core.cli.outputs
 from nca_core.cli.main import main
 from nca_core.network.config import MAX_STEPS
 
-from nca_helpers import fast, hashes, model_file, run_cli, smooth_volume, write_volume
+from nca_helpers import fast, hashes, model_file, rewrite, run_cli, smooth_volume, write_volume
 
 
 @pytest.fixture(scope="module")
@@ -176,17 +176,18 @@ def test_bad_model_file_gives_one_line_and_no_outputs(tmp_path, capsys, model, i
     assert not (tmp_path / "out").exists()
 
 
-def test_model_whose_channels_do_not_fit_the_input(tmp_path, capsys, inputs):
-    from nca_core.network.config import NCAConfig
+def test_model_whose_channels_do_not_fit_its_preprocessing(tmp_path, capsys, inputs):
+    from nca_core.network.config import preset
     from nca_core.network.model import M3DNCA
     from nca_core.modelfile.bundle import ModelBundle, save_model
 
     path = tmp_path / "two_inputs.m3dnca"
-    config = NCAConfig(input_channels=2, kernel_sizes=[7, 3], steps=[1, 1], downscale=2)
-    save_model(ModelBundle.from_model(M3DNCA(config)), path)
+    save_model(ModelBundle.from_model(M3DNCA(preset("hippocampus"))), path)
+    # two input channels shape no weight: only the config says so, and the preprocessing gives one
+    rewrite(path, {"config": json.dumps(dict(preset("hippocampus").to_dict(), input_channels=2))})
     code, out, err = run_cli(capsys, "segment", inputs / "good.nii.gz", "-o", tmp_path / "out", "--model", path)
     assert code == 1 and len(err) == 1
-    assert "good.nii.gz: the model expects 2 input channels (images), the input has 1" in err[0]
+    assert "the config reads 2 input channels, the preprocessing gives 1 (the image)" in err[0]
     assert case_files(tmp_path / "out", "good") == []
 
 

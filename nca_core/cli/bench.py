@@ -55,7 +55,7 @@ QUICK_SHAPES = {"prostate-320x320x24": (64, 64, 16), "hippocampus-batch": (20, 2
 # ---- the measurement, in a worker process ---------------------------------------------
 def _model(preset_name: str):
     """The shipped model of that name if installed, else the preset with seeded random
-    (non-zero) fc1 weights so that the state evolves."""
+    (non-zero) fc1 weights so that the state evolves; with its location prior (or None)."""
     import torch
 
     from ..network.config import preset
@@ -64,13 +64,23 @@ def _model(preset_name: str):
     from ..modelfile.registry import shipped_models
 
     if preset_name in shipped_models():
-        return load_model(shipped_models()[preset_name]).build(), f"shipped model '{preset_name}'"
+        bundle = load_model(shipped_models()[preset_name])
+        return bundle.build(), f"shipped model '{preset_name}'", bundle.preprocessing.location_prior
     torch.manual_seed(0)
     model = M3DNCA(preset(preset_name))
     with torch.no_grad():
         for rule in model.levels:
             rule.fc1.weight.normal_(0, 0.02)
-    return model, f"untrained '{preset_name}' preset, random fc1"
+    return model, f"untrained '{preset_name}' preset, random fc1", None
+
+
+def _preprocessing(shape: Tuple[int, ...], location_prior: Optional[Dict]):
+    """What the bench's volumes are taken as: the model's grid itself, with its prior if it has one."""
+    from ..space.preprocessing import Preprocessing
+
+    if location_prior is None:
+        return Preprocessing()
+    return Preprocessing(grid_shape=list(shape), orientation="LPS", location_prior=location_prior)
 
 
 def _volumes(workload: Workload):
@@ -107,12 +117,11 @@ def _measure(spec: Dict) -> Dict:
 
     from ..inference.ensemble import run_ensemble
     from ..inference.fastpath import FastOptions
-    from ..space.preprocessing import Preprocessing
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     workload = Workload(**{**spec["workload"], "shape": tuple(spec["workload"]["shape"])})
-    model, model_note = _model(workload.preset)
+    model, model_note, location_prior = _model(workload.preset)
     arrays, data_note = _volumes(workload)
     options = FastOptions(bf16=spec["bf16"])
     if spec["chunk_voxels"]:
@@ -132,7 +141,7 @@ def _measure(spec: Dict) -> Dict:
     def timed(array, steps=None) -> Tuple[float, float, float]:
         """Wall seconds, CPU seconds and NQM of one ensemble."""
         cpu, started = _cpu_seconds(), time.perf_counter()
-        nqm = run_ensemble(model, array, Preprocessing(), runs=runs, steps=steps, options=options,
+        nqm = run_ensemble(model, array, _preprocessing(array.shape, location_prior), runs=runs, steps=steps, options=options,
                            reference=reference, engine=engine).nqm
         return time.perf_counter() - started, _cpu_seconds() - cpu, nqm
 

@@ -106,7 +106,10 @@ def run_ensemble(
     started = time.perf_counter()
     config = model.config
     prepared = prepare(array, preprocessing, model.multiple)
-    image = torch.from_numpy(model_input(prepared, preprocessing))[None].to(device)
+    inputs = model_input(prepared, preprocessing)
+    if len(inputs) != config.input_channels:
+        raise ValueError(f"the model reads {config.input_channels} input channels, the preprocessing gives {len(inputs)}")
+    image = torch.from_numpy(inputs)[None].to(device)
     plan = LevelPlan(
         steps=list(steps or config.steps),
         fire_rate=config.fire_rate if fire_rate is None else fire_rate,

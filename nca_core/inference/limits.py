@@ -115,12 +115,8 @@ def minimum_size(config: NCAConfig, preprocessing: Preprocessing) -> int:
 
 
 def check_fits(shape: Sequence[int], config: NCAConfig, preprocessing: Preprocessing) -> None:
-    """Refuse inputs the model cannot take: wrong channel count, too small a volume."""
-    if config.input_channels != preprocessing.input_channels:
-        raise InputImageError(
-            f"the model expects {config.input_channels} input channels (images), the input has 1; "
-            "use a model trained on single-channel images"
-        )
+    """Refuse inputs the model cannot take: not 3D, too small a volume. (A model's input channels
+    are checked against its preprocessing when the model is loaded: ``ModelBundle``.)"""
     if len(shape) != 3:
         raise InputImageError(f"volume has shape {shape_text(shape)}; a 3D volume (X, Y, Z) is needed")
     smallest = minimum_size(config, preprocessing)

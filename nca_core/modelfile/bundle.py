@@ -43,6 +43,13 @@ class ModelBundle:
     calibration: Optional[Calibration] = None
     provenance: Dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Refuse a config that reads another number of channels than the preprocessing gives."""
+        given = self.preprocessing.input_channels
+        if self.config.input_channels != given:
+            raise ModelFileError(f"the config reads {self.config.input_channels} input channels, the preprocessing "
+                                 f"gives {given} (the image{' and the location prior' if given == 2 else ''})")
+
     @classmethod
     def from_model(cls, model: M3DNCA, **kwargs) -> "ModelBundle":
         weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -139,16 +146,10 @@ def load_model(path: Path) -> ModelBundle:
 def _bundle(metadata: Dict[str, str], weights: Dict[str, torch.Tensor]) -> ModelBundle:
     """The bundle described by verified metadata; ModelFileError names the bad section or field."""
     calibration = _section(metadata, "calibration")
-    config = NCAConfig.from_dict(_section(metadata, "config"))
-    preprocessing = Preprocessing.from_dict(_section(metadata, "preprocessing"))
-    if config.input_channels != preprocessing.input_channels:
-        raise ModelFileError(f"the config reads {config.input_channels} input channels, the preprocessing "
-                             f"gives {preprocessing.input_channels} (the image"
-                             f"{' and the location prior' if preprocessing.location_prior else ''})")
     return ModelBundle(
-        config=config,
+        config=NCAConfig.from_dict(_section(metadata, "config")),
         weights=weights,
-        preprocessing=preprocessing,
+        preprocessing=Preprocessing.from_dict(_section(metadata, "preprocessing")),
         postprocessing=Postprocessing.from_dict(_section(metadata, "postprocessing", default="{}")),
         calibration=None if calibration is None else Calibration.from_dict(calibration),
         provenance=json_object(_section(metadata, "provenance"), "provenance"),

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputImageError, ModelFileError
 from ..fields import checked_fields
-from .prior import location_prior_map, location_prior_problem
+from .prior import input_channels, location_prior_map, location_prior_problem
 
 
 FIELD_OF_VIEW_KEYS = ("grid_shape", "fov_fraction", "location_prior")
@@ -60,7 +60,7 @@ class Preprocessing:
     @property
     def input_channels(self) -> int:
         """How many channels the model reads: the image, and the location prior when there is one."""
-        return 1 if self.location_prior is None else 2
+        return input_channels(self.location_prior is not None)
 
     def to_dict(self) -> Dict[str, Any]:
         """The fields as JSON data; the field-of-view ones only when set (files without them

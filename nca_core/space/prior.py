@@ -20,6 +20,11 @@ from ..errors import NCAError
 KEYS = ("centre", "spread")
 
 
+def input_channels(with_prior: bool) -> int:
+    """How many channels a model reads: the image, and the location prior when it has one."""
+    return 2 if with_prior else 1
+
+
 def location_prior_problem(prior: Any) -> str:
     """What keeps ``prior`` from being a location prior, or '' when it is one: a JSON object
     with ``centre`` (3 numbers in [0, 1]) and ``spread`` (3 numbers in (0, 1]), fractions of the

@@ -67,6 +67,12 @@ class Trainer:
         self.initialised_from = None
         self.initial_preprocessing = None if initial is None else initial.preprocessing
         if initial is not None:
+            if initial.config.input_channels != self.config.input_channels:
+                wanted = initial.config.input_channels
+                raise NCAError(f"--init: the model reads {wanted} input channel(s), the training settings' model "
+                               f"{self.config.input_channels}; train it with \"location_prior\": "
+                               f"{'true' if wanted == 2 else 'false'} and model.input_channels {wanted} "
+                               "(a --config file)")
             if replace(initial.config, steps=self.config.steps) != self.config:
                 raise NCAError("--init: the model's config differs from the training settings' model "
                                "(only the steps may differ)")
