@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -139,12 +142,7 @@ def test_a_scanner_size_scan_is_segmented_whole_onto_its_own_voxels(scanner_case
     assert "128x128x32 voxels over the central 0.8x0.8x1 of the field of view" in out
 
 
-
 def test_the_site_splits_hold_each_hospital_out_once_and_the_settings_are_the_presets(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     script = REPOSITORY / "scripts" / "prostate_site_splits.py"
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))  # nca_core from this checkout
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True, env=environment)

@@ -141,8 +141,8 @@ def _measure(spec: Dict) -> Dict:
     def timed(array, steps=None) -> Tuple[float, float, float]:
         """Wall seconds, CPU seconds and NQM of one ensemble."""
         cpu, started = _cpu_seconds(), time.perf_counter()
-        nqm = run_ensemble(model, array, _preprocessing(array.shape, location_prior), runs=runs, steps=steps, options=options,
-                           reference=reference, engine=engine).nqm
+        nqm = run_ensemble(model, array, _preprocessing(array.shape, location_prior), runs=runs, steps=steps,
+                           options=options, reference=reference, engine=engine).nqm
         return time.perf_counter() - started, _cpu_seconds() - cpu, nqm
 
     seconds = cpu_seconds = measured = 0.0

@@ -85,8 +85,7 @@ class TrainSettings:
         levels = self.config.levels
         if len(self.patch_sizes) != levels:
             raise NCAError(f"patch_sizes needs one entry per level ({levels})")
-        self.given_preprocessing  # noqa: B018 - raises naming the bad preprocessing field
-        given = self.given_preprocessing
+        given = self.given_preprocessing  # raises naming the bad preprocessing field
         if given is not None and given.location_prior is not None:
             raise NCAError("preprocessing.location_prior is fitted to the training labels; set \"location_prior\": "
                            "true instead of giving one")
