@@ -1,7 +1,8 @@
-"""Leave-one-site-out splits of the shared PROMISE12 prostate cases (its README's sites):
+"""Splits of the shared PROMISE12 prostate cases by hospital (its README's sites):
 ``split_BIDMC.json``, ``split_UCL.json``, ``split_RUNMC.json``, each holding one hospital out
-for validation, for ``m3dnca train --split`` and ``evaluate``/``calibrate --split``; and
-``prostate_settings.json``, the settings of the recorded runs (docs/models/prostate.md) for
+for validation; ``split_shipped.json``, the shipped model's, holding every fourth case of each
+hospital out (3 per hospital); all for ``m3dnca train --split`` and ``evaluate``/``calibrate
+--split``; and ``prostate_settings.json``, the settings of the recorded runs (docs/models/prostate.md) for
 ``m3dnca train --config``.
 
     python scripts/prostate_site_splits.py runs/
@@ -25,11 +26,20 @@ RUN_CHOICES = {
 
 
 def site_split(site: str) -> dict:
-    held_out = set(SITES[site])
+    """Train on the other hospitals, validate on ``site``'s cases."""
+    return _split(SITES[site], f"leave-one-site-out: {site} held out")
+
+
+def shipped_split() -> dict:
+    """Train on three quarters of every hospital, validate on the rest (cases 2, 6, 10 of each)."""
+    held_out = [case for cases in SITES.values() for case in cases[1::4]]
+    return _split(held_out, "every hospital: its 2nd, 6th and 10th case held out")
+
+
+def _split(held_out: list, note: str) -> dict:
     name = "promise12_{:02d}".format
     return {"train": [name(n) for n in range(CASES) if n not in held_out],
-            "validation": [name(n) for n in sorted(held_out)],
-            "note": f"leave-one-site-out: {site} held out"}
+            "validation": [name(n) for n in sorted(held_out)], "note": note}
 
 
 def main() -> None:
@@ -37,9 +47,11 @@ def main() -> None:
     parser.add_argument("folder", type=Path)
     folder = parser.parse_args().folder
     folder.mkdir(parents=True, exist_ok=True)
-    for site in SITES:
-        path = folder / f"split_{site}.json"
-        path.write_text(json.dumps(site_split(site), indent=1) + "\n")
+    splits = {f"split_{site}.json": site_split(site) for site in SITES}
+    splits["split_shipped.json"] = shipped_split()
+    for file_name, split in splits.items():
+        path = folder / file_name
+        path.write_text(json.dumps(split, indent=1) + "\n")
         print(path)
     settings = folder / "prostate_settings.json"
     settings.write_text(json.dumps(TrainSettings.for_preset("prostate", **RUN_CHOICES).to_dict(), indent=1) + "\n")

@@ -142,7 +142,7 @@ def test_a_scanner_size_scan_is_segmented_whole_onto_its_own_voxels(scanner_case
     assert "128x128x32 voxels over the central 0.8x0.8x1 of the field of view" in out
 
 
-def test_the_site_splits_hold_each_hospital_out_once_and_the_settings_are_the_presets(tmp_path):
+def test_the_splits_hold_each_hospital_out_once_the_shipped_three_of_each_and_the_settings_are_the_presets(tmp_path):
     script = REPOSITORY / "scripts" / "prostate_site_splits.py"
     environment = dict(os.environ, PYTHONPATH=str(REPOSITORY))  # nca_core from this checkout
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True, env=environment)
@@ -153,5 +153,11 @@ def test_the_site_splits_hold_each_hospital_out_once_and_the_settings_are_the_pr
         assert len(split["train"]) + len(split["validation"]) == 38
         held_out += split["validation"]
     assert sorted(held_out) == [f"promise12_{n:02d}" for n in range(38)]
+    shipped = json.loads((tmp_path / "split_shipped.json").read_text())
+    assert not set(shipped["train"]) & set(shipped["validation"])
+    assert sorted(shipped["train"] + shipped["validation"]) == sorted(held_out)
+    for site in ("BIDMC", "UCL", "RUNMC"):  # every hospital is trained on and validated on
+        site_cases = set(json.loads((tmp_path / f"split_{site}.json").read_text())["validation"])
+        assert len(site_cases & set(shipped["validation"])) == 3
     settings = TrainSettings.from_file(tmp_path / "prostate_settings.json")
     assert settings.location_prior and settings.preprocessing == PROSTATE_GRID.to_dict() and settings.ema_decay > 0
