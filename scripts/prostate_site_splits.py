@@ -31,7 +31,7 @@ def site_split(site: str) -> dict:
 
 
 def shipped_split() -> dict:
-    """Train on three quarters of every hospital, validate on the rest (cases 2, 6, 10 of each)."""
+    """Train on three quarters of every hospital, validate on the rest (its 2nd, 6th and 10th case)."""
     held_out = [case for cases in SITES.values() for case in cases[1::4]]
     return _split(held_out, "every hospital: its 2nd, 6th and 10th case held out")
 

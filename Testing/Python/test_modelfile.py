@@ -180,7 +180,7 @@ def test_bad_metadata_is_one_error_line_in_every_command(tmp_path, capsys, comma
     assert err == [f"m3dnca: error: {path}: invalid calibration: expected a JSON object, found [1, 2]"]
 
 
-@pytest.mark.parametrize("name", ["hippocampus", "hippocampus-2class"])
+@pytest.mark.parametrize("name", ["hippocampus", "hippocampus-2class", "prostate"])
 def test_shipped_models_pass_verification_unchanged(name):
     """Loading keeps every metadata section as stored (only the checksum is left out)."""
     path = REPOSITORY / "Resources" / "Models" / f"{name}.m3dnca"

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from nca_core.errors import ModelFileError, NCAError
 from nca_core.inference.route import locates_hippocampi
 from nca_core.modelfile.bundle import load_model
+from nca_core.modelfile.registry import shipped_models
 from nca_core.quality.metrics import mean_foreground_dice
 from nca_core.space.grid import ModelGrid
 from nca_core.space.preprocessing import Preprocessing
@@ -159,5 +160,7 @@ def test_the_splits_hold_each_hospital_out_once_the_shipped_three_of_each_and_th
     for site in ("BIDMC", "UCL", "RUNMC"):  # every hospital is trained on and validated on
         site_cases = set(json.loads((tmp_path / f"split_{site}.json").read_text())["validation"])
         assert len(site_cases & set(shipped["validation"])) == 3
+    if "prostate" in shipped_models():  # the shipped model was validated on exactly these cases
+        assert load_model(shipped_models()["prostate"]).provenance["validation_cases"] == shipped["validation"]
     settings = TrainSettings.from_file(tmp_path / "prostate_settings.json")
     assert settings.location_prior and settings.preprocessing == PROSTATE_GRID.to_dict() and settings.ema_decay > 0

@@ -130,7 +130,7 @@ def plot_calibration(rows: Sequence[CaseEvaluation], calibration: Calibration, p
     axis.set_ylabel("Dice")
     axis.set_ylim(0, 1.02)
     axis.legend(fontsize=8, loc="upper right")  # high Dice at high NQM does not occur
-    axis.set_title(f"NQM calibration ({calibration.cases} cases)")
+    axis.set_title(f"NQM calibration ({calibration.cases} images)")
     with atomic_path(Path(path), ".png") as temporary:
         figure.savefig(temporary, dpi=100, bbox_inches="tight")
     plt.close(figure)
