@@ -41,9 +41,9 @@ class M3DNCASegment(ScriptedLoadableModule):
 Segment the hippocampus with an M3D-NCA model (neural cellular automata); the experimental
 "prostate" model segments the prostate gland on an axial T2 (Dice about 0.75: review every
 outline; it always takes the whole scan, never an ROI). Region "auto" finds both hippocampi in a
-whole-head T1 and segments each side; "roi" segments the part of the volume inside a markups ROI; "volume"
-takes the volume as one crop. The model runs several times with random cell
-updates; the mean gives the segmentation, the spread (standard deviation) gives a variance map shown
+whole-head T1 and segments each side; "roi" segments the part of the volume inside a markups ROI;
+"volume" takes the volume as one crop. The model runs several times with random cell updates;
+the mean gives the segmentation, the spread (standard deviation) gives a variance map shown
 as a coloured overlay, and the NCA quality metric (NQM) gives a traffic light per side and overall:
 green = quality likely above the calibrated threshold, yellow = check, red = review carefully,
 grey = no verdict. The light is an estimate, not a guarantee: always review.
