@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from nca_core.inference.ensemble import run_ensemble
 from nca_core.modelfile.bundle import ModelBundle, load_model, save_model
 from nca_core.network.config import preset
 from nca_core.space.preprocessing import Preprocessing, model_input
-from nca_core.space.prior import fit_location_prior, location_prior_map
+from nca_core.space.prior import fit_location_prior, jittered_prior, location_prior_map
 from nca_core.training.settings import PROSTATE_GRID, TrainSettings
 from nca_core.training.trainer import Trainer
 
@@ -152,3 +153,45 @@ def test_a_scanner_size_scan_with_a_prior_model_comes_back_on_its_own_voxels(pro
     assert written.GetSize() == scan.GetSize() and written.GetDirection() == scan.GetDirection()
     code, out, _ = run_cli(capsys, "info", tmp_path / "p.m3dnca")
     assert "location prior: centre (0.50, 0.45, 0.50), spread (0.10, 0.10, 0.20)" in out
+
+
+def test_a_jittered_prior_moves_and_resizes_within_its_strength():
+    assert jittered_prior(PRIOR, 0.0, random.Random(1)) is PRIOR
+    draws = [jittered_prior(PRIOR, 0.5, random.Random(seed)) for seed in range(300)]
+    assert draws[7] == jittered_prior(PRIOR, 0.5, random.Random(7))
+    scales = []
+    for draw in draws:
+        factors = [new / old for new, old in zip(draw["spread"], PRIOR["spread"])]
+        assert max(factors) - min(factors) < 1e-9, factors  # one size change for all axes
+        scales.append(factors[0])
+        for new, old, spread in zip(draw["centre"], PRIOR["centre"], PRIOR["spread"]):
+            assert abs(new - old) <= 0.5 * spread + 1e-12
+    assert 1 / 1.5 - 1e-9 <= min(scales) < 0.75 and 1.35 < max(scales) <= 1.5 + 1e-9
+    shifts = [draw["centre"][2] - PRIOR["centre"][2] for draw in draws]
+    assert min(shifts) < -0.08 and max(shifts) > 0.08  # up to half the z spread (0.1) either way
+
+
+def test_prior_jitter_needs_a_prior_and_a_strength_of_zero_or_more():
+    with pytest.raises(NCAError, match="prior_jitter needs \"location_prior\": true"):
+        TrainSettings.for_preset("prostate", location_prior=False, prior_jitter=0.5)
+    with pytest.raises(NCAError, match="prior_jitter must be a number >= 0"):
+        TrainSettings.for_preset("prostate", prior_jitter=-0.1)
+
+
+def test_training_with_prior_jitter_moves_the_inputs_prior_and_keeps_the_fitted_one(prostate_dir, tmp_path):
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
+    priors = {}
+    for jitter in (0.0, 0.5):
+        settings = TrainSettings.for_preset("prostate", iterations=1, validate_every=1, validation_runs=1,
+                                            patch_sizes=[None, [16, 16, 8]], prior_jitter=jitter)
+        trainer = Trainer(prostate_dir, tmp_path / f"run{jitter}", settings, device="cpu", split_file=split)
+        trainer.load_data()
+        fitted = location_prior_map(PROSTATE_GRID.grid_shape, trainer.preprocessing.location_prior)
+        priors[jitter] = [trainer._batch(random.Random(seed))[0][0, 1].numpy() for seed in (1, 2)]
+        trainer.fit(log=False)
+        assert load_model(tmp_path / f"run{jitter}" / "best.m3dnca").preprocessing == trainer.preprocessing
+    assert all(np.array_equal(prior, fitted) for prior in priors[0.0])
+    moved = priors[0.5]
+    assert not np.allclose(moved[0], fitted) and not np.allclose(moved[1], fitted)
+    assert not np.allclose(moved[0], moved[1])

@@ -10,6 +10,8 @@ axis, as fractions of the grid) and stored in the model file as six numbers.
 """
 from __future__ import annotations
 
+import math
+import random
 import reprlib
 from typing import Any, Dict, List, Sequence
 
@@ -71,3 +73,16 @@ def location_prior_map(shape: Sequence[int], prior: Dict[str, List[float]]) -> n
         distance = (((np.arange(size, dtype=np.float32) + 0.5) / size - centre) / spread) ** 2
         squared += distance.reshape([-1 if a == axis else 1 for a in range(3)])
     return np.exp(-0.5 * squared).astype(np.float32)
+
+
+def jittered_prior(prior: Dict[str, List[float]], strength: float, rng: random.Random) -> Dict[str, List[float]]:
+    """``prior`` moved and resized at random, for one training step: every spread scaled by one
+    factor in [1 / (1 + strength), 1 + strength] and each centre shifted by up to ``strength``
+    times its axis's spread (kept on the grid). A model trained so cannot read a gland's size
+    off the prior and leans on the image for it; ``strength`` 0 returns ``prior`` unchanged."""
+    if strength == 0:
+        return prior
+    scale = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(strength))
+    centre = [min(1.0, max(0.0, c + rng.uniform(-strength, strength) * s))
+              for c, s in zip(prior["centre"], prior["spread"])]
+    return {"centre": centre, "spread": [min(1.0, s * scale) for s in prior["spread"]]}

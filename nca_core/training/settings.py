@@ -30,7 +30,9 @@ class TrainSettings:
     foreground voxel (nnU-Net's oversampling); the others lie anywhere. ``augmentation``
     sets the strengths of ``augment``'s changes (``Augmentation``'s fields; missing: defaults).
     ``location_prior`` fits where the labels lie on a field-of-view grid and gives it to the model
-    as a second input channel (``space.prior``; the model's ``input_channels`` must then be 2)."""
+    as a second input channel (``space.prior``; the model's ``input_channels`` must then be 2);
+    ``prior_jitter`` > 0 moves and resizes it at random in every training step
+    (``space.prior.jittered_prior``), the model file keeping the fitted one."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -53,6 +55,7 @@ class TrainSettings:
     foreground_patches: float = 0.0
     augmentation: Dict[str, float] = field(default_factory=dict)
     location_prior: bool = False
+    prior_jitter: float = 0.0
 
     @property
     def config(self) -> NCAConfig:
@@ -89,6 +92,8 @@ class TrainSettings:
         if given is not None and given.location_prior is not None:
             raise NCAError("preprocessing.location_prior is fitted to the training labels; set \"location_prior\": "
                            "true instead of giving one")
+        if self.prior_jitter and not self.location_prior:
+            raise NCAError("prior_jitter needs \"location_prior\": true (there is no prior to move)")
         inputs = input_channels(self.location_prior)
         if self.config.input_channels != inputs:
             raise NCAError(f"model.input_channels must be {inputs} "
@@ -194,4 +199,5 @@ RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "ema_decay": (_below_one, "a number in [0, 1)"),
     "time_limit_minutes": (_no_limit_or_positive, "null (no limit) or a number > 0"),
     "foreground_patches": (_share, "a number in [0, 1]"),
+    "prior_jitter": (_not_negative, "a number >= 0"),
 }

@@ -27,7 +27,7 @@ from ..quality.metrics import mean_foreground_dice
 from ..network.model import LevelPlan, M3DNCA
 from ..modelfile.bundle import ModelBundle, save_model
 from ..space.preprocessing import Preprocessing, model_input, pad_end, prepare
-from ..space.prior import fit_location_prior
+from ..space.prior import fit_location_prior, jittered_prior
 from .augment import augmenter
 from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
 from .loss import dice_bce_loss
@@ -214,11 +214,19 @@ class Trainer:
             pairs.append((image, target))
         shape = [max(sizes) for sizes in zip(*(image.shape for image, _ in pairs))]
         channels = [self.preprocessing.input_channels]
-        images = torch.stack([torch.from_numpy(pad_end(model_input(image.numpy(), self.preprocessing), channels + shape))
-                              for image, _ in pairs])
+        inputs = [model_input(image.numpy(), self._input_spec(rng)) for image, _ in pairs]
+        images = torch.stack([torch.from_numpy(pad_end(array, channels + shape)) for array in inputs])
         targets = torch.stack([torch.from_numpy(pad_end(target.numpy(), [len(target)] + shape)) for _, target in pairs])
         extents = [list(image.shape) for image, _ in pairs for _ in range(copies)]
         return images.repeat_interleave(copies, 0), targets.repeat_interleave(copies, 0), extents
+
+    def _input_spec(self, rng: random.Random) -> Preprocessing:
+        """The preprocessing that builds one training input: the model's, with its location prior
+        jittered when ``prior_jitter`` asks for it (the rng is untouched otherwise)."""
+        prior, strength = self.preprocessing.location_prior, self.settings.prior_jitter
+        if prior is None or strength == 0:
+            return self.preprocessing
+        return replace(self.preprocessing, location_prior=jittered_prior(prior, strength, rng))
 
     def _focus(self, targets: torch.Tensor, rng: random.Random) -> Optional[List[Optional[List[int]]]]:
         """Per batch element, with probability ``foreground_patches``, a random foreground voxel
