@@ -156,7 +156,13 @@ def test_a_scanner_size_scan_with_a_prior_model_comes_back_on_its_own_voxels(pro
 
 
 def test_a_jittered_prior_moves_and_resizes_within_its_strength():
-    assert jittered_prior(PRIOR, 0.0, random.Random(1)) is PRIOR
+    untouched = random.Random(1)
+    assert jittered_prior(PRIOR, 0.0, untouched) is PRIOR
+    assert untouched.getstate() == random.Random(1).getstate()  # a run without jitter draws as before
+    edge = {"centre": [0.99, 0.01, 0.5], "spread": [0.1, 0.1, 0.9]}
+    for seed in range(50):
+        moved = jittered_prior(edge, 0.5, random.Random(seed))
+        assert all(0 <= c <= 1 for c in moved["centre"]) and all(0 < s <= 1 for s in moved["spread"])
     draws = [jittered_prior(PRIOR, 0.5, random.Random(seed)) for seed in range(300)]
     assert draws[7] == jittered_prior(PRIOR, 0.5, random.Random(7))
     scales = []
@@ -190,7 +196,8 @@ def test_training_with_prior_jitter_moves_the_inputs_prior_and_keeps_the_fitted_
         fitted = location_prior_map(PROSTATE_GRID.grid_shape, trainer.preprocessing.location_prior)
         priors[jitter] = [trainer._batch(random.Random(seed))[0][0, 1].numpy() for seed in (1, 2)]
         trainer.fit(log=False)
-        assert load_model(tmp_path / f"run{jitter}" / "best.m3dnca").preprocessing == trainer.preprocessing
+        saved = load_model(tmp_path / f"run{jitter}" / "best.m3dnca").preprocessing.location_prior
+        assert np.array_equal(location_prior_map(PROSTATE_GRID.grid_shape, saved), fitted)
     assert all(np.array_equal(prior, fitted) for prior in priors[0.0])
     moved = priors[0.5]
     assert not np.allclose(moved[0], fitted) and not np.allclose(moved[1], fitted)
