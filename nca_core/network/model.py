@@ -33,6 +33,9 @@ class LevelPlan:
     # training only: per batch element, a full-resolution voxel (e.g. of the foreground) that
     # every patch must contain, or None for a patch anywhere
     focus: Optional[Sequence[Optional[Sequence[int]]]] = None
+    # training only: a list that collects every coarser level's final state and origins (in
+    # that level's cells) before upsampling, for a loss on it; None collects nothing
+    coarse_states: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
 
 
 class M3DNCA(nn.Module):
@@ -88,6 +91,8 @@ class M3DNCA(nn.Module):
         origins = torch.zeros((batch, 3), dtype=torch.long)
         for level, rule in enumerate(self.levels):
             if level > 0:
+                if plan.coarse_states is not None:
+                    plan.coarse_states.append((state, origins))
                 state = F.interpolate(state, scale_factor=cfg.downscale, mode="nearest")
                 origins = origins * cfg.downscale
                 state, origins = self._crop_patches(state, origins, level, plan)

@@ -32,7 +32,10 @@ class TrainSettings:
     ``location_prior`` fits where the labels lie on a field-of-view grid and gives it to the model
     as a second input channel (``space.prior``; the model's ``input_channels`` must then be 2);
     ``prior_jitter`` > 0 moves and resizes it at random in every training step
-    (``space.prior.jittered_prior``), the model file keeping the fitted one."""
+    (``space.prior.jittered_prior``), the model file keeping the fitted one.
+    ``coarse_supervision`` > 0 adds, with that weight, the loss of every coarser level's output
+    against the label averaged onto its cells, so the coarse level learns the whole structure
+    rather than only what the finest level's patch holds."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -56,6 +59,7 @@ class TrainSettings:
     augmentation: Dict[str, float] = field(default_factory=dict)
     location_prior: bool = False
     prior_jitter: float = 0.0
+    coarse_supervision: float = 0.0
 
     @property
     def config(self) -> NCAConfig:
@@ -200,4 +204,5 @@ RULES: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "time_limit_minutes": (_no_limit_or_positive, "null (no limit) or a number > 0"),
     "foreground_patches": (_share, "a number in [0, 1]"),
     "prior_jitter": (_not_negative, "a number >= 0"),
+    "coarse_supervision": (_not_negative, "a number >= 0"),
 }

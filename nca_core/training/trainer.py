@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -254,15 +255,15 @@ class Trainer:
             rng=rng,
             extents=extents if padded else None,
             focus=self._focus(targets, rng),
+            coarse_states=[] if self.settings.coarse_supervision else None,
         )
         self.model.train()
+        targets = targets.to(self.device)
         state, origins = self.model(images.to(self.device), plan)
-        logits = state[:, self.model.output_slice()]
-        truth = M3DNCA._gather(targets.to(self.device), origins, logits.shape[2:])
-        valid = None
-        if padded:
-            valid = self.model.valid_mask(extents, origins, logits.shape[2:], self.config.levels - 1).to(logits)
-        loss = dice_bce_loss(logits, truth, valid)
+        loss = self._level_loss(state, origins, targets, extents if padded else None, self.config.levels - 1)
+        for level, (coarse, coarse_origins) in enumerate(plan.coarse_states or []):
+            loss = loss + self.settings.coarse_supervision * self._level_loss(
+                coarse, coarse_origins, targets, extents if padded else None, level)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -271,6 +272,18 @@ class Trainer:
             self.averaged.update_parameters(self.model)
         self.iteration += 1
         return float(loss.detach())
+
+    def _level_loss(self, state: torch.Tensor, origins: torch.Tensor, targets: torch.Tensor,
+                    extents: Optional[List[List[int]]], level: int) -> torch.Tensor:
+        """The loss of one level's output against the targets averaged onto its cells (the
+        finest level: the targets themselves), its region at ``origins``; ``extents`` leave the
+        padding out."""
+        logits = state[:, self.model.output_slice()]
+        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        on_cells = F.avg_pool3d(targets, factor) if factor > 1 else targets
+        truth = M3DNCA._gather(on_cells, origins, logits.shape[2:])
+        valid = None if extents is None else self.model.valid_mask(extents, origins, logits.shape[2:], level).to(logits)
+        return dice_bce_loss(logits, truth, valid)
 
     # ---- validation -------------------------------------------------------------
     @property
