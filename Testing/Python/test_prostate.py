@@ -164,3 +164,4 @@ def test_the_splits_hold_each_hospital_out_once_the_shipped_three_of_each_and_th
         assert load_model(shipped_models()["prostate"]).provenance["validation_cases"] == shipped["validation"]
     settings = TrainSettings.from_file(tmp_path / "prostate_settings.json")
     assert settings.location_prior and settings.preprocessing == PROSTATE_GRID.to_dict() and settings.ema_decay > 0
+    assert settings.coarse_supervision == 1.0

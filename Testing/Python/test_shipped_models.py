@@ -14,7 +14,7 @@ from nca_helpers import run_cli
 
 # name -> the least Dice a held-out case must reach (the models average 0.90 and 0.86)
 MINIMUM_DICE = {"hippocampus": 0.8, "hippocampus-2class": 0.7}
-# the prostate model's held-out cases 02 (BIDMC), 14 (RUNMC), 26 (UCL) measure 0.69, 0.84, 0.86 (10 runs)
+# the prostate model's held-out cases 02 (BIDMC), 14 (RUNMC), 26 (UCL) measure 0.70, 0.87, 0.87 (10 runs)
 PROSTATE_MINIMUM_DICE = 0.6
 
 
