@@ -60,7 +60,7 @@ def test_the_coarse_loss_compares_with_the_label_averaged_onto_the_coarse_cells(
     assert loss_of(-exact) > 1.0
     logits = torch.randn(on_cells.shape)
     assert loss_of(logits) == pytest.approx(float(dice_bce_loss(logits, on_cells)))  # the mean, not the max
-    assert loss_of(logits) != pytest.approx(float(dice_bce_loss(logits, F.max_pool3d(targets, 4))))
+    assert loss_of(logits) != pytest.approx(float(dice_bce_loss(logits, F.max_pool3d(targets, trainer.config.downscale))))
 
 
 def test_the_weight_adds_the_coarse_loss_to_the_step_and_its_gradient_to_the_coarse_level_only(prostate_dir, tmp_path):
@@ -68,7 +68,8 @@ def test_the_weight_adds_the_coarse_loss_to_the_step_and_its_gradient_to_the_coa
     for weight in (0.0, 1.0, 2.5):
         trainer = prostate_trainer(prostate_dir, tmp_path, weight)
         losses[weight] = trainer.train_step()
-        gradients[weight] = [torch.cat([p.grad.flatten() for p in level.parameters() if p.grad is not None]) for level in trainer.model.levels]
+        gradients[weight] = [torch.cat([p.grad.flatten() for p in level.parameters() if p.grad is not None])
+                             for level in trainer.model.levels]
     coarse = losses[1.0] - losses[0.0]
     assert coarse > 0.05  # same weights and batch: the difference is the coarse level's loss
     assert losses[2.5] - losses[0.0] == pytest.approx(2.5 * coarse, rel=1e-4)

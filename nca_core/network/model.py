@@ -61,8 +61,12 @@ class M3DNCA(nn.Module):
         start = self.config.input_channels
         return slice(start, start + self.config.output_channels)
 
+    def level_factor(self, level: int) -> int:
+        """How many full-resolution voxels one cell of ``level`` spans per axis."""
+        return self.config.downscale ** (self.config.levels - 1 - level)
+
     def _image_at(self, image: torch.Tensor, level: int) -> torch.Tensor:
-        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        factor = self.level_factor(level)
         return F.max_pool3d(image, factor) if factor > 1 else image
 
     def _keys(self, plan: LevelPlan, batch: int, level: int, device) -> List[Optional[torch.Tensor]]:
@@ -125,7 +129,7 @@ class M3DNCA(nn.Module):
 
     def _cells(self, extent: Sequence[int], level: int) -> List[int]:
         """Cells of ``level`` that a full-resolution ``extent`` covers, per axis."""
-        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        factor = self.level_factor(level)
         return [-(-int(size) // factor) for size in extent]
 
     def _crop_patches(self, state, origins, level, plan: LevelPlan):
@@ -152,7 +156,7 @@ class M3DNCA(nn.Module):
         anywhere = [(0, r - p) for r, p in zip(room, patch)]
         if plan.focus is None or plan.focus[b] is None:
             return anywhere
-        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        factor = self.level_factor(level)
         cells = [f // factor - o for f, o in zip(plan.focus[b], origin.tolist())]  # in this patch's cells
         return [(min(max(low, c - p + 1), high), max(min(high, c), low))
                 for (low, high), c, p in zip(anywhere, cells, patch)]

@@ -260,10 +260,11 @@ class Trainer:
         self.model.train()
         targets = targets.to(self.device)
         state, origins = self.model(images.to(self.device), plan)
-        loss = self._level_loss(state, origins, targets, extents if padded else None, self.config.levels - 1)
+        unpadded = extents if padded else None
+        loss = self._level_loss(state, origins, targets, unpadded, self.config.levels - 1)
         for level, (coarse, coarse_origins) in enumerate(plan.coarse_states or []):
-            loss = loss + self.settings.coarse_supervision * self._level_loss(
-                coarse, coarse_origins, targets, extents if padded else None, level)
+            coarse_loss = self._level_loss(coarse, coarse_origins, targets, unpadded, level)
+            loss = loss + self.settings.coarse_supervision * coarse_loss
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -279,7 +280,7 @@ class Trainer:
         finest level: the targets themselves), its region at ``origins``; ``extents`` leave the
         padding out."""
         logits = state[:, self.model.output_slice()]
-        factor = self.config.downscale ** (self.config.levels - 1 - level)
+        factor = self.model.level_factor(level)
         on_cells = F.avg_pool3d(targets, factor) if factor > 1 else targets
         truth = M3DNCA._gather(on_cells, origins, logits.shape[2:])
         valid = None if extents is None else self.model.valid_mask(extents, origins, logits.shape[2:], level).to(logits)
