@@ -15,6 +15,7 @@ from ..errors import NCAError, exit_code, user_message
 from ..inference.settings import DEVICE_CHOICES, SegmentSettings
 from ..modelfile.registry import DEFAULT_MODEL
 from ..space.grid import spacing_text
+from ..space.prior import prior_sizes
 from ..inference.threads import use_threads
 
 if TYPE_CHECKING:  # torch loads with it; ``segment`` imports it when it runs
@@ -173,6 +174,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if prior:
         print(f"  location prior: centre {_fractions(prior['centre'])}, spread {_fractions(prior['spread'])} "
               "of the grid (read as a second input channel)")
+        if len(prior_sizes(prior)) > 1:
+            print(f"  prior sizes: spread x {', '.join(f'{f:g}' for f in prior_sizes(prior))}, each tried on every scan "
+                  "(the lowest NQM wins)")
     if preprocessing.side:
         print(f"  side: trained on {preprocessing.side} crops (crops of the other side are mirrored for it)")
     print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")

@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List
 
-from .options import add_engine_option, add_side_option, add_threads_option, open_unit_interval, positive_int, positive_number
+from .options import (add_engine_option, add_side_option, add_threads_option, open_unit_interval, positive_int,
+                      positive_number, prior_sizes_list)
 from ..errors import NCAError
 from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
@@ -19,6 +20,7 @@ from ..quality.nqm import DEFAULT_TARGET_DICE
 from ..training.data import Case, check_cases_found, find_pairs, load_cases, read_split
 
 if TYPE_CHECKING:
+    from ..modelfile.bundle import ModelBundle
     from ..training.evaluate import CaseEvaluation
     from ..training.settings import TrainSettings
     from ..training.trainer import Trainer, TrainingResult
@@ -95,10 +97,9 @@ def _outcome(trainer: Trainer, result: TrainingResult) -> str:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .batch import prepare_output_folder
     from ..inference.devices import pick_device
-    from ..modelfile.registry import load
     from ..training.evaluate import evaluate_cases, summarise, write_evaluation
 
-    bundle = load(args.model)
+    bundle = _model(args)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if args.artifacts:
         _require("torchio")
@@ -117,14 +118,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .batch import prepare_output_folder
     from ..inference.devices import pick_device
     from ..modelfile.bundle import save_model
-    from ..modelfile.registry import load
     from ..training.calibrate import choose_postprocessing, fit_calibration, judge, plot_calibration
     from ..training.evaluate import evaluate_cases, summarise, write_evaluation
 
     _refuse_to_overwrite_the_model(args.model, args.output)
     if args.output.is_dir():
         raise NCAError(f"{args.output}: is a folder; give the calibrated model's file name")
-    bundle = load(args.model)
+    bundle = _model(args)
     cases = _selected_cases(args, merge_labels=bundle.config.output_channels == 1)
     if not args.no_artifacts:
         _require("torchio")
@@ -138,9 +138,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     bundle.postprocessing, choice = choose_postprocessing(rows, args.largest_component)
     if bundle.postprocessing.largest_component:
         rows = [replace(r, dice=r.dice_largest_component) for r in rows]
+    sizes = f", prior sizes {','.join(f'{f:g}' for f in args.prior_sizes)}" if args.prior_sizes else ""
     description = (f"{len(cases)} cases of {Path(args.data).name}"
                    f"{' (' + args.subset + ' split)' if args.split else ''}, artifacts: {', '.join(artifacts)}, "
-                   f"{args.runs} runs")
+                   f"{args.runs} runs{sizes}")
     try:
         calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
     except ValueError as error:
@@ -159,6 +160,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     print(f"calibrated model: {out}; plot: {report_dir / 'dice_vs_nqm.png'}")
     return EXIT_OK
+
+
+def _model(args: argparse.Namespace) -> "ModelBundle":
+    """The model evaluate and calibrate use: ``--model``, probing its prior at ``--prior-sizes`` when given."""
+    from ..inference.priorsize import with_prior_sizes
+    from ..modelfile.registry import load
+
+    bundle = load(args.model)
+    return with_prior_sizes(bundle, args.prior_sizes) if args.prior_sizes else bundle
 
 
 def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
@@ -203,6 +213,9 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     add_side_option(parser)
     add_engine_option(parser)
     add_threads_option(parser)
+    parser.add_argument("--prior-sizes", type=prior_sizes_list, metavar="F,F,...",
+                        help="a model with a location prior: the spread factors to try on each scan (the "
+                             "lowest NQM wins), e.g. 1,1.15,1.3,1.5; calibrate stores them in its model")
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 

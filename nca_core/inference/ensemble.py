@@ -76,6 +76,24 @@ def runs_per_batch(
     return max(1, min(runs, budget // max(1, voxels * per_voxel)))
 
 
+class RunTally:
+    """Progress over several ensembles of one segmentation (probes and the rest) as one count of
+    ``total`` runs: ``next_part()`` is the next ensemble's callback, counting on from the last."""
+
+    def __init__(self, progress: Optional[ProgressCallback], total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+
+    def next_part(self) -> Optional[ProgressCallback]:
+        if self.progress is None:
+            return None
+        start = self.done
+
+        def report(done: int, _count: int) -> None:
+            self.done = start + done
+            self.progress(min(self.done, self.total), self.total)
+        return report
+
+
 def run_ensemble(
     model: M3DNCA,
     array: np.ndarray,

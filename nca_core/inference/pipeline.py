@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..network.config import NCAConfig
 from .devices import pick_device
-from .ensemble import EnsembleResult, ProgressCallback, RunCounter, combine, label_map, run_ensemble
+from .ensemble import EnsembleResult, ProgressCallback, RunCounter, RunTally, combine, label_map, run_ensemble
 from ..errors import InputImageError, NCAError
 from ..space.grid import ModelGrid, spacing_text
 from ..space.imaging import check_not_constant, head_scan, intensity_array
@@ -19,9 +19,11 @@ from ..space.locate import Registration, StepProgress
 from ..modelfile.bundle import ModelBundle
 from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing
+from ..space.prior import prior_sizes
 from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
+from .priorsize import at_prior_size, choose_prior_size
 from .route import locates_hippocampi
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
 from .volumes import VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
@@ -78,28 +80,33 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
 
     classes = len(bundle.config.labels)
 
-    def ensemble_of(volume: np.ndarray, count: int, mirrored: bool, first: int = 0,
+    def ensemble_of(volume: np.ndarray, count: int, mirrored: bool, factor: float, first: int = 0,
                     on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
         counter = run_counter(lambda run: run_labels_on_input(run, grid, bundle.postprocessing, axis, mirrored),
                               classes)
-        return _ensemble(bundle, volume, shape, runs=count, seed=settings.seed, fire_rate=settings.fire_rate,
-                         steps=settings.steps, device=device, progress=on_progress, should_cancel=should_cancel,
-                         first_run=first, count_run=counter, engine=settings.engine)
+        return _ensemble(at_prior_size(bundle, factor), volume, shape, runs=count, seed=settings.seed,
+                         fire_rate=settings.fire_rate, steps=settings.steps, device=device, progress=on_progress,
+                         should_cancel=should_cancel, first_run=first, count_run=counter, engine=settings.engine)
 
-    probes: Dict[bool, EnsembleResult] = {}
+    probes: Dict[Tuple[bool, float], EnsembleResult] = {}
+    tally = RunTally(progress, _total_runs(bundle, settings.side, runs))
 
-    def probe(mirrored: bool) -> float:
-        probes[mirrored] = ensemble_of(mirror(model_array, axis) if mirrored else model_array, PROBE_RUNS, mirrored)
-        return probes[mirrored].nqm
+    def probe(mirrored: bool, factor: float) -> float:
+        if (mirrored, factor) not in probes:
+            probes[mirrored, factor] = ensemble_of(mirror(model_array, axis) if mirrored else model_array,
+                                                   PROBE_RUNS, mirrored, factor, on_progress=tally.next_part())
+        return probes[mirrored, factor].nqm
 
-    choice = choose_side(settings.side, bundle.preprocessing.side, probe)
+    size = choose_prior_size(bundle, lambda factor: probe(False, factor))
+    factor = 1.0 if size is None else size.factor
+    choice = choose_side(settings.side, bundle.preprocessing.side, lambda mirrored: probe(mirrored, factor))
     view = mirror(model_array, axis) if choice.mirrored else model_array
-    if choice.mirrored in probes and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
-        rest = ensemble_of(view, runs - PROBE_RUNS, choice.mirrored, PROBE_RUNS,
-                           (lambda done, total: progress(PROBE_RUNS + done, runs)) if progress else None)
-        ensemble = combine(probes[choice.mirrored], rest, bundle.postprocessing)
+    probed = probes.get((choice.mirrored, factor))
+    if probed is not None and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
+        rest = ensemble_of(view, runs - PROBE_RUNS, choice.mirrored, factor, PROBE_RUNS, tally.next_part())
+        ensemble = combine(probed, rest, bundle.postprocessing)
     else:
-        ensemble = ensemble_of(view, runs, choice.mirrored, 0, progress)
+        ensemble = ensemble_of(view, runs, choice.mirrored, factor, 0, tally.next_part())
     if choice.mirrored:
         ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
                            labels=mirror(ensemble.labels, axis))
@@ -124,6 +131,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
         labels=label_names(bundle.config.labels, choice.side),
         volumes=VolumeSummary((volume,)),
         warns_of_thick_slices=not bundle.preprocessing.relative_to_field_of_view,
+        prior_size=size,
     )
 
 
@@ -184,6 +192,16 @@ def segment_image(
         input_spacing=tuple(image.GetSpacing()),
         volumes=VolumeSummary(tuple(side.volume for side in head.sides), etiv),
     )
+
+
+def _total_runs(bundle: ModelBundle, side: str, runs: int) -> int:
+    """How many runs a crop takes, its probes' included: ``PROBE_RUNS`` for each prior size when
+    the model has sizes to probe, else for both orientations when its side is to be found; the
+    chosen probe's runs are the ensemble's first ones."""
+    prior = bundle.preprocessing.location_prior
+    sizes = 1 if prior is None else len(prior_sizes(prior))
+    probes = sizes if sizes > 1 else 2 if side == "auto" and bundle.preprocessing.side is not None else 0
+    return runs + PROBE_RUNS * probes - (PROBE_RUNS if probes and runs > PROBE_RUNS else 0)
 
 
 def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:

@@ -3,12 +3,13 @@ and one entry per side, with the report written beside the outputs."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .ensemble import EnsembleResult
 from ..space.grid import GridChange
 from ..quality.nqm import Quality
+from .priorsize import PriorSize
 from .volumes import SideVolume, VolumeSummary
 
 
@@ -61,6 +62,7 @@ class SegmentationResult:
     input_spacing: Optional[Tuple[float, ...]] = None  # the input's voxel spacing in mm (None: unknown)
     volumes: Optional[VolumeSummary] = None  # per side in ``sides``; eTIV and asymmetry for whole heads
     warns_of_thick_slices: bool = True  # False for models trained on thick slices (prostate T2)
+    prior_size: Optional[PriorSize] = None  # the location prior's size used (None: the model has no prior)
 
     @property
     def nqm(self) -> float:
@@ -94,5 +96,6 @@ class SegmentationResult:
             "largest_spacing_mm": None if not self.input_spacing else round(max(self.input_spacing), 4),
             "thick_slices": self.thick_slices,
             "volumes": None if self.volumes is None else self.volumes.report(),
+            "prior_size": None if self.prior_size is None else asdict(self.prior_size),
             "sides": [side.report() for side in self.sides],
         }

@@ -6,7 +6,9 @@ and a prostate scan is prescribed around the gland: on PROMISE12's three hospita
 centre lies within a few per cent of the middle of the field of view. An NCA's rule is the same
 at every voxel, so it cannot know where in the field of view a cell is; the prior tells it.
 The prior is fitted to the training labels (the foreground voxels' mean and deviation per
-axis, as fractions of the grid) and stored in the model file as six numbers.
+axis, as fractions of the grid) and stored in the model file as six numbers. Optional ``sizes``
+(spread factors, set by ``m3dnca calibrate --prior-sizes``) are the prior's sizes that inference
+probes for each scan (``inference.priorsize``).
 """
 from __future__ import annotations
 
@@ -20,6 +22,9 @@ import numpy as np
 from ..errors import NCAError
 
 KEYS = ("centre", "spread")
+SIZES = "sizes"
+MAX_SIZES = 8
+MAX_SIZE_FACTOR = 4.0
 
 
 def input_channels(with_prior: bool) -> int:
@@ -30,20 +35,34 @@ def input_channels(with_prior: bool) -> int:
 def location_prior_problem(prior: Any) -> str:
     """What keeps ``prior`` from being a location prior, or '' when it is one: a JSON object
     with ``centre`` (3 numbers in [0, 1]) and ``spread`` (3 numbers in (0, 1]), fractions of the
-    grid's axes."""
-    if not isinstance(prior, dict) or sorted(prior) != sorted(KEYS):
-        return f"must be {{\"centre\": [x, y, z], \"spread\": [x, y, z]}}, found {reprlib.repr(prior)}"
+    grid's axes, and optionally ``sizes`` (``sizes_problem``)."""
+    if not isinstance(prior, dict) or not set(KEYS) <= set(prior) <= set(KEYS + (SIZES,)):
+        return (f"must be {{\"centre\": [x, y, z], \"spread\": [x, y, z]}} (and optionally \"sizes\"), "
+                f"found {reprlib.repr(prior)}")
     centre, spread = prior["centre"], prior["spread"]
     if not _three_numbers(centre) or not all(0 <= c <= 1 for c in centre):
         return f"centre must be 3 fractions of the grid in [0, 1], found {reprlib.repr(centre)}"
     if not _three_numbers(spread) or not all(0 < s <= 1 for s in spread):
         return f"spread must be 3 fractions of the grid in (0, 1], found {reprlib.repr(spread)}"
+    return sizes_problem(prior[SIZES]) if SIZES in prior else ""
+
+
+def sizes_problem(sizes: Any) -> str:
+    """What keeps ``sizes`` from being the spread factors to probe, or '' when they are:
+    1 to ``MAX_SIZES`` different numbers in (0, ``MAX_SIZE_FACTOR``]."""
+    if (not isinstance(sizes, list) or not 1 <= len(sizes) <= MAX_SIZES
+            or not all(_is_number(s) and 0 < s <= MAX_SIZE_FACTOR for s in sizes) or len(set(sizes)) != len(sizes)):
+        return (f"sizes must be 1 to {MAX_SIZES} different spread factors in (0, {MAX_SIZE_FACTOR:g}], "
+                f"found {reprlib.repr(sizes)}")
     return ""
 
 
 def _three_numbers(values: Any) -> bool:
-    return (isinstance(values, list) and len(values) == 3
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values))
+    return isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fit_location_prior(labels: Sequence[np.ndarray]) -> Dict[str, List[float]]:
@@ -86,3 +105,27 @@ def jittered_prior(prior: Dict[str, List[float]], strength: float, rng: random.R
     centre = [min(1.0, max(0.0, c + rng.uniform(-strength, strength) * s))
               for c, s in zip(prior["centre"], prior["spread"])]
     return {"centre": centre, "spread": [min(1.0, s * scale) for s in prior["spread"]]}
+
+
+def prior_sizes(prior: Dict[str, Any]) -> List[float]:
+    """The spread factors inference probes: the prior's ``sizes``, else its own size only."""
+    return [float(size) for size in prior.get(SIZES, [1.0])]
+
+
+def sized_prior(prior: Dict[str, Any], factor: float) -> Dict[str, List[float]]:
+    """``prior`` with every spread times ``factor`` (at most a whole axis) and no ``sizes``."""
+    return {"centre": list(prior["centre"]), "spread": [min(1.0, s * factor) for s in prior["spread"]]}
+
+
+def with_sizes(prior: Dict[str, Any], sizes: Sequence[float]) -> Dict[str, Any]:
+    """``prior`` that inference probes at ``sizes`` (checked; one size 1.0 drops them).
+
+    Raises:
+        NCAError: when ``sizes`` are not spread factors (``sizes_problem``).
+    """
+    sizes = [float(size) for size in sizes]
+    problem = sizes_problem(sizes)
+    if problem:
+        raise NCAError(problem)
+    plain = sized_prior(prior, 1.0)
+    return plain if sizes == [1.0] else dict(plain, sizes=sizes)
