@@ -14,7 +14,8 @@ from nca_helpers import run_cli
 
 # name -> the least Dice a held-out case must reach (the models average 0.90 and 0.86)
 MINIMUM_DICE = {"hippocampus": 0.8, "hippocampus-2class": 0.7}
-# the prostate model's held-out cases 02 (BIDMC), 14 (RUNMC), 26 (UCL) measure 0.70, 0.87, 0.87 (10 runs)
+# the prostate model's held-out cases 02 (BIDMC), 14 (RUNMC), 26 (UCL) measure 0.65, 0.87, 0.85 (10 runs, its
+# prior's sizes probed)
 PROSTATE_MINIMUM_DICE = 0.6
 
 
@@ -77,6 +78,7 @@ def test_shipped_prostate_model_segments_a_held_out_case_of_each_hospital(prosta
         truth = read_volume(prostate_dir / "labelsTr" / f"{case}.nii.gz").array
         dice = mean_foreground_dice(labels, truth, 1)
         assert report["runs"] == 10 and report["labels"] == {"1": "prostate"}
+        assert report["prior_size"]["factor"] in bundle.preprocessing.location_prior["sizes"]
         assert dice >= PROSTATE_MINIMUM_DICE, (case, dice)
         if dice < bundle.calibration.target_dice:
             assert report["quality"] != "green", (case, dice, report["nqm"])
