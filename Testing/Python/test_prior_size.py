@@ -4,6 +4,8 @@ cannot work."""
 from __future__ import annotations
 
 
+import dataclasses
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -23,10 +25,14 @@ from prostate_helpers import case_paths, xyz
 from test_location_prior import PRIOR, SMALL_GRID, two_channel_model
 
 
-@pytest.mark.parametrize("sizes", [[], [0], [1.0, 1.0], [5], "1", [True, 1.2], [[1.0]], list(range(1, 10))])
+@pytest.mark.parametrize("sizes", [[], [0], [1.0, 1.0], [5], "1", [True, 1.2], [[1.0]],
+                                   [1 + i / 10 for i in range(9)]])
 def test_sizes_that_cannot_be_probed_are_refused(sizes):
     with pytest.raises(ModelFileError, match="sizes must be 1 to 8 different spread factors"):
         Preprocessing.from_dict(dict(SMALL_GRID.to_dict(), location_prior=dict(PRIOR, sizes=sizes)))
+
+
+def test_a_prior_with_an_unknown_key_is_refused():
     with pytest.raises(ModelFileError, match="optionally \"sizes\""):
         Preprocessing.from_dict(dict(SMALL_GRID.to_dict(), location_prior=dict(PRIOR, size=[1.0])))
 
@@ -55,6 +61,23 @@ def test_sizes_need_a_prior_and_a_model_without_a_side(tmp_path, capsys):
     fields = dict(SMALL_GRID.to_dict(), side="left", location_prior=dict(PRIOR, sizes=[1.0, 1.2]))
     with pytest.raises(ModelFileError, match="a model with a side cannot have them"):
         Preprocessing.from_dict(fields)
+    with pytest.raises(NCAError, match="needs a model without a side"):
+        with_prior_sizes(two_channel_model(dataclasses.replace(SMALL_GRID, side="left")), [1.0, 1.2])
+
+
+@pytest.mark.parametrize("runs", [1, 2, 3])
+def test_progress_counts_every_run_and_two_runs_are_the_chosen_probe(runs):
+    """With 3 sizes: 2 probe runs each; the chosen probe's runs are the ensemble's first (with 2
+    runs, the whole ensemble), so the total is runs + 4 (runs + 6 for a single run)."""
+    bundle = with_prior_sizes(two_channel_model(), [1.0, 1.3, 1.6])
+    image = np.random.default_rng(3).random((32, 32, 16)).astype(np.float32)
+    reported = []
+    result = segment_array(image, bundle, SegmentSettings(runs=runs),
+                           progress=lambda done, total: reported.append((done, total)))
+    total = runs + 2 * PROBE_RUNS + (PROBE_RUNS if runs < PROBE_RUNS else 0)
+    assert reported[-1] == (total, total) and all(t == total for _, t in reported)
+    alone = segment_array(image, at_prior_size(bundle, result.prior_size.factor), SegmentSettings(runs=runs))
+    np.testing.assert_allclose(result.ensemble.probability, alone.ensemble.probability, atol=1e-6)
 
 
 def test_the_lowest_nqm_wins_the_first_on_a_tie_and_one_size_is_not_probed():
@@ -97,12 +120,12 @@ def test_a_large_gland_is_segmented_at_the_size_whose_runs_agree_most(prostate_d
     assert result.prior_size.factor == sizes[int(np.argmin(probe_nqms))]
     assert result.report()["prior_size"]["factor"] == result.prior_size.factor
     alone = segment_array(array, at_prior_size(bundle, result.prior_size.factor), settings, **geometry)
-    assert alone.prior_size.reason.startswith("the model's prior (no sizes")
+    assert alone.prior_size.reason.startswith("the model's prior, its spread x 1 (one size")
     assert np.array_equal(result.ensemble.labels, alone.ensemble.labels) and result.ensemble.runs == runs
     np.testing.assert_allclose(result.nqm, alone.nqm, rtol=1e-6)
     total = runs + PROBE_RUNS * (len(sizes) - 1)
     assert reported[-1] == (total, total) and [d for d, _ in reported] == sorted(d for d, _ in reported)
-    own = segment_array(array, shipped, settings, **geometry).ensemble.labels
+    own = segment_array(array, at_prior_size(shipped, 1.0), settings, **geometry).ensemble.labels
     wide = segment_array(array, at_prior_size(shipped, 1.5), settings, **geometry).ensemble.labels
     assert np.count_nonzero(wide) > 1.1 * np.count_nonzero(own)
     if result.prior_size.factor > 1:  # this gland is larger than the prior's: a wider prior outlines more of it

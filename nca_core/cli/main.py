@@ -174,7 +174,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if prior:
         print(f"  location prior: centre {_fractions(prior['centre'])}, spread {_fractions(prior['spread'])} "
               "of the grid (read as a second input channel)")
-        if len(prior_sizes(prior)) > 1:
+        if "sizes" in prior:
             print(f"  prior sizes: spread x {', '.join(f'{f:g}' for f in prior_sizes(prior))}, each tried on every scan "
                   "(the lowest NQM wins)")
     if preprocessing.side:

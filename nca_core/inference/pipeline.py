@@ -102,7 +102,9 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
     choice = choose_side(settings.side, bundle.preprocessing.side, lambda mirrored: probe(mirrored, factor))
     view = mirror(model_array, axis) if choice.mirrored else model_array
     probed = probes.get((choice.mirrored, factor))
-    if probed is not None and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
+    if probed is not None and runs == PROBE_RUNS:
+        ensemble = probed
+    elif probed is not None and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
         rest = ensemble_of(view, runs - PROBE_RUNS, choice.mirrored, factor, PROBE_RUNS, tally.next_part())
         ensemble = combine(probed, rest, bundle.postprocessing)
     else:
@@ -201,7 +203,7 @@ def _total_runs(bundle: ModelBundle, side: str, runs: int) -> int:
     prior = bundle.preprocessing.location_prior
     sizes = 1 if prior is None else len(prior_sizes(prior))
     probes = sizes if sizes > 1 else 2 if side == "auto" and bundle.preprocessing.side is not None else 0
-    return runs + PROBE_RUNS * probes - (PROBE_RUNS if probes and runs > PROBE_RUNS else 0)
+    return runs + PROBE_RUNS * probes - (PROBE_RUNS if probes and runs >= PROBE_RUNS else 0)
 
 
 def _ensemble(bundle: ModelBundle, array: np.ndarray, shape: Sequence[int], **options: Any) -> EnsembleResult:

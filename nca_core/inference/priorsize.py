@@ -35,7 +35,7 @@ def choose_prior_size(bundle: ModelBundle, probe: Callable[[float], float]) -> O
         return None
     sizes = prior_sizes(prior)
     if len(sizes) == 1:
-        return PriorSize(sizes[0], "the model's prior (no sizes to probe)")
+        return PriorSize(sizes[0], f"the model's prior, its spread x {sizes[0]:g} (one size: nothing to probe)")
     nqms = [probe(factor) for factor in sizes]
     best = min(range(len(sizes)), key=nqms.__getitem__)
     tried = ", ".join(f"{factor:g}: {nqm:.3f}" for factor, nqm in zip(sizes, nqms))
@@ -55,9 +55,11 @@ def with_prior_sizes(bundle: ModelBundle, sizes: Sequence[float]) -> ModelBundle
     """``bundle`` that probes its prior at ``sizes`` (spread factors; ``[1]``: no probing).
 
     Raises:
-        NCAError: the model has no location prior, or ``sizes`` are not spread factors.
+        NCAError: the model has no location prior or has a side, or ``sizes`` are not spread factors.
     """
     prior = bundle.preprocessing.location_prior
     if prior is None:
         raise NCAError("--prior-sizes needs a model with a location prior (a field-of-view model such as prostate)")
+    if bundle.preprocessing.side is not None:
+        raise NCAError("--prior-sizes needs a model without a side (the sizes are probed on the scan as stored)")
     return replace(bundle, preprocessing=replace(bundle.preprocessing, location_prior=with_sizes(prior, sizes)))

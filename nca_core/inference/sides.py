@@ -15,8 +15,9 @@ import numpy as np
 
 from ..space.regions import other_side
 
-# Runs per orientation in the auto probe: on the 36 validation crops and their mirror images,
-# 2 runs chose the right side every time (NQM about 0.03 against 0.1 mirrored).
+# Runs per probe: per orientation in the side probe (on the 36 validation crops and their mirror
+# images, 2 runs chose the right side every time: NQM about 0.03 against 0.1 mirrored), and per
+# size in the prior-size probe (``priorsize``).
 PROBE_RUNS = 2
 
 
