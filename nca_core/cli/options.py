@@ -7,7 +7,6 @@ from typing import Callable, List, TypeVar
 
 from ..errors import NCAError
 from ..inference.settings import ENGINE_CHOICES, LOCATE_CHOICES, SIDE_CHOICES, parse_steps
-from ..space.prior import sizes_problem
 
 
 T = TypeVar("T")
@@ -50,15 +49,12 @@ def steps_list(text: str) -> List[int]:
 
 
 def prior_sizes_list(text: str) -> List[float]:
-    """``--prior-sizes``: spread factors separated by commas (``prior.sizes_problem``)."""
+    """``--prior-sizes``: numbers separated by commas (checked as spread factors where they are
+    stored, ``priorsize.with_prior_sizes``)."""
     try:
-        sizes = [float(part) for part in text.replace(",", " ").split()]
+        return [float(part) for part in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError("sizes are numbers separated by commas, e.g. 1,1.15,1.3,1.5") from None
-    problem = sizes_problem(sizes)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return sizes
 
 
 def add_side_option(parser: argparse.ArgumentParser) -> None:

@@ -168,7 +168,7 @@ def _model(args: argparse.Namespace) -> "ModelBundle":
     from ..modelfile.registry import load
 
     bundle = load(args.model)
-    return with_prior_sizes(bundle, args.prior_sizes) if args.prior_sizes else bundle
+    return bundle if args.prior_sizes is None else with_prior_sizes(bundle, args.prior_sizes)
 
 
 def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
