@@ -1,6 +1,7 @@
 """Write the shipped prostate model from a calibrated run on the shipped split (three cases of
-every hospital held out): the same weights, config, grid and calibration, with provenance that
-names the data and sites instead of this machine's folders.
+every hospital held out): the same weights, config, grid and calibration, with the prostate's
+plausible volume range and provenance that names the data and sites instead of this machine's
+folders.
 
     python scripts/ship_prostate.py runs/prostate-shipped-cal.m3dnca Resources/Models/prostate.m3dnca
 
@@ -9,6 +10,7 @@ See docs/models/prostate.md for the commands that make the calibrated run.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from nca_core.modelfile.bundle import load_model, save_model
@@ -16,6 +18,9 @@ from prostate_site_splits import shipped_split
 
 SITES = "BIDMC (cases 00, 02-12), UCL (01, 26-37), RUNMC (13-25)"
 GOAL_DICE = 0.80  # the paper's M3D-NCA on MSD prostate; below it the model is called experimental
+# A whole gland under 5 mL or over 300 mL is not a prostate outline (adult glands are about 20-30 mL,
+# enlarged ones up to about 150, rare giant ones beyond 200): the light turns red outside it.
+VOLUME_RANGE_ML = [5.0, 300.0]
 
 
 def _description(dice: float) -> str:
@@ -54,6 +59,7 @@ def main() -> None:
         raise SystemExit(f"{args.calibrated}: its validation cases are not the shipped split's "
                          "(scripts/prostate_site_splits.py), which this provenance describes")
     bundle.provenance = shipped_provenance(bundle.provenance)
+    bundle.calibration = replace(bundle.calibration, volume_range_ml=VOLUME_RANGE_ML)
     save_model(bundle, args.output)
     print(f"{args.output}: written")
 

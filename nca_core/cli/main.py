@@ -185,6 +185,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  calibration: Dice = {calibration.slope:.3f} * NQM + {calibration.intercept:.3f} "
               f"({calibration.cases} cases), target Dice {calibration.target_dice}, "
               f"NQM threshold {calibration.nqm_threshold:.4f}, margin {calibration.margin:.3f}")
+        if calibration.volume_range_ml is not None:
+            low, high = calibration.volume_range_ml
+            print(f"  plausible volume: {low:g}-{high:g} mL (an outline outside it is red)")
     else:
         print("  calibration: none (quality light shows 'unknown')")
     for key, value in bundle.provenance.items():

@@ -7,6 +7,7 @@ from typing import Callable, List, TypeVar
 
 from ..errors import NCAError
 from ..inference.settings import ENGINE_CHOICES, LOCATE_CHOICES, SIDE_CHOICES, parse_steps
+from ..quality.nqm import volume_range_problem
 
 
 T = TypeVar("T")
@@ -55,6 +56,18 @@ def prior_sizes_list(text: str) -> List[float]:
         return [float(part) for part in text.replace(",", " ").split()]
     except ValueError:
         raise argparse.ArgumentTypeError("sizes are numbers separated by commas, e.g. 1,1.15,1.3,1.5") from None
+
+
+def volume_range(text: str) -> List[float]:
+    """``--volume-range``: two numbers in mL, low and high (checked by ``nqm.volume_range_problem``)."""
+    try:
+        values = [float(part) for part in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("a volume range is two numbers in mL, low and high, e.g. 5,300") from None
+    problem = volume_range_problem(values)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return values
 
 
 def add_side_option(parser: argparse.ArgumentParser) -> None:

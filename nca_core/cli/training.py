@@ -8,10 +8,10 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .options import (add_engine_option, add_side_option, add_threads_option, open_unit_interval, positive_int,
-                      positive_number, prior_sizes_list)
+                      positive_number, prior_sizes_list, volume_range)
 from ..errors import NCAError
 from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
@@ -146,6 +146,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         calibration = fit_calibration([r.nqm for r in rows], [r.dice for r in rows], args.target_dice, description)
     except ValueError as error:
         raise NCAError(f"calibration failed: {error}") from None
+    calibration = replace(calibration, volume_range_ml=_volume_range(args.volume_range, bundle))
     rows = [judge(row, calibration) for row in rows]
     summary = dict(summarise(rows, args.target_dice), calibration=calibration.to_dict(), postprocessing=choice)
     if args.cross_validate > 1:
@@ -169,6 +170,13 @@ def _model(args: argparse.Namespace) -> "ModelBundle":
 
     bundle = load(args.model)
     return bundle if args.prior_sizes is None else with_prior_sizes(bundle, args.prior_sizes)
+
+
+def _volume_range(given: Optional[List[float]], bundle: "ModelBundle") -> Optional[List[float]]:
+    """The plausible volume range a calibrated model keeps: ``--volume-range``, else the model's own."""
+    if given is not None:
+        return given
+    return bundle.calibration.volume_range_ml if bundle.calibration is not None else None
 
 
 def _refuse_to_overwrite_the_model(model: str, output: Path) -> None:
@@ -280,4 +288,7 @@ def add_training_commands(commands) -> None:
                                 "cases' mean Dice)")
     calibrate.add_argument("--cross-validate", type=int, default=5, metavar="K",
                            help="also report the light's detection rates on held-out cases, K folds by case")
+    calibrate.add_argument("--volume-range", type=volume_range, metavar="LOW,HIGH",
+                           help="the structure's plausible volume in mL, e.g. 5,300 for a prostate: an outline "
+                                "outside it is red whatever its NQM (default: the model's own, if any)")
     calibrate.set_defaults(run=cmd_calibrate)

@@ -143,7 +143,10 @@ def long_run_notice(shape: Sequence[int], spacing: Optional[Sequence[float]], co
                     preprocessing: Preprocessing, runs: int, steps: Optional[Sequence[int]],
                     threads: int) -> Optional[str]:
     """A line on a CPU segmentation expected to take over a minute (a volume far larger than a
-    training crop, such as a whole head for the hippocampus model), else None."""
+    training crop, such as a whole head for the hippocampus model), else None; None for a
+    field-of-view model, whose grid is the same for every scan."""
+    if preprocessing.relative_to_field_of_view:
+        return None
     voxels = float(math.prod(shape))
     if spacing is not None and preprocessing.spacing:
         voxels *= math.prod(spacing) / math.prod(preprocessing.spacing)

@@ -26,7 +26,7 @@ from .result import SegmentationResult, SideResult
 from .priorsize import at_prior_size, choose_prior_size
 from .route import locates_hippocampi
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
-from .volumes import VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
+from .volumes import MM3_PER_ML, VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
 from .wholehead import locate_regions, segment_regions, worst
 
 
@@ -113,9 +113,10 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
         ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
                            labels=mirror(ensemble.labels, axis))
     ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
-    quality = judge(ensemble, bundle, runs, settings.fire_rate)
+    known_spacing = spacing if spacing is not None else bundle.preprocessing.spacing
+    quality = judge(ensemble, bundle, runs, settings.fire_rate, known_spacing)
     values = list(range(1, classes + 1))
-    voxel_mm3 = voxel_volume_mm3(spacing if spacing is not None else (bundle.preprocessing.spacing or (1, 1, 1)))
+    voxel_mm3 = voxel_volume_mm3(known_spacing or (1, 1, 1))
     volume = side_volume(choice.side, quality.light, ensemble.labels, values,
                          list(label_names(bundle.config.labels, choice.side).values()), voxel_mm3, ensemble.run_counts,
                          probability_sums=ensemble.probability.reshape(classes, -1).sum(axis=1, dtype=np.float64))
@@ -180,7 +181,8 @@ def segment_image(
 
     etiv = estimated_tiv_ml(report["determinant"])
     head = segment_regions(scan, regions, bundle, ensemble_of,
-                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate), progress, etiv)
+                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate,
+                                                  bundle.preprocessing.spacing or (1, 1, 1)), progress, etiv)
     return SegmentationResult(
         ensemble=head.combined,
         quality=worst([side_result.quality for side_result in head.sides]),
@@ -240,10 +242,14 @@ def run_labels_on_input(probability: np.ndarray, grid: ModelGrid, postprocessing
     return postprocessing.apply(label_map(grid.channels_to_input(on_model_grid)))
 
 
-def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None) -> Quality:
-    """The traffic light of one pseudo-ensemble run with these options."""
-    return assess_segmentation(ensemble.nqm, int(np.count_nonzero(ensemble.labels)),
-                               runs_can_disagree(bundle.config, runs, fire_rate), bundle.calibration)
+def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None,
+          spacing: Optional[Sequence[float]] = None) -> Quality:
+    """The traffic light of one pseudo-ensemble run with these options; ``spacing`` (mm) is that
+    of the grid its labels are on (None: unknown, so its volume is not judged)."""
+    voxels = int(np.count_nonzero(ensemble.labels))
+    volume_ml = None if spacing is None else voxels * voxel_volume_mm3(spacing) / MM3_PER_ML
+    return assess_segmentation(ensemble.nqm, voxels, runs_can_disagree(bundle.config, runs, fire_rate),
+                               bundle.calibration, volume_ml)
 
 
 def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float]) -> bool:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import ModelFileError
 from ..fields import checked_fields
@@ -28,6 +29,9 @@ class Calibration:
     """Predicted Dice = slope * NQM + intercept, fitted on calibration cases.
 
     ``margin`` is the half-width, in Dice, of the yellow band around ``target_dice``.
+    ``volume_range_ml`` (optional): the structure's plausible volume in mL, [low, high], from
+    anatomy; an outline outside it is red whatever its NQM (the runs can agree on a wrong
+    structure, e.g. a head given to the prostate model).
     """
 
     slope: float
@@ -37,6 +41,7 @@ class Calibration:
     cases: int = 0
     r_squared: Optional[float] = None
     description: str = ""
+    volume_range_ml: Optional[List[float]] = None
 
     @property
     def nqm_threshold(self) -> float:
@@ -51,9 +56,24 @@ class Calibration:
         return min(1.0, max(0.0, self.slope * nqm + self.intercept))
 
     def to_dict(self) -> Dict[str, Any]:
+        """The calibration as JSON data; without ``volume_range_ml`` when it has none (so that
+        the model file stays readable by versions before it)."""
         data = dataclasses.asdict(self)
+        if self.volume_range_ml is None:
+            del data["volume_range_ml"]
         data["nqm_threshold"] = self.nqm_threshold
         return data
+
+    def volume_problem(self, volume_ml: Optional[float]) -> str:
+        """Why an outline of ``volume_ml`` cannot be this model's structure, or '' (no range,
+        no volume, or within the range)."""
+        if self.volume_range_ml is None or volume_ml is None:
+            return ""
+        low, high = self.volume_range_ml
+        if low <= volume_ml <= high:
+            return ""
+        return (f"the outline's volume ({volume_ml:.3g} mL) is outside this model's plausible {low:g}-{high:g} mL "
+                "(is this the scan and the model you meant?)")
 
     def validate(self) -> "Calibration":
         """Raise ModelFileError when the light cannot be judged with these numbers."""
@@ -64,6 +84,8 @@ class Calibration:
             problems.append("margin must be in [0, 1]")
         if self.cases < 0:
             problems.append("cases must not be negative")
+        if self.volume_range_ml is not None and volume_range_problem(self.volume_range_ml):
+            problems.append(f"volume_range_ml: {volume_range_problem(self.volume_range_ml)}")
         if problems:
             raise ModelFileError("invalid calibration: " + "; ".join(problems))
         return self
@@ -75,6 +97,16 @@ class Calibration:
         if isinstance(data, dict):
             data = {k: v for k, v in data.items() if k != "nqm_threshold"}  # derived, recomputed
         return cls(**checked_fields(cls, data, "calibration")).validate()
+
+
+def volume_range_problem(values: Any) -> str:
+    """What keeps ``values`` from being a plausible volume range in mL, or '' when it is one:
+    two numbers, 0 <= low < high."""
+    if (not isinstance(values, list) or len(values) != 2
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            or not 0 <= values[0] < values[1]):
+        return f"a volume range is [low, high] in mL with 0 <= low < high, found {reprlib.repr(values)}"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -110,11 +142,14 @@ def at_least(quality: Quality, light: str, reason: str) -> Quality:
 
 
 def assess_segmentation(nqm: float, foreground_voxels: int, runs_can_disagree: bool,
-                        calibration: Optional[Calibration]) -> Quality:
+                        calibration: Optional[Calibration], volume_ml: Optional[float] = None) -> Quality:
     """The light of one segmentation: red when a calibrated model found nothing, unknown
-    when its runs cannot disagree (NQM is then 0 whatever the quality), else by NQM."""
+    when its runs cannot disagree (NQM is then 0 whatever the quality), else by NQM; and red
+    when its ``volume_ml`` is outside the calibration's plausible range."""
     if foreground_voxels == 0 and calibration is not None:
         return Quality("red", 0.0, EMPTY)
-    if not runs_can_disagree:
-        return Quality("unknown", None, NO_SPREAD)
-    return assess(nqm, calibration)
+    quality = assess(nqm, calibration) if runs_can_disagree else Quality("unknown", None, NO_SPREAD)
+    problem = calibration.volume_problem(volume_ml) if calibration is not None else ""
+    if not problem:
+        return quality
+    return at_least(dataclasses.replace(quality, explanation=f"by NQM alone: {quality.explanation}"), "red", problem)

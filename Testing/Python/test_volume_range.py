@@ -1,0 +1,139 @@
+"""The plausible volume range: the anatomy a calibrated model's light also checks. An outline
+whose volume (mL, on the scan's own voxels) is outside it is red whatever the runs' agreement
+(a whole head given to the prostate model), the range is stored in the model file (format 7)
+and ``m3dnca calibrate --volume-range`` sets it (or keeps the model's own)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nca_core.errors import ModelFileError
+from nca_core.inference.limits import long_run_notice
+from nca_core.inference.pipeline import segment_image
+from nca_core.inference.priorsize import at_prior_size
+from nca_core.inference.settings import SegmentSettings
+from nca_core.modelfile.bundle import load_model, save_model
+from nca_core.modelfile.registry import load
+from nca_core.network.config import preset
+from nca_core.quality.nqm import Calibration, assess_segmentation
+from nca_core.space.preprocessing import Preprocessing
+from nca_core.training.data import find_pairs
+
+from nca_helpers import header_and_data, run_cli, small_dataset
+from prostate_helpers import case_paths
+from test_training_input import assert_usage_error
+
+CALIBRATION = Calibration(slope=-1.0, intercept=0.9, target_dice=0.7, margin=0.05, cases=10)
+GOOD_NQM = 0.05  # predicted Dice 0.85: green
+OUTSIDE = "is outside this model's plausible"
+
+
+def ranged(bundle, volume_range):
+    """``bundle`` whose calibration has ``volume_range`` (mL; None: no range)."""
+    return replace(bundle, calibration=replace(bundle.calibration, volume_range_ml=volume_range))
+
+
+@pytest.mark.parametrize("values", [[5], [300, 5], [5, 5], [-1, 5], [True, 5], "5,300", [5, float("inf")],
+                                    [5, 300, 400]])
+def test_a_range_that_cannot_be_a_volume_is_refused(values):
+    with pytest.raises(ModelFileError, match="invalid calibration: volume_range_ml"):
+        Calibration.from_dict(dict(CALIBRATION.to_dict(), volume_range_ml=values))
+
+
+def test_outside_the_range_is_red_inside_it_the_runs_agreement_decides():
+    limited = replace(CALIBRATION, volume_range_ml=[5.0, 300.0])
+    for volume in (5.0, 40.0, 300.0, None):  # the bounds belong to the range; no volume, no check
+        assert assess_segmentation(GOOD_NQM, 100, True, limited, volume).light == "green"
+    for volume in (395.0, 2.0):
+        quality = assess_segmentation(GOOD_NQM, 100, True, limited, volume)
+        assert quality.light == "red" and quality.explanation == (
+            f"the outline's volume ({volume:.3g} mL) {OUTSIDE} 5-300 mL (is this the scan and the model you meant?); "
+            "by NQM alone: quality likely above the calibrated threshold")
+    assert assess_segmentation(GOOD_NQM, 100, False, limited, 395.0).light == "red"  # no NQM verdict, still red
+    assert assess_segmentation(GOOD_NQM, 100, True, CALIBRATION, 395.0).light == "green"  # no range
+    assert assess_segmentation(GOOD_NQM, 0, True, limited, 0.0).explanation.startswith("the segmentation is empty")
+
+
+def test_a_range_is_format_7_and_a_model_without_one_is_written_as_before(tmp_path):
+    plain = ranged(load("prostate"), None)
+    assert "volume_range_ml" not in plain.calibration.to_dict() and plain.format_version == 6
+    save_model(ranged(plain, [5.0, 300.0]), tmp_path / "ranged.m3dnca")
+    assert load_model(tmp_path / "ranged.m3dnca").calibration.volume_range_ml == [5.0, 300.0]
+    assert header_and_data(tmp_path / "ranged.m3dnca")[0]["__metadata__"]["format_version"] == "7"
+
+
+def test_the_shipped_prostate_range_holds_every_labelled_gland(prostate_dir):
+    """Every PROMISE12 gland, at the teaching copy's nominal 1 x 1 x 3 mm, is inside the shipped
+    model's plausible range (so the range never reddens a real gland of the training data)."""
+    low, high = load("prostate").calibration.volume_range_ml
+    volumes = [np.count_nonzero(sitk.GetArrayViewFromImage(sitk.ReadImage(str(label)))) * 3.0 / 1000
+               for _, label in find_pairs(prostate_dir)]
+    assert len(volumes) == 38 and low < min(volumes) and max(volumes) < high, (min(volumes), max(volumes))
+
+
+def test_on_a_real_case_the_same_outline_twice_as_large_per_axis_turns_red(prostate_dir):
+    """Case 02 and the same scan with every spacing doubled (a field-of-view model sees the
+    same grid, so the runs outline the same voxels): a range around the first volume leaves
+    its light alone and reddens the eight times larger second."""
+    image = sitk.ReadImage(str(case_paths(prostate_dir, 2)[0]))
+    bundle, settings = at_prior_size(load("prostate"), 1.0), SegmentSettings(runs=2)
+    first = segment_image(image, ranged(bundle, None), settings)
+    volume = first.report()["volumes"]["total_ml"]
+    limited = ranged(bundle, [volume / 2, volume * 2])
+    assert segment_image(image, limited, settings).quality == first.quality
+    large = sitk.Image(image)
+    large.SetSpacing([2 * s for s in image.GetSpacing()])
+    second = segment_image(large, limited, settings)
+    assert np.array_equal(second.ensemble.labels, first.ensemble.labels)
+    assert second.quality.light == "red" and OUTSIDE in second.quality.explanation
+    assert second.report()["volumes"]["total_ml"] == pytest.approx(8 * volume, rel=1e-6)
+    assert second.report()["volumes"]["trusted"] is False
+
+
+def test_calibrate_stores_the_range_and_a_recalibration_keeps_it(hippocampus_dir, tmp_path, capsys):
+    data = small_dataset(hippocampus_dir, tmp_path / "data", 3)
+    common = ["--data", data, "--runs", "2", "--cross-validate", "1", "--device", "cpu"]
+    first, second = tmp_path / "first.m3dnca", tmp_path / "second.m3dnca"
+    code, _, err = run_cli(capsys, "calibrate", "--model", "hippocampus", *common, "--volume-range", "0.5,20",
+                           "-o", first)
+    assert code == 0, err
+    assert load_model(first).calibration.volume_range_ml == [0.5, 20.0]
+    code, out, _ = run_cli(capsys, "info", first)
+    assert code == 0 and "plausible volume: 0.5-20 mL (an outline outside it is red)" in out
+    code, _, err = run_cli(capsys, "calibrate", "--model", first, *common, "-o", second)
+    assert code == 0, err
+    assert load_model(second).calibration.volume_range_ml == [0.5, 20.0]
+
+
+@pytest.mark.parametrize("value, words", [("300,5", "a volume range is [low, high] in mL with 0 <= low < high"),
+                                          ("5", "found [5.0]"), ("small,large", "two numbers in mL")])
+def test_a_bad_volume_range_is_a_usage_error(tmp_path, capsys, value, words):
+    assert_usage_error(capsys, ["calibrate", "--data", tmp_path, "--model", "prostate", "--volume-range", value,
+                                "-o", tmp_path / "c.m3dnca"], words)
+
+
+def test_a_field_of_view_model_gets_no_large_input_notice():
+    """Its grid is the same for every scan, so a large scan is no slower; a spacing model's is."""
+    shape, spacing = (512, 512, 200), (0.5, 0.5, 1.0)
+    field_of_view = Preprocessing(grid_shape=[128, 128, 32], fov_fraction=[0.8, 0.8, 1.0], orientation="LPS")
+    assert long_run_notice(shape, spacing, preset("prostate"), field_of_view, 10, None, 1) is None
+    assert long_run_notice(shape, spacing, preset("hippocampus"), Preprocessing(spacing=[1.0, 1.0, 1.0]),
+                           10, None, 1) is not None
+
+
+@pytest.mark.slow
+def test_a_whole_head_given_to_the_prostate_model_is_red(wholehead_dir, tmp_path, capsys):
+    """Colin 27's head through the shipped prostate model (whose NQM alone called it green at
+    4 runs): the outline is far larger than any prostate, so the light is red and the volume is
+    marked untrusted."""
+    code, _, err = run_cli(capsys, "segment", wholehead_dir / "ch2.nii.gz", "--model", "prostate", "--runs", "2",
+                           "-o", tmp_path)
+    assert code == 0, err
+    report = json.loads((tmp_path / "ch2_report.json").read_text())
+    assert report["quality"] == "red" and OUTSIDE in report["explanation"], report["explanation"]
+    assert report["volumes"]["total_ml"] > load("prostate").calibration.volume_range_ml[1]
+    assert report["volumes"]["trusted"] is False
