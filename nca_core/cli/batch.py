@@ -22,7 +22,7 @@ from ..inference.limits import long_run_notice, memory_limit
 from ..modelfile.bundle import ModelBundle
 from ..inference.settings import SegmentSettings
 from .outputs import is_done, output_paths, write_outputs
-from ..inference.pipeline import segment_image
+from ..inference.pipeline import segment_image, total_runs
 from ..inference.route import check_locate_for_model
 from ..space.locate import StepProgress
 from .readahead import ReadAhead, ReadCase, read_case
@@ -200,8 +200,9 @@ def segment_case(path: Path, outdir: Path, bundle: ModelBundle, options: Segment
                                                            bundle.preprocessing, progress)
         volume = case.volume
         notice = case.registration is None and pick_device(settings.device) == "cpu" \
-            and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing, settings.runs,
-                                settings.steps, torch.get_num_threads())
+            and long_run_notice(volume.array.shape, volume.spacing, bundle.config, bundle.preprocessing,
+                                total_runs(bundle, settings.side, settings.runs), settings.steps,
+                                torch.get_num_threads())
         if notice:
             notify(f"m3dnca: {name}: {notice}")
         result = segment_image(volume.reference, bundle, settings, progress=progress, registration=case.registration)

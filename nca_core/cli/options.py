@@ -59,7 +59,10 @@ def prior_sizes_list(text: str) -> List[float]:
 
 
 def volume_range(text: str) -> List[float]:
-    """``--volume-range``: two numbers in mL, low and high (checked by ``nqm.volume_range_problem``)."""
+    """``--volume-range``: two numbers in mL, low and high (checked by ``nqm.volume_range_problem``);
+    ``none``: no range ([])."""
+    if text.strip().lower() == "none":
+        return []
     try:
         values = [float(part) for part in text.replace(",", " ").split()]
     except ValueError:

@@ -255,7 +255,8 @@ def save_preview(volume, result, path: Path) -> None:
                     textwrap.fill(f"Note: {result.thick_slices}.", 120), ha="left", va="top", fontsize=10,
                     fontweight="bold", color="#b35900")
     explanation = result.quality.explanation
-    figure.text(0.15 / width, 0.38 / height, f"Light: {explanation}.", ha="left", va="bottom", fontsize=9)
+    figure.text(0.15 / width, 0.38 / height, textwrap.fill(f"Light: {explanation}.", 140), ha="left", va="bottom",
+                fontsize=9)
     figure.text(0.15 / width, 0.1 / height, "NQM: the runs' summed standard deviation over their summed "
                 "probability; the lower, the more the runs agree.", ha="left", va="bottom", fontsize=9)
     try:

@@ -173,9 +173,10 @@ def _model(args: argparse.Namespace) -> "ModelBundle":
 
 
 def _volume_range(given: Optional[List[float]], bundle: "ModelBundle") -> Optional[List[float]]:
-    """The plausible volume range a calibrated model keeps: ``--volume-range``, else the model's own."""
+    """The plausible volume range a calibrated model keeps: ``--volume-range`` (``none``: [],
+    no range), else the model's own."""
     if given is not None:
-        return given
+        return given or None
     return bundle.calibration.volume_range_ml if bundle.calibration is not None else None
 
 
@@ -290,5 +291,5 @@ def add_training_commands(commands) -> None:
                            help="also report the light's detection rates on held-out cases, K folds by case")
     calibrate.add_argument("--volume-range", type=volume_range, metavar="LOW,HIGH",
                            help="the structure's plausible volume in mL, e.g. 5,300 for a prostate: an outline "
-                                "outside it is red whatever its NQM (default: the model's own, if any)")
+                                "outside it is red whatever its NQM; none: no range (default: the model's own, if any)")
     calibrate.set_defaults(run=cmd_calibrate)

@@ -142,16 +142,19 @@ def estimated_seconds(voxels: float, config: NCAConfig, runs: int, steps: Option
 def long_run_notice(shape: Sequence[int], spacing: Optional[Sequence[float]], config: NCAConfig,
                     preprocessing: Preprocessing, runs: int, steps: Optional[Sequence[int]],
                     threads: int) -> Optional[str]:
-    """A line on a CPU segmentation expected to take over a minute (a volume far larger than a
-    training crop, such as a whole head for the hippocampus model), else None; None for a
-    field-of-view model, whose grid is the same for every scan."""
+    """A line on a CPU segmentation of ``runs`` runs (its probes' included) expected to take over
+    a minute, else None: a volume far larger than a training crop, such as a whole head for the
+    hippocampus model, or many runs on a field-of-view model's grid (the same for every scan)."""
     if preprocessing.relative_to_field_of_view:
-        return None
-    voxels = float(math.prod(shape))
-    if spacing is not None and preprocessing.spacing:
-        voxels *= math.prod(spacing) / math.prod(preprocessing.spacing)
+        voxels = float(math.prod(preprocessing.grid_shape))
+        what = f"{runs} runs on the model's {shape_text(preprocessing.grid_shape)} grid"
+    else:
+        voxels = float(math.prod(shape))
+        if spacing is not None and preprocessing.spacing:
+            voxels *= math.prod(spacing) / math.prod(preprocessing.spacing)
+        what = (f"large input ({shape_text(shape)} voxels, {voxels / 1e6:.1f} million on the model's grid): "
+                f"{runs} runs")
     seconds = estimated_seconds(voxels, config, runs, steps, threads)
     if seconds < LONG_RUN_SECONDS:
         return None
-    return (f"large input ({shape_text(shape)} voxels, {voxels / 1e6:.1f} million on the model's grid): "
-            f"{runs} runs will take about {math.ceil(seconds / 60)} min on {threads} CPU thread(s)")
+    return f"{what} will take about {math.ceil(seconds / 60)} min on {threads} CPU thread(s)"

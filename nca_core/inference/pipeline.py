@@ -89,7 +89,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
                          should_cancel=should_cancel, first_run=first, count_run=counter, engine=settings.engine)
 
     probes: Dict[Tuple[bool, float], EnsembleResult] = {}
-    tally = RunTally(progress, _total_runs(bundle, settings.side, runs))
+    tally = RunTally(progress, total_runs(bundle, settings.side, runs))
 
     def probe(mirrored: bool, factor: float) -> float:
         if (mirrored, factor) not in probes:
@@ -114,9 +114,10 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
                            labels=mirror(ensemble.labels, axis))
     ensemble = on_input_grid(ensemble, grid, bundle.postprocessing)
     known_spacing = spacing if spacing is not None else bundle.preprocessing.spacing
-    quality = judge(ensemble, bundle, runs, settings.fire_rate, known_spacing)
+    voxel_mm3 = voxel_volume_mm3(known_spacing if known_spacing is not None else (1, 1, 1))
+    outlined_ml = np.count_nonzero(ensemble.labels) * voxel_mm3 / MM3_PER_ML
+    quality = judge(ensemble, bundle, runs, settings.fire_rate, None if known_spacing is None else outlined_ml)
     values = list(range(1, classes + 1))
-    voxel_mm3 = voxel_volume_mm3(known_spacing or (1, 1, 1))
     volume = side_volume(choice.side, quality.light, ensemble.labels, values,
                          list(label_names(bundle.config.labels, choice.side).values()), voxel_mm3, ensemble.run_counts,
                          probability_sums=ensemble.probability.reshape(classes, -1).sum(axis=1, dtype=np.float64))
@@ -181,8 +182,8 @@ def segment_image(
 
     etiv = estimated_tiv_ml(report["determinant"])
     head = segment_regions(scan, regions, bundle, ensemble_of,
-                           lambda ensemble: judge(ensemble, bundle, runs, settings.fire_rate,
-                                                  bundle.preprocessing.spacing or (1, 1, 1)), progress, etiv)
+                           lambda ensemble, volume_ml: judge(ensemble, bundle, runs, settings.fire_rate, volume_ml),
+                           progress, etiv)
     return SegmentationResult(
         ensemble=head.combined,
         quality=worst([side_result.quality for side_result in head.sides]),
@@ -198,10 +199,10 @@ def segment_image(
     )
 
 
-def _total_runs(bundle: ModelBundle, side: str, runs: int) -> int:
-    """How many runs a crop takes, its probes' included: ``PROBE_RUNS`` for each prior size when
-    the model has sizes to probe, else for both orientations when its side is to be found; the
-    chosen probe's runs are the ensemble's first ones."""
+def total_runs(bundle: ModelBundle, side: str, runs: int) -> int:
+    """How many runs a crop (or a field-of-view scan) takes, its probes' included: ``PROBE_RUNS``
+    for each prior size when the model has sizes to probe, else for both orientations when its
+    side is to be found; the chosen probe's runs are the ensemble's first ones."""
     prior = bundle.preprocessing.location_prior
     sizes = 1 if prior is None else len(prior_sizes(prior))
     probes = sizes if sizes > 1 else 2 if side == "auto" and bundle.preprocessing.side is not None else 0
@@ -243,13 +244,11 @@ def run_labels_on_input(probability: np.ndarray, grid: ModelGrid, postprocessing
 
 
 def judge(ensemble: EnsembleResult, bundle: ModelBundle, runs: int, fire_rate: Optional[float] = None,
-          spacing: Optional[Sequence[float]] = None) -> Quality:
-    """The traffic light of one pseudo-ensemble run with these options; ``spacing`` (mm) is that
-    of the grid its labels are on (None: unknown, so its volume is not judged)."""
-    voxels = int(np.count_nonzero(ensemble.labels))
-    volume_ml = None if spacing is None else voxels * voxel_volume_mm3(spacing) / MM3_PER_ML
-    return assess_segmentation(ensemble.nqm, voxels, runs_can_disagree(bundle.config, runs, fire_rate),
-                               bundle.calibration, volume_ml)
+          volume_ml: Optional[float] = None) -> Quality:
+    """The traffic light of one pseudo-ensemble run with these options; ``volume_ml``: its outline's
+    volume on the scan's own voxels (None: unknown, so not judged)."""
+    return assess_segmentation(ensemble.nqm, int(np.count_nonzero(ensemble.labels)),
+                               runs_can_disagree(bundle.config, runs, fire_rate), bundle.calibration, volume_ml)
 
 
 def runs_can_disagree(config: NCAConfig, runs: int, fire_rate: Optional[float]) -> bool:

@@ -21,7 +21,7 @@ from ..space.regions import Region
 from .result import SideResult
 from ..quality.lights import LIGHT_ORDER
 from .sides import label_names
-from .volumes import run_counter, side_volume, voxel_volume_mm3
+from .volumes import MM3_PER_ML, run_counter, side_volume, voxel_volume_mm3
 
 
 def worst(qualities: Sequence[Quality]) -> Quality:
@@ -72,13 +72,14 @@ def segment_regions(
     regions: Sequence[Region],
     bundle: ModelBundle,
     ensemble_of: Callable[[np.ndarray, str, Optional[ProgressCallback], RunCounter], EnsembleResult],
-    judge: Callable[[EnsembleResult], Quality],
+    judge: Callable[[EnsembleResult, float], Quality],
     progress: Optional[StepProgress] = None,
     etiv_ml: Optional[float] = None,
 ) -> HeadSegmentation:
-    """Segment each region, judge it and paste it back onto ``image``'s voxels. Each side gets
-    its volume (``volumes``): each of its runs is counted on the scan's voxels as it ends, and
-    ``etiv_ml`` (the head's eTIV) gives its fraction."""
+    """Segment each region, paste it back onto ``image``'s voxels and judge it there
+    (``judge(ensemble, volume_ml)``). Each side gets its volume (``volumes``): each of its runs
+    is counted on the scan's voxels as it ends, and ``etiv_ml`` (the head's eTIV) gives its
+    fraction."""
     started = time.perf_counter()
     shape = tuple(image.GetSize())
     probability = np.zeros(shape, np.float32)
@@ -89,6 +90,7 @@ def segment_regions(
     sides: List[SideResult] = []
     ensembles: List[EnsembleResult] = []
     probability_sums: List[np.ndarray] = []
+    voxel_mm3 = voxel_volume_mm3(image.GetSpacing())
     for index, region in enumerate(regions):
         crop = region.crop(image)
         try:
@@ -102,14 +104,14 @@ def segment_regions(
 
         ensemble = ensemble_of(crop, region.side, (lambda done, runs, step=step: progress(step, done, runs))
                                if progress else None, run_counter(run_labels, classes))
-        quality = judge(ensemble)
-        if region.doubt:
-            quality = at_least(quality, "yellow", region.doubt)
         where, pasted = region.paste(np.concatenate([ensemble.probability, ensemble.std]), image)
         side_probability, side_std = pasted[:classes], pasted[classes:]
         first = 1 + index * classes
         side_labels = bundle.postprocessing.apply(label_map(side_probability))
         values = np.where(side_labels > 0, side_labels + first - 1, 0).astype(np.uint8)
+        quality = judge(ensemble, np.count_nonzero(values) * voxel_mm3 / MM3_PER_ML)
+        if region.doubt:
+            quality = at_least(quality, "yellow", region.doubt)
         labels[where] = np.where(values > 0, values, labels[where])
         probability[where] = np.maximum(probability[where], side_probability.sum(axis=0).clip(0, 1))
         deviation[where] = np.maximum(deviation[where], side_std.sum(axis=0))
@@ -118,7 +120,6 @@ def segment_regions(
                                 region.to_dict(), list(range(first, first + classes))))
         ensembles.append(ensemble)
         probability_sums.append(side_probability.reshape(classes, -1).sum(axis=1, dtype=np.float64))
-    voxel_mm3 = voxel_volume_mm3(image.GetSpacing())
     for side, ensemble, sums in zip(sides, ensembles, probability_sums):  # on the final label map
         side.volume = side_volume(side.side, side.quality.light, labels, side.label_values,
                                   [names[value] for value in side.label_values], voxel_mm3, ensemble.run_counts,

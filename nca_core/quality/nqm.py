@@ -72,7 +72,7 @@ class Calibration:
         low, high = self.volume_range_ml
         if low <= volume_ml <= high:
             return ""
-        return (f"the outline's volume ({volume_ml:.3g} mL) is outside this model's plausible {low:g}-{high:g} mL "
+        return (f"the outline's volume ({volume_ml:.1f} mL) is outside this model's plausible {low:g}-{high:g} mL "
                 "(is this the scan and the model you meant?)")
 
     def validate(self) -> "Calibration":
@@ -84,8 +84,9 @@ class Calibration:
             problems.append("margin must be in [0, 1]")
         if self.cases < 0:
             problems.append("cases must not be negative")
-        if self.volume_range_ml is not None and volume_range_problem(self.volume_range_ml):
-            problems.append(f"volume_range_ml: {volume_range_problem(self.volume_range_ml)}")
+        range_problem = "" if self.volume_range_ml is None else volume_range_problem(self.volume_range_ml)
+        if range_problem:
+            problems.append(f"volume_range_ml: {range_problem}")
         if problems:
             raise ModelFileError("invalid calibration: " + "; ".join(problems))
         return self
