@@ -63,7 +63,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if origin is dict:
         return isinstance(value, dict)
     if hint is float:
-        return _is_real_number(value)
+        return is_real_number(value)
     if hint is int:
         return _is_whole_number(value)
     if hint is type(None):
@@ -76,6 +76,6 @@ def _is_whole_number(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_real_number(value: Any) -> bool:
+def is_real_number(value: Any) -> bool:
     """A finite int or float (numpy's too), not a bool; a huge int fails rather than overflows."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and abs(value) <= sys.float_info.max

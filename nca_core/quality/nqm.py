@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ..errors import ModelFileError
-from ..fields import checked_fields
+from ..fields import checked_fields, is_real_number
 from .lights import LIGHT_ORDER
 
 DEFAULT_TARGET_DICE = 0.8
@@ -104,7 +104,7 @@ def volume_range_problem(values: Any) -> str:
     """What keeps ``values`` from being a plausible volume range in mL, or '' when it is one:
     two numbers, 0 <= low < high."""
     if (not isinstance(values, list) or len(values) != 2
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            or not all(is_real_number(v) and math.isfinite(v) for v in values)
             or not 0 <= values[0] < values[1]):
         return f"a volume range is [low, high] in mL with 0 <= low < high, found {reprlib.repr(values)}"
     return ""
