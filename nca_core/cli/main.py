@@ -16,6 +16,7 @@ from ..inference.settings import DEVICE_CHOICES, SegmentSettings
 from ..modelfile.registry import DEFAULT_MODEL
 from ..space.grid import spacing_text
 from ..space.prior import prior_sizes
+from ..space.standardise import LANDMARK_PERCENTILES
 from ..inference.threads import use_threads
 
 if TYPE_CHECKING:  # torch loads with it; ``segment`` imports it when it runs
@@ -177,6 +178,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         if "sizes" in prior:
             print(f"  prior sizes: spread x {', '.join(f'{f:g}' for f in prior_sizes(prior))}, each tried on every scan "
                   "(the lowest NQM wins)")
+    if preprocessing.intensity_landmarks is not None:
+        median = preprocessing.intensity_landmarks[LANDMARK_PERCENTILES.index(50)]
+        print(f"  intensity: each scan's histogram standardised onto the training scans' (median at {median:.2f} "
+              "of the 1st-99th percentile range)")
     if preprocessing.side:
         print(f"  side: trained on {preprocessing.side} crops (crops of the other side are mirrored for it)")
     print(f"  postprocessing: {'largest foreground component kept' if largest else 'none'}")

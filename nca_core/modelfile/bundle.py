@@ -27,13 +27,15 @@ from ..quality.nqm import Calibration
 FORMAT = "m3dnca"
 # 2: preprocessing may record the training grid (spacing, orientation); 3: the side;
 # 4: a field-of-view grid (grid_shape, fov_fraction); 5: a location prior (a second input channel);
-# 6: the prior's sizes to probe; 7: the calibration's plausible volume range. A model without them
-# is written as the oldest version that holds it, which earlier versions still read.
-FORMAT_VERSION = 7
+# 6: the prior's sizes to probe; 7: the calibration's plausible volume range; 8: intensity
+# standardisation landmarks. A model without them is written as the oldest version that holds
+# it, which earlier versions still read.
+FORMAT_VERSION = 8
 VERSION_WITHOUT_FIELD_OF_VIEW = 3
 VERSION_WITHOUT_LOCATION_PRIOR = 4
 VERSION_WITHOUT_PRIOR_SIZES = 5
 VERSION_WITHOUT_VOLUME_RANGE = 6
+VERSION_WITHOUT_INTENSITY_LANDMARKS = 7
 
 
 @dataclass
@@ -72,8 +74,10 @@ class ModelBundle:
     @property
     def format_version(self) -> int:
         """The oldest format that holds this model (readers before a feature still read the rest)."""
-        if self.calibration is not None and self.calibration.volume_range_ml is not None:
+        if self.preprocessing.intensity_landmarks is not None:
             return FORMAT_VERSION
+        if self.calibration is not None and self.calibration.volume_range_ml is not None:
+            return VERSION_WITHOUT_INTENSITY_LANDMARKS
         prior = self.preprocessing.location_prior
         if prior is not None:
             return VERSION_WITHOUT_VOLUME_RANGE if SIZES in prior else VERSION_WITHOUT_PRIOR_SIZES

@@ -13,9 +13,11 @@ import numpy as np
 from ..errors import InputImageError, ModelFileError
 from ..fields import checked_fields
 from .prior import SIZES, input_channels, location_prior_map, location_prior_problem
+from .standardise import landmarks_problem, standardise
 
 
-FIELD_OF_VIEW_KEYS = ("grid_shape", "fov_fraction", "location_prior")
+# Left out of the file when unset, so files without them stay readable by versions before them.
+OPTIONAL_KEYS = ("grid_shape", "fov_fraction", "location_prior", "intensity_landmarks")
 MAX_GRID_VOXELS = 1 << 27  # 512^3: far above any field-of-view grid a model is trained on
 
 
@@ -41,6 +43,9 @@ class Preprocessing:
 
     ``location_prior`` (a field-of-view grid only; ``prior.location_prior_problem``) is where the
     structure usually lies on that grid; the model then reads it as a second input channel.
+
+    ``intensity_landmarks`` (``standardise.landmarks_problem``) standardise the image's histogram
+    before the percentile rescale, so scans from other scanners look like the training scans'.
     """
 
     percentiles: List[float] = field(default_factory=lambda: [0.5, 99.5])
@@ -51,6 +56,7 @@ class Preprocessing:
     grid_shape: Optional[List[int]] = None
     fov_fraction: Optional[List[float]] = None
     location_prior: Optional[Dict[str, Any]] = None
+    intensity_landmarks: Optional[List[float]] = None
 
     @property
     def relative_to_field_of_view(self) -> bool:
@@ -63,10 +69,9 @@ class Preprocessing:
         return input_channels(self.location_prior is not None)
 
     def to_dict(self) -> Dict[str, Any]:
-        """The fields as JSON data; the field-of-view ones only when set (files without them
-        stay readable by versions before them)."""
+        """The fields as JSON data; the ``OPTIONAL_KEYS`` only when set."""
         data = dataclasses.asdict(self)
-        return {key: value for key, value in data.items() if value is not None or key not in FIELD_OF_VIEW_KEYS}
+        return {key: value for key, value in data.items() if value is not None or key not in OPTIONAL_KEYS}
 
     def validate(self) -> "Preprocessing":
         """Raise ModelFileError when the percentiles or padding cannot be used."""
@@ -86,6 +91,9 @@ class Preprocessing:
             raise ModelFileError(f"invalid preprocessing: side must be left or right, found {reprlib.repr(self.side)}")
         if self.side is not None and not self.orientation:
             raise ModelFileError("invalid preprocessing: side needs the orientation of the training grid")
+        problem = "" if self.intensity_landmarks is None else landmarks_problem(self.intensity_landmarks)
+        if problem:
+            raise ModelFileError(f"invalid preprocessing: intensity_landmarks {problem}")
         self._validate_field_of_view()
         return self
 
@@ -154,8 +162,10 @@ def prepared_shape(shape: Tuple[int, ...], spec: Preprocessing, multiple: int) -
 
 
 def prepare(array: np.ndarray, spec: Preprocessing, multiple: int) -> np.ndarray:
-    """Normalised, padded volume (X, Y, Z) ready for the model; crop back with
-    ``array[:X, :Y, :Z]``."""
+    """Standardised (when ``spec`` has landmarks), normalised, padded volume (X, Y, Z) ready for
+    the model; crop back with ``array[:X, :Y, :Z]``."""
+    if spec.intensity_landmarks is not None:
+        array = standardise(array, spec.intensity_landmarks)
     normalised = rescale_percentiles(array, spec.percentiles)
     if spec.pad_to is not None:
         target = tuple(max(p, s) for p, s in zip(spec.pad_to, array.shape))

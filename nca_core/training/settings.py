@@ -35,7 +35,10 @@ class TrainSettings:
     (``space.prior.jittered_prior``), the model file keeping the fitted one.
     ``coarse_supervision`` > 0 adds, with that weight, the loss of every coarser level's output
     against the label averaged onto its cells, so the coarse level learns the whole structure
-    rather than only what the finest level's patch holds."""
+    rather than only what the finest level's patch holds.
+    ``standardise_intensity`` fits histogram landmarks to the training images
+    (``space.standardise``) and stores them in the model file, so every image, in training and
+    inference, is standardised onto them before the percentile rescale."""
 
     model: Dict[str, Any] = field(default_factory=lambda: preset("hippocampus").to_dict())
     iterations: int = 4000
@@ -60,6 +63,7 @@ class TrainSettings:
     location_prior: bool = False
     prior_jitter: float = 0.0
     coarse_supervision: float = 0.0
+    standardise_intensity: bool = False
 
     @property
     def config(self) -> NCAConfig:
@@ -96,6 +100,9 @@ class TrainSettings:
         if given is not None and given.location_prior is not None:
             raise NCAError("preprocessing.location_prior is fitted to the training labels; set \"location_prior\": "
                            "true instead of giving one")
+        if given is not None and given.intensity_landmarks is not None:
+            raise NCAError("preprocessing.intensity_landmarks are fitted to the training images; set "
+                           "\"standardise_intensity\": true instead of giving them")
         if self.prior_jitter and not self.location_prior:
             raise NCAError("prior_jitter needs \"location_prior\": true (there is no prior to move)")
         inputs = input_channels(self.location_prior)

@@ -29,6 +29,7 @@ from ..network.model import LevelPlan, M3DNCA
 from ..modelfile.bundle import ModelBundle, save_model
 from ..space.preprocessing import Preprocessing, model_input, pad_end, prepare
 from ..space.prior import fit_location_prior, jittered_prior
+from ..space.standardise import fit_landmarks
 from .augment import augmenter
 from .data import Case, check_cases_found, find_pairs, load_cases, one_hot, read_split, split_names
 from .loss import dice_bce_loss
@@ -109,6 +110,9 @@ class Trainer:
                                "in the prostate preset)")
             labels = [case.label for case in self.train_cases]
             self.preprocessing = replace(self.preprocessing, location_prior=fit_location_prior(labels))
+        if self.settings.standardise_intensity:
+            landmarks = fit_landmarks(case.image for case in self.train_cases)
+            self.preprocessing = replace(self.preprocessing, intensity_landmarks=landmarks)
         self.validation_cases = [by_name[n].on_model_grid(self.preprocessing) for n in self.split["validation"]]
         self._prepared = {c.name: self._prepare(c) for c in self.train_cases}
         self._augment = augmenter(self.settings.augmentation_strength) if self.settings.augment else None
