@@ -8,16 +8,30 @@ model's grid and back onto its own voxels.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Any, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
+
+from nca_core.training.settings import TrainSettings
+from nca_core.training.trainer import Trainer
 
 
 def case_paths(data: Path, number: int) -> Tuple[Path, Path]:
     name = f"promise12_{number:02d}.nii.gz"
     return data / "imagesTr" / name, data / "labelsTr" / name
+
+
+def two_case_trainer(data: Path, run_dir: Path, iterations: int = 1, **settings: Any) -> Trainer:
+    """A ``prostate``-preset trainer for a few quick steps: cases 00 (BIDMC) and 13 (RUNMC) to
+    train on, 01 (UCL) to validate with 1 run, 16x16x8 patches; ``settings`` override the preset's."""
+    split = run_dir.with_name(f"{run_dir.name}_split.json")
+    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
+    chosen = TrainSettings.for_preset("prostate", iterations=iterations, validate_every=iterations, validation_runs=1,
+                                      patch_sizes=[None, [16, 16, 8]], **settings)
+    return Trainer(data, run_dir, chosen, device="cpu", split_file=split)
 
 
 def scanner_version(image: sitk.Image, label: sitk.Image, size: Sequence[int] = (320, 320, 24),

@@ -2,7 +2,6 @@
 averaged onto its cells, beside the finest level's loss on its patch."""
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
@@ -17,15 +16,12 @@ from nca_core.training.settings import TrainSettings
 from nca_core.training.trainer import Trainer
 
 from nca_helpers import random_model
+from prostate_helpers import two_case_trainer
 from test_model import record_steps
 
 
 def prostate_trainer(prostate_dir, tmp_path, weight: float) -> Trainer:
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
-    settings = TrainSettings.for_preset("prostate", iterations=1, validate_every=1, validation_runs=1,
-                                        patch_sizes=[None, [16, 16, 8]], coarse_supervision=weight)
-    trainer = Trainer(prostate_dir, tmp_path / f"run{weight}", settings, device="cpu", split_file=split)
+    trainer = two_case_trainer(prostate_dir, tmp_path / f"run{weight}", coarse_supervision=weight)
     trainer.load_data()
     return trainer
 

@@ -20,7 +20,7 @@ from nca_core.training.settings import PROSTATE_GRID, TrainSettings
 from nca_core.training.trainer import Trainer
 
 from nca_helpers import every_parameter_matters, header_and_data, rewrite, run_cli, small_dataset
-from prostate_helpers import case_paths, scanner_version
+from prostate_helpers import case_paths, scanner_version, two_case_trainer
 
 PRIOR = {"centre": [0.5, 0.45, 0.5], "spread": [0.1, 0.1, 0.2]}
 SMALL_GRID = Preprocessing(grid_shape=[32, 32, 16], fov_fraction=[0.8, 0.8, 1.0], orientation="LPS",
@@ -128,11 +128,7 @@ def test_a_prior_on_a_spacing_grid_is_refused_before_training(hippocampus_dir, t
 
 
 def test_training_the_prostate_preset_fits_the_prior_to_the_training_labels(prostate_dir, tmp_path):
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
-    settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
-                                        patch_sizes=[None, [16, 16, 8]])
-    Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split).fit(log=False)
+    two_case_trainer(prostate_dir, tmp_path / "run", iterations=2).fit(log=False)
     saved = load_model(tmp_path / "run" / "best.m3dnca")
     labels = [np.transpose(sitk.GetArrayFromImage(sitk.ReadImage(str(case_paths(prostate_dir, n)[1])))) for n in (0, 13)]
     assert saved.preprocessing.location_prior == fit_location_prior(labels)
@@ -185,13 +181,9 @@ def test_prior_jitter_needs_a_prior_and_a_strength_of_zero_or_more():
 
 
 def test_training_with_prior_jitter_moves_the_inputs_prior_and_keeps_the_fitted_one(prostate_dir, tmp_path):
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
     priors = {}
     for jitter in (0.0, 0.5):
-        settings = TrainSettings.for_preset("prostate", iterations=1, validate_every=1, validation_runs=1,
-                                            patch_sizes=[None, [16, 16, 8]], prior_jitter=jitter)
-        trainer = Trainer(prostate_dir, tmp_path / f"run{jitter}", settings, device="cpu", split_file=split)
+        trainer = two_case_trainer(prostate_dir, tmp_path / f"run{jitter}", prior_jitter=jitter)
         trainer.load_data()
         fitted = location_prior_map(PROSTATE_GRID.grid_shape, trainer.preprocessing.location_prior)
         priors[jitter] = [trainer._batch(random.Random(seed))[0][0, 1].numpy() for seed in (1, 2)]

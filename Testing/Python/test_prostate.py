@@ -18,10 +18,9 @@ from nca_core.quality.metrics import mean_foreground_dice
 from nca_core.space.grid import ModelGrid
 from nca_core.space.preprocessing import Preprocessing
 from nca_core.training.settings import PROSTATE_GRID, TrainSettings
-from nca_core.training.trainer import Trainer
 
 from nca_helpers import REPOSITORY, run_cli
-from prostate_helpers import case_paths, scanner_version, xyz
+from prostate_helpers import case_paths, scanner_version, two_case_trainer, xyz
 
 
 @pytest.fixture(scope="module")
@@ -103,11 +102,7 @@ def test_a_field_of_view_model_is_never_routed_through_head_localisation(scanner
 
 def test_training_a_few_steps_on_two_cases_records_the_grid(prostate_dir, tmp_path):
     """Without the location prior (the preset's default: test_location_prior) the file stays format 4."""
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
-    settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
-                                        patch_sizes=[None, [16, 16, 8]], location_prior=False)
-    trainer = Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split)
+    trainer = two_case_trainer(prostate_dir, tmp_path / "run", iterations=2, location_prior=False)
     result = trainer.fit(log=False)
     assert result.iterations == 2 and len(trainer.train_cases) == 2
     model = load_model(tmp_path / "run" / "best.m3dnca")

@@ -19,7 +19,7 @@ from nca_core.training.settings import PROSTATE_GRID, TrainSettings
 from nca_core.training.trainer import Trainer
 
 from nca_helpers import every_parameter_matters, header_and_data, run_cli
-from prostate_helpers import case_paths
+from prostate_helpers import case_paths, two_case_trainer
 
 
 def scan(prostate_dir, number: int) -> np.ndarray:
@@ -37,6 +37,15 @@ def synthetic(seed: int = 0) -> np.ndarray:
 def test_landmarks_that_cannot_work_are_refused_naming_the_field(landmarks):
     with pytest.raises(ModelFileError, match="invalid preprocessing: intensity_landmarks must be"):
         Preprocessing.from_dict({"intensity_landmarks": landmarks})
+
+
+@pytest.mark.parametrize("landmarks", [[0.0, 0.6, 0.5] + [0.7] * 9 + [1.0], [0.0] + [0.5] * 11 + [1.5],
+                                       [0.0] + [np.nan] * 11 + [1.0], (0.0,) + (0.5,) * 11 + (1.0,)])
+def test_the_landmarks_own_check_refuses_what_the_field_types_let_through(landmarks):
+    """Objects built in code skip the file's type check: numpy NaN, a tuple, falling or overshooting values."""
+    with pytest.raises(ModelFileError, match="intensity_landmarks must be 13 numbers rising from 0 to 1"):
+        Preprocessing(intensity_landmarks=landmarks).validate()
+    assert Preprocessing(intensity_landmarks=[0.0] * 12 + [1.0]).validate()  # flat stretches are allowed
 
 
 def test_an_image_is_moved_onto_the_landmarks_and_its_gain_and_offset_do_not_matter():
@@ -84,10 +93,21 @@ def test_a_model_with_landmarks_is_format_8_and_reads_them_back(tmp_path, capsys
     assert code == 0 and f"histogram standardised onto the training scans' (median at {median:.2f}" in out
 
 
-def test_landmarks_are_fitted_never_given():
+def test_landmarks_are_fitted_never_given_and_fine_tuning_keeps_the_setting(tmp_path):
+    landmarks = fit_landmarks([synthetic()])
     with pytest.raises(NCAError, match="intensity_landmarks are fitted to the training images"):
-        TrainSettings.for_preset("prostate", preprocessing=dict(PROSTATE_GRID.to_dict(),
-                                                                intensity_landmarks=fit_landmarks([synthetic()])))
+        TrainSettings.for_preset("prostate", preprocessing=dict(PROSTATE_GRID.to_dict(), intensity_landmarks=landmarks))
+    config = dataclasses.replace(preset("prostate"), input_channels=2)
+    prior = {"centre": [0.5, 0.5, 0.5], "spread": [0.1, 0.1, 0.2]}
+    for with_landmarks in (True, False):
+        grid = dataclasses.replace(PROSTATE_GRID, location_prior=prior,
+                                   intensity_landmarks=landmarks if with_landmarks else None)
+        initial = ModelBundle.from_model(every_parameter_matters(config), preprocessing=grid)
+        settings = TrainSettings.for_preset("prostate", standardise_intensity=not with_landmarks)
+        with pytest.raises(NCAError, match=f"trained {'with' if with_landmarks else 'without'} intensity "
+                                           f"standardisation; fine-tune it with \"standardise_intensity\": "
+                                           f"{str(with_landmarks).lower()}"):
+            Trainer(tmp_path, tmp_path / "run", settings, device="cpu", initial=initial)
 
 
 def test_real_coil_scans_take_the_other_hospitals_histogram(prostate_dir):
@@ -98,12 +118,8 @@ def test_real_coil_scans_take_the_other_hospitals_histogram(prostate_dir):
     np.testing.assert_allclose(image_landmarks(standardise(coil, runmc)), runmc, atol=1e-4)
 
 
-def test_training_fits_the_landmarks_to_the_training_images_and_validates_with_them(prostate_dir, tmp_path):
-    split = tmp_path / "split.json"
-    split.write_text(json.dumps({"train": ["promise12_00", "promise12_13"], "validation": ["promise12_01"]}))
-    settings = TrainSettings.for_preset("prostate", iterations=2, validate_every=2, validation_runs=1,
-                                        patch_sizes=[None, [16, 16, 8]], standardise_intensity=True)
-    trainer = Trainer(prostate_dir, tmp_path / "run", settings, device="cpu", split_file=split)
+def test_training_fits_the_landmarks_to_the_training_images_and_trains_on_standardised_ones(prostate_dir, tmp_path):
+    trainer = two_case_trainer(prostate_dir, tmp_path / "run", iterations=2, standardise_intensity=True)
     trainer.fit(log=False)
     saved = load_model(tmp_path / "run" / "best.m3dnca")
     on_grid = [case.image for case in trainer.train_cases]

@@ -219,7 +219,7 @@ def test_a_resumed_run_goes_on_with_the_config_given_but_keeps_its_model(hippoca
     assert "resuming with changed settings: iterations, ema_decay" in out
     saved = json.loads((run / "settings.json").read_text())
     assert saved["iterations"] == 2 and saved["ema_decay"] == 0.99 and saved["patch_sizes"] == [None, [8, 8, 8]]
-    for change in ({"model": dict(saved["model"], hidden=32)}, {"learning_rate": 1e-4}):
+    for change in ({"model": dict(saved["model"], hidden=32)}, {"learning_rate": 1e-4}, {"standardise_intensity": True}):
         more.write_text(json.dumps(dict(change, iterations=3)))
         code, _, err = run_cli(capsys, "train", "--data", data, "--config", more, "-o", run, "--resume")
         assert code == 1 and len(err) == 1 and f"--config changes {next(iter(change))}, which a resumed run keeps" \

@@ -237,6 +237,7 @@ KEPT_ON_RESUME = {
     "betas": lambda settings: list(settings.betas),
     "lr_gamma": lambda settings: settings.lr_gamma,
     "validation_fraction": lambda settings: settings.validation_fraction,
+    "standardise_intensity": lambda settings: settings.standardise_intensity,
 }
 
 

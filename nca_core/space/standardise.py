@@ -1,5 +1,6 @@
-"""Histogram standardisation across scanners (Nyúl & Udupa, MRM 1999; the maths of TorchIO's
-``HistogramStandardization``, without its dependency on the inference side).
+"""Histogram standardisation across scanners (Nyúl & Udupa, MRM 1999), after TorchIO's
+``HistogramStandardization`` (which maps the 1st, 10th ... 90th and 99th percentiles onto a 0-100
+scale) but in numpy, so that inference and the Slicer side need no TorchIO.
 
 MRI intensities have no fixed scale, and a percentile rescale removes only their offset and
 gain: an endorectal coil's bright rim (BIDMC) leaves the rest of the prostate scan darker than
@@ -20,6 +21,7 @@ import numpy as np
 from ..errors import InputImageError
 from ..fields import is_real_number
 
+# Model files store only the landmarks, one per percentile: changing these needs a new format version.
 LANDMARK_PERCENTILES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 99)
 
 

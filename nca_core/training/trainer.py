@@ -75,6 +75,11 @@ class Trainer:
                                f"{self.config.input_channels}; train it with \"location_prior\": "
                                f"{'true' if wanted == 2 else 'false'} and model.input_channels {wanted} "
                                "(a --config file)")
+            standardised = initial.preprocessing.intensity_landmarks is not None
+            if standardised != settings.standardise_intensity:
+                raise NCAError(f"--init: the model was trained {'with' if standardised else 'without'} intensity "
+                               f"standardisation; fine-tune it with \"standardise_intensity\": "
+                               f"{'true' if standardised else 'false'} (a --config file)")
             if replace(initial.config, steps=self.config.steps) != self.config:
                 raise NCAError("--init: the model's config differs from the training settings' model "
                                "(only the steps may differ)")
