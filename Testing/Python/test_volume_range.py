@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from nca_core.errors import ModelFileError
 from nca_core.inference.limits import long_run_notice
 from nca_core.inference.pipeline import segment_array, segment_image
-from nca_core.inference.priorsize import at_prior_size
+from nca_core.inference.priorsize import at_prior
 from nca_core.inference.settings import SegmentSettings
 from nca_core.modelfile.bundle import load_model, save_model
 from nca_core.modelfile.registry import load
@@ -84,7 +84,7 @@ def test_on_a_real_case_the_same_outline_twice_as_large_per_axis_turns_red(prost
     same grid, so the runs outline the same voxels): a range around the first volume leaves
     its light alone and reddens the eight times larger second."""
     image = sitk.ReadImage(str(case_paths(prostate_dir, 2)[0]))
-    bundle, settings = at_prior_size(load("prostate"), 1.0), SegmentSettings(runs=2)
+    bundle, settings = at_prior(load("prostate"), 1.0), SegmentSettings(runs=2)
     first = segment_image(image, ranged(bundle, None), settings)
     volume = first.report()["volumes"]["total_ml"]
     limited = ranged(bundle, [volume / 2, volume * 2])
@@ -148,7 +148,7 @@ def test_an_array_without_spacing_is_judged_only_where_the_model_records_one(pro
     crop = sitk.GetArrayFromImage(sitk.ReadImage(str(find_pairs(hippocampus_dir)[0][0]))).transpose(2, 1, 0)
     result = segment_array(crop, ranged(hippocampus, [100.0, 200.0]), SegmentSettings(runs=2, side="left"))
     assert result.quality.light == "red" and OUTSIDE in result.quality.explanation
-    prostate = at_prior_size(load("prostate"), 1.0)
+    prostate = at_prior(load("prostate"), 1.0)
     grid = sitk.GetArrayFromImage(sitk.ReadImage(str(case_paths(prostate_dir, 2)[0]))).transpose(2, 1, 0)
     plain = segment_array(grid, ranged(prostate, None), SegmentSettings(runs=2))
     limited = segment_array(grid, ranged(prostate, [0.0, 0.001]), SegmentSettings(runs=2))

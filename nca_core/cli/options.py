@@ -58,6 +58,18 @@ def prior_sizes_list(text: str) -> List[float]:
         raise argparse.ArgumentTypeError("sizes are numbers separated by commas, e.g. 1,1.15,1.3,1.5") from None
 
 
+def prior_shifts_list(text: str) -> List[List[float]]:
+    """``--prior-shifts``: moves of three numbers, x,y,z, separated by semicolons (checked as
+    centre moves where they are stored, ``priorsize.with_prior_probes``)."""
+    try:
+        shifts = [[float(v) for v in part.split(",")] for part in text.split(";") if part.strip()]
+    except ValueError:
+        shifts = []
+    if not shifts or any(len(shift) != 3 for shift in shifts):
+        raise argparse.ArgumentTypeError("shifts are x,y,z moves separated by semicolons, e.g. '0,-0.1,0;0,0,0'")
+    return shifts
+
+
 def volume_range(text: str) -> List[float]:
     """``--volume-range``: two numbers in mL, low and high (checked by ``nqm.volume_range_problem``);
     ``none``: no range ([])."""

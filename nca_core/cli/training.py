@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 from .options import (add_engine_option, add_side_option, add_threads_option, open_unit_interval, positive_int,
-                      positive_number, prior_sizes_list, volume_range)
+                      positive_number, prior_shifts_list, prior_sizes_list, volume_range)
 from ..errors import NCAError
 from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
@@ -139,6 +139,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if bundle.postprocessing.largest_component:
         rows = [replace(r, dice=r.dice_largest_component) for r in rows]
     sizes = f", prior sizes {','.join(f'{f:g}' for f in args.prior_sizes)}" if args.prior_sizes else ""
+    if args.prior_shifts:
+        sizes += f", prior shifts {';'.join(','.join(f'{v:g}' for v in shift) for shift in args.prior_shifts)}"
     description = (f"{len(cases)} cases of {Path(args.data).name}"
                    f"{' (' + args.subset + ' split)' if args.split else ''}, artifacts: {', '.join(artifacts)}, "
                    f"{args.runs} runs{sizes}")
@@ -164,12 +166,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _model(args: argparse.Namespace) -> "ModelBundle":
-    """The model evaluate and calibrate use: ``--model``, probing its prior at ``--prior-sizes`` when given."""
-    from ..inference.priorsize import with_prior_sizes
+    """The model evaluate and calibrate use: ``--model``, probing its prior at ``--prior-sizes`` and
+    ``--prior-shifts`` when given."""
+    from ..inference.priorsize import with_prior_probes
     from ..modelfile.registry import load
 
     bundle = load(args.model)
-    return bundle if args.prior_sizes is None else with_prior_sizes(bundle, args.prior_sizes)
+    if args.prior_sizes is None and args.prior_shifts is None:
+        return bundle
+    return with_prior_probes(bundle, args.prior_sizes, args.prior_shifts)
 
 
 def _volume_range(given: Optional[List[float]], bundle: "ModelBundle") -> Optional[List[float]]:
@@ -225,6 +230,10 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-sizes", type=prior_sizes_list, metavar="F,F,...",
                         help="a model with a location prior: the spread factors to try on each scan (the "
                              "lowest NQM wins), e.g. 1,1.15,1.3,1.5; calibrate stores them in its model")
+    parser.add_argument("--prior-shifts", type=prior_shifts_list, metavar="X,Y,Z;...",
+                        help="a model with a location prior: the moves of its centre to try on each scan, in "
+                             "fractions of the grid, before the sizes (the lowest NQM wins), e.g. "
+                             "'0,-0.15,0;0,0,0;0,0.15,0'; calibrate stores them in its model")
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 

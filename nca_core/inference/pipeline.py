@@ -19,11 +19,11 @@ from ..space.locate import Registration, StepProgress
 from ..modelfile.bundle import ModelBundle
 from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing
-from ..space.prior import prior_sizes
+from ..space.prior import NO_SHIFT
 from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
-from .priorsize import at_prior_size, choose_prior_size
+from .priorsize import Shift, at_prior, choose_prior, probe_count
 from .route import locates_hippocampi
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
 from .volumes import MM3_PER_ML, VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
@@ -80,35 +80,36 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
 
     classes = len(bundle.config.labels)
 
-    def ensemble_of(volume: np.ndarray, count: int, mirrored: bool, factor: float, first: int = 0,
+    def ensemble_of(volume: np.ndarray, count: int, mirrored: bool, prior: Tuple[Shift, float], first: int = 0,
                     on_progress: Optional[ProgressCallback] = None) -> EnsembleResult:
         counter = run_counter(lambda run: run_labels_on_input(run, grid, bundle.postprocessing, axis, mirrored),
                               classes)
-        return _ensemble(at_prior_size(bundle, factor), volume, shape, runs=count, seed=settings.seed,
+        shift, factor = prior
+        return _ensemble(at_prior(bundle, factor, shift), volume, shape, runs=count, seed=settings.seed,
                          fire_rate=settings.fire_rate, steps=settings.steps, device=device, progress=on_progress,
                          should_cancel=should_cancel, first_run=first, count_run=counter, engine=settings.engine)
 
-    probes: Dict[Tuple[bool, float], EnsembleResult] = {}
+    probes: Dict[Tuple[bool, Tuple[Shift, float]], EnsembleResult] = {}
     tally = RunTally(progress, total_runs(bundle, settings.side, runs))
 
-    def probe(mirrored: bool, factor: float) -> float:
-        if (mirrored, factor) not in probes:
-            probes[mirrored, factor] = ensemble_of(mirror(model_array, axis) if mirrored else model_array,
-                                                   PROBE_RUNS, mirrored, factor, on_progress=tally.next_part())
-        return probes[mirrored, factor].nqm
+    def probe(mirrored: bool, prior: Tuple[Shift, float]) -> float:
+        if (mirrored, prior) not in probes:
+            probes[mirrored, prior] = ensemble_of(mirror(model_array, axis) if mirrored else model_array,
+                                                  PROBE_RUNS, mirrored, prior, on_progress=tally.next_part())
+        return probes[mirrored, prior].nqm
 
-    size = choose_prior_size(bundle, lambda factor: probe(False, factor))
-    factor = 1.0 if size is None else size.factor
-    choice = choose_side(settings.side, bundle.preprocessing.side, lambda mirrored: probe(mirrored, factor))
+    prior_choice = choose_prior(bundle, lambda shift, factor: probe(False, (shift, factor)))
+    prior = (NO_SHIFT, 1.0) if prior_choice is None else (prior_choice.shift, prior_choice.factor)
+    choice = choose_side(settings.side, bundle.preprocessing.side, lambda mirrored: probe(mirrored, prior))
     view = mirror(model_array, axis) if choice.mirrored else model_array
-    probed = probes.get((choice.mirrored, factor))
+    probed = probes.get((choice.mirrored, prior))
     if probed is not None and runs == PROBE_RUNS:
         ensemble = probed
     elif probed is not None and runs > PROBE_RUNS:  # the probe's runs are the ensemble's first ones
-        rest = ensemble_of(view, runs - PROBE_RUNS, choice.mirrored, factor, PROBE_RUNS, tally.next_part())
+        rest = ensemble_of(view, runs - PROBE_RUNS, choice.mirrored, prior, PROBE_RUNS, tally.next_part())
         ensemble = combine(probed, rest, bundle.postprocessing)
     else:
-        ensemble = ensemble_of(view, runs, choice.mirrored, factor, 0, tally.next_part())
+        ensemble = ensemble_of(view, runs, choice.mirrored, prior, 0, tally.next_part())
     if choice.mirrored:
         ensemble = replace(ensemble, probability=mirror(ensemble.probability, axis), std=mirror(ensemble.std, axis),
                            labels=mirror(ensemble.labels, axis))
@@ -135,7 +136,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
         labels=label_names(bundle.config.labels, choice.side),
         volumes=VolumeSummary((volume,)),
         warns_of_thick_slices=not bundle.preprocessing.relative_to_field_of_view,
-        prior_size=size,
+        prior=prior_choice,
     )
 
 
@@ -201,11 +202,10 @@ def segment_image(
 
 def total_runs(bundle: ModelBundle, side: str, runs: int) -> int:
     """How many runs a crop (or a field-of-view scan) takes, its probes' included: ``PROBE_RUNS``
-    for each prior size when the model has sizes to probe, else for both orientations when its
-    side is to be found; the chosen probe's runs are the ensemble's first ones."""
-    prior = bundle.preprocessing.location_prior
-    sizes = 1 if prior is None else len(prior_sizes(prior))
-    probes = sizes if sizes > 1 else 2 if side == "auto" and bundle.preprocessing.side is not None else 0
+    for each place and size of the prior to probe (``priorsize.probe_count``), else for both
+    orientations when its side is to be found; the chosen probe's runs are the ensemble's first ones."""
+    prior_probes = probe_count(bundle.preprocessing.location_prior)
+    probes = prior_probes or (2 if side == "auto" and bundle.preprocessing.side is not None else 0)
     return runs + PROBE_RUNS * probes - (PROBE_RUNS if probes and runs >= PROBE_RUNS else 0)
 
 

@@ -1,65 +1,105 @@
-"""How large the structure is in this scan: probing the location prior's size.
+"""Where and how large the structure is in this scan: probing the location prior's place and size.
 
-A model with a location prior reads the structure's extent off the prior's spread more than off
-the image (docs/models/prostate.md, "What the outlines get wrong"): a large gland is cut to a
-typical one's size. A model whose prior lists ``sizes`` (spread factors, stored by ``m3dnca
-calibrate --prior-sizes``) is run a few times at each, and the size whose runs agree most (the
-lowest NQM, as the side probe decides a crop's side) is used; its probe runs become the
-ensemble's first runs.
+A model with a location prior reads the structure's place and extent off the prior more than off
+the image (docs/models/prostate.md, "What the outlines get wrong"): a gland that lies off the
+field of view's centre, as behind an endorectal coil, is missed, and a large gland is cut to a
+typical one's size. A model whose prior lists ``shifts`` (centre moves, stored by ``m3dnca
+calibrate --prior-shifts``) or ``sizes`` (spread factors, ``--prior-sizes``) is run a few times
+at each: first every shift at the prior's own size, then every size at the chosen shift. The size
+whose runs agree most (the lowest NQM, as the side probe decides a crop's side) is used; a shift
+is used only when its runs agree clearly more than at the prior's own place (its NQM under
+``MOVE_GAIN`` times the own place's), because on a hospital whose glands lie where the prior
+says, the runs at a wrong place can agree about as well (docs/models/prostate.md, "Prior places
+probed on each scan"). The chosen probe's runs become the ensemble's first runs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import NCAError
 from ..modelfile.bundle import ModelBundle
-from ..space.prior import prior_sizes, sized_prior, with_sizes
+from ..space.prior import NO_SHIFT, prior_shifts, prior_sizes, sized_prior, with_probes
 from .sides import PROBE_RUNS
+
+Shift = Tuple[float, float, float]
+MOVE_GAIN = 0.75
 
 
 @dataclass(frozen=True)
-class PriorSize:
-    """The prior's size used for a scan: its spread factor and why."""
+class PriorChoice:
+    """The prior used for a scan: its spread factor, the move of its centre, and why."""
 
     factor: float
+    shift: Shift
     reason: str
 
 
-def choose_prior_size(bundle: ModelBundle, probe: Callable[[float], float]) -> Optional[PriorSize]:
-    """The size of ``bundle``'s prior among its sizes whose ``probe(factor)`` (the NQM of
-    ``PROBE_RUNS`` runs) is lowest, the first on a tie; one size is used without probing;
-    None for a model without a prior."""
+def probe_count(prior: Optional[Dict]) -> int:
+    """How many probes a scan takes: every shift at the prior's own size, then every size at the
+    chosen shift (its own size, probed already, not again); 0 when there is nothing to probe."""
+    if prior is None:
+        return 0
+    shifts, sizes = len(prior_shifts(prior)), prior_sizes(prior)
+    at_own_size = shifts if shifts > 1 else 0
+    resized = len(sizes) - (1 if at_own_size and 1.0 in sizes else 0) if len(sizes) > 1 else 0
+    return at_own_size + resized
+
+
+def choose_prior(bundle: ModelBundle, probe: Callable[[Shift, float], float]) -> Optional[PriorChoice]:
+    """The shift, then the size, of ``bundle``'s prior whose ``probe(shift, factor)`` (the NQM of
+    ``PROBE_RUNS`` runs) is lowest, the first on a tie, a shift only when under ``MOVE_GAIN``
+    times the own place's; a single size is used without probing; None for a model without a prior."""
     prior = bundle.preprocessing.location_prior
     if prior is None:
         return None
-    sizes = prior_sizes(prior)
-    if len(sizes) == 1:
-        return PriorSize(sizes[0], f"the model's prior, its spread x {sizes[0]:g} (one size: nothing to probe)")
-    nqms = [probe(factor) for factor in sizes]
-    best = min(range(len(sizes)), key=nqms.__getitem__)
-    tried = ", ".join(f"{factor:g}: {nqm:.3f}" for factor, nqm in zip(sizes, nqms))
-    return PriorSize(sizes[best], f"lowest NQM of {PROBE_RUNS} runs per spread factor ({tried})")
+    shifts, sizes = prior_shifts(prior), prior_sizes(prior)
+    reasons = []
+    shift = shifts[0]
+    if len(shifts) > 1:
+        nqms = [probe(candidate, 1.0) for candidate in shifts]
+        best = min(range(len(shifts)), key=nqms.__getitem__)
+        shift = shifts[best] if nqms[best] < MOVE_GAIN * nqms[shifts.index(NO_SHIFT)] else NO_SHIFT
+        reasons.append(f"centre moved by {_shift_text(shift)}, the lowest NQM if under {MOVE_GAIN:g}x the own "
+                       "place's: " + ", ".join(f"{_shift_text(s)}: {n:.3f}" for s, n in zip(shifts, nqms)))
+    factor = sizes[0]
+    if len(sizes) > 1:
+        nqms = [probe(shift, candidate) for candidate in sizes]
+        factor = sizes[min(range(len(sizes)), key=nqms.__getitem__)]
+        reasons.append("spread x " + ", ".join(f"{f:g}: {n:.3f}" for f, n in zip(sizes, nqms)))
+    if not reasons:
+        return PriorChoice(factor, shift, f"the model's prior, its spread x {factor:g} (one size: nothing to probe)")
+    return PriorChoice(factor, shift, f"lowest NQM of {PROBE_RUNS} runs ({'; '.join(reasons)})")
 
 
-def at_prior_size(bundle: ModelBundle, factor: float) -> ModelBundle:
-    """``bundle`` whose prior's spread is ``factor`` times its own, with no sizes left to probe
-    (``bundle`` itself when it has no prior)."""
+def _shift_text(shift: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:+g}" for v in shift) + "]"
+
+
+def at_prior(bundle: ModelBundle, factor: float, shift: Sequence[float] = NO_SHIFT) -> ModelBundle:
+    """``bundle`` whose prior's spread is ``factor`` times its own and whose centre is moved by
+    ``shift``, with nothing left to probe (``bundle`` itself when it has no prior)."""
     prior = bundle.preprocessing.location_prior
     if prior is None:
         return bundle
-    return replace(bundle, preprocessing=replace(bundle.preprocessing, location_prior=sized_prior(prior, factor)))
+    located = sized_prior(prior, factor, shift)
+    return replace(bundle, preprocessing=replace(bundle.preprocessing, location_prior=located))
 
 
-def with_prior_sizes(bundle: ModelBundle, sizes: Sequence[float]) -> ModelBundle:
-    """``bundle`` that probes its prior at ``sizes`` (spread factors; ``[1]``: no probing).
+def with_prior_probes(bundle: ModelBundle, sizes: Optional[Sequence[float]] = None,
+                      shifts: Optional[Sequence[Sequence[float]]] = None) -> ModelBundle:
+    """``bundle`` that probes its prior at ``sizes`` (spread factors; ``[1]``: no probing) and
+    ``shifts`` (centre moves; ``[[0, 0, 0]]``: none); None keeps the model's own.
 
     Raises:
-        NCAError: the model has no location prior or has a side, or ``sizes`` are not spread factors.
+        NCAError: the model has no location prior or has a side, or the sizes or shifts are not valid.
     """
     prior = bundle.preprocessing.location_prior
     if prior is None:
-        raise NCAError("--prior-sizes needs a model with a location prior (a field-of-view model such as prostate)")
+        raise NCAError("--prior-sizes and --prior-shifts need a model with a location prior (a field-of-view "
+                       "model such as prostate)")
     if bundle.preprocessing.side is not None:
-        raise NCAError("--prior-sizes needs a model without a side (the sizes are probed on the scan as stored)")
-    return replace(bundle, preprocessing=replace(bundle.preprocessing, location_prior=with_sizes(prior, sizes)))
+        raise NCAError("--prior-sizes and --prior-shifts need a model without a side (the prior is probed on the "
+                       "scan as stored)")
+    probed = with_probes(prior, sizes, shifts)
+    return replace(bundle, preprocessing=replace(bundle.preprocessing, location_prior=probed))

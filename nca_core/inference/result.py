@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .ensemble import EnsembleResult
 from ..space.grid import GridChange
 from ..quality.nqm import Quality
-from .priorsize import PriorSize
+from .priorsize import PriorChoice
 from .volumes import SideVolume, VolumeSummary
 
 
@@ -62,7 +62,7 @@ class SegmentationResult:
     input_spacing: Optional[Tuple[float, ...]] = None  # the input's voxel spacing in mm (None: unknown)
     volumes: Optional[VolumeSummary] = None  # per side in ``sides``; eTIV and asymmetry for whole heads
     warns_of_thick_slices: bool = True  # False for models trained on thick slices (prostate T2)
-    prior_size: Optional[PriorSize] = None  # the location prior's size used (None: the model has no prior)
+    prior: Optional[PriorChoice] = None  # the location prior's size and place used (None: the model has no prior)
 
     @property
     def nqm(self) -> float:
@@ -96,6 +96,6 @@ class SegmentationResult:
             "largest_spacing_mm": None if not self.input_spacing else round(max(self.input_spacing), 4),
             "thick_slices": self.thick_slices,
             "volumes": None if self.volumes is None else self.volumes.report(),
-            "prior_size": None if self.prior_size is None else asdict(self.prior_size),
+            "prior": None if self.prior is None else asdict(self.prior),
             "sides": [side.report() for side in self.sides],
         }

@@ -21,21 +21,22 @@ from ..network.model import M3DNCA
 from .header import parse_metadata
 from ..space.postprocessing import Postprocessing
 from ..space.preprocessing import Preprocessing
-from ..space.prior import SIZES
+from ..space.prior import SHIFTS, SIZES
 from ..quality.nqm import Calibration
 
 FORMAT = "m3dnca"
 # 2: preprocessing may record the training grid (spacing, orientation); 3: the side;
 # 4: a field-of-view grid (grid_shape, fov_fraction); 5: a location prior (a second input channel);
 # 6: the prior's sizes to probe; 7: the calibration's plausible volume range; 8: intensity
-# standardisation landmarks. A model without them is written as the oldest version that holds
+# standardisation landmarks; 9: the prior's shifts to probe. A model without them is written as the oldest version that holds
 # it, which earlier versions still read.
-FORMAT_VERSION = 8
+FORMAT_VERSION = 9
 VERSION_WITHOUT_FIELD_OF_VIEW = 3
 VERSION_WITHOUT_LOCATION_PRIOR = 4
 VERSION_WITHOUT_PRIOR_SIZES = 5
 VERSION_WITHOUT_VOLUME_RANGE = 6
 VERSION_WITHOUT_INTENSITY_LANDMARKS = 7
+VERSION_WITHOUT_PRIOR_SHIFTS = 8
 
 
 @dataclass
@@ -74,11 +75,13 @@ class ModelBundle:
     @property
     def format_version(self) -> int:
         """The oldest format that holds this model (readers before a feature still read the rest)."""
-        if self.preprocessing.intensity_landmarks is not None:
+        prior = self.preprocessing.location_prior
+        if prior is not None and SHIFTS in prior:
             return FORMAT_VERSION
+        if self.preprocessing.intensity_landmarks is not None:
+            return VERSION_WITHOUT_PRIOR_SHIFTS
         if self.calibration is not None and self.calibration.volume_range_ml is not None:
             return VERSION_WITHOUT_INTENSITY_LANDMARKS
-        prior = self.preprocessing.location_prior
         if prior is not None:
             return VERSION_WITHOUT_VOLUME_RANGE if SIZES in prior else VERSION_WITHOUT_PRIOR_SIZES
         if self.preprocessing.relative_to_field_of_view:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputImageError, ModelFileError
 from ..fields import checked_fields
-from .prior import SIZES, input_channels, location_prior_map, location_prior_problem
+from .prior import SHIFTS, SIZES, input_channels, location_prior_map, location_prior_problem
 from .standardise import landmarks_problem, standardise
 
 
@@ -117,9 +117,9 @@ class Preprocessing:
         problem = "" if self.location_prior is None else location_prior_problem(self.location_prior)
         if problem:
             raise ModelFileError(f"invalid preprocessing: location_prior {problem}")
-        if self.side is not None and self.location_prior is not None and SIZES in self.location_prior:
-            raise ModelFileError("invalid preprocessing: a location prior's sizes are probed on the scan as stored; "
-                                 "a model with a side cannot have them")
+        if self.side is not None and self.location_prior is not None and {SIZES, SHIFTS} & set(self.location_prior):
+            raise ModelFileError("invalid preprocessing: a location prior's sizes and shifts are probed on the scan "
+                                 "as stored; a model with a side cannot have them")
 
     @classmethod
     def from_dict(cls, data: Any) -> "Preprocessing":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import reprlib
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,8 +23,12 @@ from ..errors import NCAError
 
 KEYS = ("centre", "spread")
 SIZES = "sizes"
+SHIFTS = "shifts"
 MAX_SIZES = 8
 MAX_SIZE_FACTOR = 4.0
+MAX_SHIFTS = 8
+MAX_SHIFT = 0.5
+NO_SHIFT = (0.0, 0.0, 0.0)
 
 
 def input_channels(with_prior: bool) -> int:
@@ -36,15 +40,16 @@ def location_prior_problem(prior: Any) -> str:
     """What keeps ``prior`` from being a location prior, or '' when it is one: a JSON object
     with ``centre`` (3 numbers in [0, 1]) and ``spread`` (3 numbers in (0, 1]), fractions of the
     grid's axes, and optionally ``sizes`` (``sizes_problem``)."""
-    if not isinstance(prior, dict) or not set(KEYS) <= set(prior) <= set(KEYS + (SIZES,)):
-        return (f"must be {{\"centre\": [x, y, z], \"spread\": [x, y, z]}} (and optionally \"sizes\"), "
-                f"found {reprlib.repr(prior)}")
+    if not isinstance(prior, dict) or not set(KEYS) <= set(prior) <= set(KEYS + (SIZES, SHIFTS)):
+        return (f"must be {{\"centre\": [x, y, z], \"spread\": [x, y, z]}} (and optionally \"sizes\" and "
+                f"\"shifts\"), found {reprlib.repr(prior)}")
     centre, spread = prior["centre"], prior["spread"]
     if not _three_numbers(centre) or not all(0 <= c <= 1 for c in centre):
         return f"centre must be 3 fractions of the grid in [0, 1], found {reprlib.repr(centre)}"
     if not _three_numbers(spread) or not all(0 < s <= 1 for s in spread):
         return f"spread must be 3 fractions of the grid in (0, 1], found {reprlib.repr(spread)}"
-    return sizes_problem(prior[SIZES]) if SIZES in prior else ""
+    return (sizes_problem(prior[SIZES]) if SIZES in prior else "") or (
+        shifts_problem(prior[SHIFTS]) if SHIFTS in prior else "")
 
 
 def sizes_problem(sizes: Any) -> str:
@@ -54,6 +59,19 @@ def sizes_problem(sizes: Any) -> str:
             or not all(_is_number(s) and 0 < s <= MAX_SIZE_FACTOR for s in sizes) or len(set(sizes)) != len(sizes)):
         return (f"sizes must be 1 to {MAX_SIZES} different spread factors in (0, {MAX_SIZE_FACTOR:g}], "
                 f"found {reprlib.repr(sizes)}")
+    return ""
+
+
+def shifts_problem(shifts: Any) -> str:
+    """What keeps ``shifts`` from being the prior's centre moves to probe, or '' when they are:
+    1 to ``MAX_SHIFTS`` different [x, y, z] moves, each in [-``MAX_SHIFT``, ``MAX_SHIFT``] of the
+    grid, one of them [0, 0, 0] (the own place, which a move must beat)."""
+    if (not isinstance(shifts, list) or not 1 <= len(shifts) <= MAX_SHIFTS
+            or not all(_three_numbers(s) and all(abs(v) <= MAX_SHIFT for v in s) for s in shifts)
+            or len({tuple(s) for s in shifts}) != len(shifts) or list(NO_SHIFT) not in [list(s) for s in shifts]):
+        return (f"shifts must be 1 to {MAX_SHIFTS} different [x, y, z] moves of the centre, each in "
+                f"[-{MAX_SHIFT:g}, {MAX_SHIFT:g}] of the grid, one of them 0,0,0 (the own place), found "
+                f"{reprlib.repr(shifts)}")
     return ""
 
 
@@ -112,20 +130,35 @@ def prior_sizes(prior: Dict[str, Any]) -> List[float]:
     return [float(size) for size in prior.get(SIZES, [1.0])]
 
 
-def sized_prior(prior: Dict[str, Any], factor: float) -> Dict[str, List[float]]:
-    """``prior`` with every spread times ``factor`` (at most a whole axis) and no ``sizes``."""
-    return {"centre": list(prior["centre"]), "spread": [min(1.0, s * factor) for s in prior["spread"]]}
+def prior_shifts(prior: Dict[str, Any]) -> List[Tuple[float, float, float]]:
+    """The centre moves inference probes: the prior's ``shifts``, else its own centre only."""
+    return [(float(x), float(y), float(z)) for x, y, z in prior.get(SHIFTS, [NO_SHIFT])]
 
 
-def with_sizes(prior: Dict[str, Any], sizes: Sequence[float]) -> Dict[str, Any]:
-    """``prior`` that inference probes at ``sizes`` (checked; one size 1.0 drops them).
+def sized_prior(prior: Dict[str, Any], factor: float,
+                shift: Sequence[float] = NO_SHIFT) -> Dict[str, List[float]]:
+    """``prior`` with every spread times ``factor`` (at most a whole axis), its centre moved by
+    ``shift`` (kept on the grid), and nothing left to probe."""
+    return {"centre": [min(1.0, max(0.0, c + d)) for c, d in zip(prior["centre"], shift)],
+            "spread": [min(1.0, s * factor) for s in prior["spread"]]}
+
+
+def with_probes(prior: Dict[str, Any], sizes: Optional[Sequence[float]] = None,
+                shifts: Optional[Sequence[Sequence[float]]] = None) -> Dict[str, Any]:
+    """``prior`` that inference probes at ``sizes`` (spread factors) and ``shifts`` (centre moves),
+    each checked; None keeps the prior's own; one size 1.0 or one shift [0, 0, 0] drops them.
 
     Raises:
-        NCAError: when ``sizes`` are not spread factors (``sizes_problem``).
+        NCAError: when ``sizes`` are not spread factors or ``shifts`` not centre moves.
     """
-    sizes = [float(size) for size in sizes]
-    problem = sizes_problem(sizes)
+    sizes = prior_sizes(prior) if sizes is None else [float(size) for size in sizes]
+    shifts = [[float(v) for v in shift] for shift in (prior_shifts(prior) if shifts is None else shifts)]
+    problem = sizes_problem(sizes) or shifts_problem(shifts)
     if problem:
         raise NCAError(problem)
-    plain = sized_prior(prior, 1.0)
-    return plain if sizes == [1.0] else dict(plain, sizes=sizes)
+    probed = sized_prior(prior, 1.0)
+    if sizes != [1.0]:
+        probed[SIZES] = sizes
+    if shifts != [list(NO_SHIFT)]:
+        probed[SHIFTS] = shifts
+    return probed
