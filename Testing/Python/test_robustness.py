@@ -27,6 +27,7 @@ import nca_core.atomic
 import nca_core.cli.batch
 import nca_core.cli.outputs
 from nca_core.cli.main import main
+from nca_core.modelfile.bundle import FORMAT_VERSION
 from nca_core.network.config import MAX_STEPS
 
 from nca_helpers import fast, hashes, model_file, rewrite, run_cli, smooth_volume, write_volume
@@ -165,7 +166,8 @@ def test_io_only_channel_option_segments_one_channel_of_a_4d_image(tmp_path, cap
     (lambda data: data[:-50], "corrupt model file"),
     (lambda data: data[:-5] + bytes([data[-5] ^ 1]) + data[-4:], "checksum mismatch"),
     (lambda data: b"garbage" * 10, "not an M3D-NCA model file"),
-    (lambda data: re.sub(rb'"format_version":"\d+"', b'"format_version":"9"', data), "newer than this M3DNCASegment"),
+    (lambda data: re.sub(rb'"format_version":"\d+"', f'"format_version":"{FORMAT_VERSION + 1}"'.encode(), data),
+     "newer than this M3DNCASegment"),
 ])
 def test_bad_model_file_gives_one_line_and_no_outputs(tmp_path, capsys, model, inputs, damage, words):
     bad = tmp_path / "bad.m3dnca"
