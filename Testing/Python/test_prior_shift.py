@@ -97,18 +97,18 @@ def test_progress_counts_every_run_and_the_chosen_probe_starts_the_ensemble(runs
 
 @pytest.mark.slow
 def test_a_gland_off_the_field_of_views_centre_is_found_by_the_shifts(prostate_dir):
-    """A held-out case (RUNMC 22) whose scan is moved so that its gland lies 0.15 of the grid off
-    the centre along y (wrapped round, as a coil-displaced gland lies): the shipped model at its own
-    place misses most of it; probing the place finds it."""
+    """A held-out case (RUNMC 22) whose scan is moved 0.2 of the grid along y (wrapped round), so
+    that its gland lies off the centre as a coil-displaced gland does: the shipped model at its own
+    place misses it (Dice 0.00 measured, 4 runs); probing the place finds it (0.89)."""
     image_path, label_path = case_paths(prostate_dir, 22)
     image, label = sitk.ReadImage(str(image_path)), xyz(sitk.ReadImage(str(label_path))) > 0
-    roll = round(0.15 * image.GetSize()[1])
+    roll = round(-0.2 * image.GetSize()[1])
     array, label = np.roll(xyz(image), roll, axis=1), np.roll(label, roll, axis=1)
     geometry = dict(spacing=image.GetSpacing(), direction=image.GetDirection())
     shipped, settings = load("prostate"), SegmentSettings(runs=4)
     own = segment_array(array, at_prior(shipped, 1.0), settings, **geometry)
     found = segment_array(array, with_prior_probes(shipped, [1.0], [list(UP), list(STILL), list(DOWN)]), settings,
                           **geometry)
-    assert found.prior.shift != STILL, found.prior.reason
-    assert dice(found.ensemble.labels > 0, label) > dice(own.ensemble.labels > 0, label) + 0.15
-    assert dice(found.ensemble.labels > 0, label) > 0.7
+    assert found.prior.shift == UP, found.prior.reason
+    assert dice(own.ensemble.labels > 0, label) < 0.3
+    assert dice(found.ensemble.labels > 0, label) > 0.8

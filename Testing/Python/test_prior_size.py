@@ -111,7 +111,7 @@ def test_a_large_gland_is_segmented_at_the_size_whose_runs_agree_most(prostate_d
     image, label = sitk.ReadImage(str(image_path)), xyz(sitk.ReadImage(str(label_path))) > 0
     array, geometry = xyz(image), dict(spacing=image.GetSpacing(), direction=image.GetDirection())
     shipped = load("prostate")
-    bundle, sizes, runs = with_prior_probes(shipped, [1.0, 1.5]), [1.0, 1.5], 3
+    bundle, sizes, runs = with_prior_probes(shipped, [1.0, 1.5], [[0, 0, 0]]), [1.0, 1.5], 3  # sizes alone
     settings = SegmentSettings(runs=runs)
     reported = []
     result = segment_array(array, bundle, settings, progress=lambda done, total: reported.append((done, total)),

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from nca_core.errors import ModelFileError
 from nca_core.inference.limits import long_run_notice
 from nca_core.inference.pipeline import segment_array, segment_image
-from nca_core.inference.priorsize import at_prior
+from nca_core.inference.priorsize import at_prior, with_prior_probes
 from nca_core.inference.settings import SegmentSettings
 from nca_core.modelfile.bundle import load_model, save_model
 from nca_core.modelfile.registry import load
@@ -59,7 +59,7 @@ def test_outside_the_range_is_red_inside_it_the_runs_agreement_decides():
 
 
 def test_a_range_is_format_7_and_a_model_without_one_is_written_as_before(tmp_path):
-    plain = ranged(load("prostate"), None)
+    plain = ranged(with_prior_probes(load("prostate"), shifts=[[0, 0, 0]]), None)  # its sizes only: format 6
     save_model(plain, tmp_path / "plain.m3dnca")
     metadata = header_and_data(tmp_path / "plain.m3dnca")[0]["__metadata__"]
     assert metadata["format_version"] == "6" and "volume_range_ml" not in json.loads(metadata["calibration"])

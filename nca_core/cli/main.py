@@ -15,7 +15,7 @@ from ..errors import NCAError, exit_code, user_message
 from ..inference.settings import DEVICE_CHOICES, SegmentSettings
 from ..modelfile.registry import DEFAULT_MODEL
 from ..space.grid import spacing_text
-from ..space.prior import prior_shifts, prior_sizes
+from ..space.prior import MOVE_GAIN, prior_shifts, prior_sizes
 from ..space.standardise import LANDMARK_PERCENTILES
 from ..inference.threads import use_threads
 
@@ -177,8 +177,8 @@ def cmd_info(args: argparse.Namespace) -> int:
               "of the grid (read as a second input channel)")
         if "shifts" in prior:
             moves = "; ".join(", ".join(f"{v:+g}" for v in shift) for shift in prior_shifts(prior))
-            print(f"  prior shifts: centre moved by [{moves}] of the grid, each tried on every scan (the lowest NQM "
-                  "wins, then the sizes at it)")
+            print(f"  prior shifts: centre moved by [{moves}] of the grid, each tried on every scan (a move is kept "
+                  f"when its NQM is under {MOVE_GAIN:g}x the own place's; then the sizes at that place)")
         if "sizes" in prior:
             print(f"  prior sizes: spread x {', '.join(f'{f:g}' for f in prior_sizes(prior))}, each tried on every scan "
                   "(the lowest NQM wins)")

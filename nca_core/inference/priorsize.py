@@ -19,11 +19,10 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import NCAError
 from ..modelfile.bundle import ModelBundle
-from ..space.prior import NO_SHIFT, prior_shifts, prior_sizes, sized_prior, with_probes
+from ..space.prior import MOVE_GAIN, NO_SHIFT, prior_shifts, prior_sizes, sized_prior, with_probes
 from .sides import PROBE_RUNS
 
 Shift = Tuple[float, float, float]
-MOVE_GAIN = 0.75
 
 
 @dataclass(frozen=True)

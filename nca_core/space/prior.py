@@ -29,6 +29,7 @@ MAX_SIZE_FACTOR = 4.0
 MAX_SHIFTS = 8
 MAX_SHIFT = 0.5
 NO_SHIFT = (0.0, 0.0, 0.0)
+MOVE_GAIN = 0.75  # a move of the centre is kept when its NQM is under this times the own place's
 
 
 def input_channels(with_prior: bool) -> int:
