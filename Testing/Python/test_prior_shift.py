@@ -76,21 +76,25 @@ def test_shifts_are_probed_at_the_own_size_then_sizes_at_the_chosen_shift(up_nqm
     choice = choose_prior(bundle, stand_in_probe)
     assert (choice.shift, choice.factor) == (chosen, 1.3)
     assert probed == [(UP, 1.0), (STILL, 1.0), (DOWN, 1.0), (chosen, 1.0), (chosen, 1.3)]
-    moved = "[+0, -0.15, +0]" if chosen == UP else "[+0, +0, +0]"
-    assert f"centre moved by {moved}" in choice.reason and f"[+0, -0.15, +0]: {up_nqm:.3f}" in choice.reason
+    verdict = "centre moved by [+0, -0.15, +0]" if chosen == UP else "centre kept"
+    assert verdict in choice.reason and f"[+0, -0.15, +0]: {up_nqm:.3f}" in choice.reason
     assert probe_count(bundle.preprocessing.location_prior) == 4  # the chosen shift's own size is probed once
 
 
-@pytest.mark.parametrize("runs", [1, 3])
-def test_progress_counts_every_run_and_the_chosen_probe_starts_the_ensemble(runs):
-    bundle = with_prior_probes(two_channel_model(), [1.0, 1.3], [list(UP), list(STILL)])
+@pytest.mark.parametrize("sizes, probes", [([1.0], 2), ([1.5], 2), ([1.0, 1.3], 3), ([1.15, 1.3], 4)])
+@pytest.mark.parametrize("runs", [1, 2, 3])
+def test_progress_counts_every_run_and_the_chosen_probe_starts_the_ensemble(runs, sizes, probes):
+    """2 shifts, then the sizes at the chosen one: the own size is probed once, and a single size
+    is the size the shifts are probed at."""
+    bundle = with_prior_probes(two_channel_model(), sizes, [list(UP), list(STILL)])
     image = np.random.default_rng(5).random((32, 32, 16)).astype(np.float32)
     reported = []
     result = segment_array(image, bundle, SegmentSettings(runs=runs),
                            progress=lambda done, total: reported.append((done, total)))
-    total = runs + 3 * PROBE_RUNS - (PROBE_RUNS if runs >= PROBE_RUNS else 0)
+    total = runs + probes * PROBE_RUNS - (PROBE_RUNS if runs >= PROBE_RUNS else 0)
+    assert probe_count(bundle.preprocessing.location_prior) == probes
     assert reported[-1] == (total, total) and all(t == total for _, t in reported)
-    assert result.prior.shift in (UP, STILL) and result.report()["prior"]["factor"] == result.prior.factor
+    assert result.report()["prior"]["factor"] == result.prior.factor and result.prior.factor in sizes
     alone = segment_array(image, at_prior(bundle, result.prior.factor, result.prior.shift), SegmentSettings(runs=runs))
     np.testing.assert_allclose(result.ensemble.probability, alone.ensemble.probability, atol=1e-6)
 

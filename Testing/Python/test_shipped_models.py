@@ -79,6 +79,7 @@ def test_shipped_prostate_model_segments_a_held_out_case_of_each_hospital(prosta
         dice = mean_foreground_dice(labels, truth, 1)
         assert report["runs"] == 10 and report["labels"] == {"1": "prostate"}
         assert report["prior"]["factor"] in bundle.preprocessing.location_prior["sizes"]
+        assert list(report["prior"]["shift"]) in bundle.preprocessing.location_prior["shifts"]
         assert dice >= PROSTATE_MINIMUM_DICE, (case, dice)
         if dice < bundle.calibration.target_dice:
             assert report["quality"] != "green", (case, dice, report["nqm"])

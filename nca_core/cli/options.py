@@ -51,7 +51,7 @@ def steps_list(text: str) -> List[int]:
 
 def prior_sizes_list(text: str) -> List[float]:
     """``--prior-sizes``: numbers separated by commas (checked as spread factors where they are
-    stored, ``priorsize.with_prior_sizes``)."""
+    stored, ``priorsize.with_prior_probes``)."""
     try:
         return [float(part) for part in text.replace(",", " ").split()]
     except ValueError:

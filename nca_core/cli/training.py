@@ -232,8 +232,9 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
                              "lowest NQM wins), e.g. 1,1.15,1.3,1.5; calibrate stores them in its model")
     parser.add_argument("--prior-shifts", type=prior_shifts_list, metavar="X,Y,Z;...",
                         help="a model with a location prior: the moves of its centre to try on each scan, in "
-                             "fractions of the grid, before the sizes (the lowest NQM wins), e.g. "
-                             "'0,-0.15,0;0,0,0;0,0.15,0'; calibrate stores them in its model")
+                             "fractions of the grid, one of them 0,0,0, before the sizes (a move is kept when its "
+                             "NQM is under 0.75x the own place's), e.g. --prior-shifts='0,-0.15,0;0,0,0;0,0.15,0'; "
+                             "calibrate stores them in its model")
     parser.add_argument("-o", "--output", type=Path, required=True)
 
 

@@ -35,8 +35,9 @@ class PriorChoice:
 
 
 def probe_count(prior: Optional[Dict]) -> int:
-    """How many probes a scan takes: every shift at the prior's own size, then every size at the
-    chosen shift (its own size, probed already, not again); 0 when there is nothing to probe."""
+    """How many probes a scan takes: every shift at the prior's own size (its one size when it
+    has one), then every size at the chosen shift (its own size, probed already, not again); 0
+    when there is nothing to probe."""
     if prior is None:
         return 0
     shifts, sizes = len(prior_shifts(prior)), prior_sizes(prior)
@@ -56,11 +57,13 @@ def choose_prior(bundle: ModelBundle, probe: Callable[[Shift, float], float]) ->
     reasons = []
     shift = shifts[0]
     if len(shifts) > 1:
-        nqms = [probe(candidate, 1.0) for candidate in shifts]
+        own_size = sizes[0] if len(sizes) == 1 else 1.0
+        nqms = [probe(candidate, own_size) for candidate in shifts]
         best = min(range(len(shifts)), key=nqms.__getitem__)
         shift = shifts[best] if nqms[best] < MOVE_GAIN * nqms[shifts.index(NO_SHIFT)] else NO_SHIFT
-        reasons.append(f"centre moved by {_shift_text(shift)}, the lowest NQM if under {MOVE_GAIN:g}x the own "
-                       "place's: " + ", ".join(f"{_shift_text(s)}: {n:.3f}" for s, n in zip(shifts, nqms)))
+        verdict = "centre kept" if shift == NO_SHIFT else f"centre moved by {_shift_text(shift)}"
+        reasons.append(f"{verdict} (a move needs an NQM under {MOVE_GAIN:g}x the own place's): "
+                       + ", ".join(f"{_shift_text(s)}: {n:.3f}" for s, n in zip(shifts, nqms)))
     factor = sizes[0]
     if len(sizes) > 1:
         nqms = [probe(shift, candidate) for candidate in sizes]
