@@ -16,6 +16,7 @@ from ..errors import NCAError
 from ..inference.settings import DEVICE_CHOICES
 from ..space.imaging import case_name
 from ..space.postprocessing import Postprocessing
+from ..space.prior import MOVE_GAIN
 from ..quality.nqm import DEFAULT_TARGET_DICE
 from ..training.data import Case, check_cases_found, find_pairs, load_cases, read_split
 
@@ -233,7 +234,7 @@ def _add_case_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior-shifts", type=prior_shifts_list, metavar="X,Y,Z;...",
                         help="a model with a location prior: the moves of its centre to try on each scan, in "
                              "fractions of the grid, one of them 0,0,0, before the sizes (a move is kept when its "
-                             "NQM is under 0.75x the own place's), e.g. --prior-shifts='0,-0.15,0;0,0,0;0,0.15,0'; "
+                             f"NQM is under {MOVE_GAIN:g}x the own place's), e.g. --prior-shifts='0,-0.15,0;0,0,0;0,0.15,0'; "
                              "calibrate stores them in its model")
     parser.add_argument("-o", "--output", type=Path, required=True)
 
