@@ -10,7 +10,8 @@ whose runs agree most (the lowest NQM, as the side probe decides a crop's side) 
 is used only when its runs agree clearly more than at the prior's own place (its NQM under
 ``MOVE_GAIN`` times the own place's), because on a hospital whose glands lie where the prior
 says, the runs at a wrong place can agree about as well (docs/models/prostate.md, "Prior places
-probed on each scan"). The chosen probe's runs become the ensemble's first runs.
+probed on each scan"). The chosen probe's runs become the ensemble's first runs. A moved centre
+makes the light at most yellow (``moved_caveat``): there the runs can agree on the wrong structure.
 """
 from __future__ import annotations
 
@@ -72,6 +73,16 @@ def choose_prior(bundle: ModelBundle, probe: Callable[[Shift, float], float]) ->
     if not reasons:
         return PriorChoice(factor, shift, f"the model's prior, its spread x {factor:g} (one size: nothing to probe)")
     return PriorChoice(factor, shift, f"lowest NQM of {PROBE_RUNS} runs ({'; '.join(reasons)})")
+
+
+def moved_caveat(choice: Optional[PriorChoice]) -> str:
+    """What to check when the prior's centre was moved for this scan, '' when it was not: the
+    runs can agree on the wrong structure there, so the light is then at most yellow
+    (docs/models/prostate.md, "Prior places probed on each scan")."""
+    if choice is None or choice.shift == NO_SHIFT:
+        return ""
+    return (f"the structure was looked for away from where the model expects it (prior moved by "
+            f"{_shift_text(choice.shift)} of the grid): check that the outline lies on it")
 
 
 def _shift_text(shift: Sequence[float]) -> str:
