@@ -20,10 +20,10 @@ from ..modelfile.bundle import ModelBundle
 from .settings import SegmentSettings
 from ..space.postprocessing import Postprocessing
 from ..space.prior import NO_SHIFT
-from ..quality.nqm import Quality, assess_segmentation, at_least
+from ..quality.nqm import Quality, assess_segmentation
 from ..space.regions import SIDES, left_right_axis
 from .result import SegmentationResult, SideResult
-from .priorsize import Shift, at_prior, choose_prior, moved_caveat, probe_count
+from .priorsize import Shift, at_prior, checked_if_moved, choose_prior, probe_count
 from .route import locates_hippocampi
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
 from .volumes import MM3_PER_ML, VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
@@ -118,9 +118,7 @@ def _segment_crop(array: np.ndarray, bundle: ModelBundle, settings: SegmentSetti
     voxel_mm3 = voxel_volume_mm3(known_spacing if known_spacing is not None else (1, 1, 1))
     outlined_ml = np.count_nonzero(ensemble.labels) * voxel_mm3 / MM3_PER_ML
     quality = judge(ensemble, bundle, runs, settings.fire_rate, None if known_spacing is None else outlined_ml)
-    caveat = moved_caveat(prior_choice)
-    if caveat:  # the runs can agree on the wrong structure away from the prior's own place
-        quality = at_least(quality, "yellow", caveat)
+    quality = checked_if_moved(quality, prior_choice, grid.code)
     values = list(range(1, classes + 1))
     volume = side_volume(choice.side, quality.light, ensemble.labels, values,
                          list(label_names(bundle.config.labels, choice.side).values()), voxel_mm3, ensemble.run_counts,

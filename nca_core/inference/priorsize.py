@@ -11,7 +11,7 @@ is used only when its runs agree clearly more than at the prior's own place (its
 ``MOVE_GAIN`` times the own place's), because on a hospital whose glands lie where the prior
 says, the runs at a wrong place can agree about as well (docs/models/prostate.md, "Prior places
 probed on each scan"). The chosen probe's runs become the ensemble's first runs. A moved centre
-makes the light at most yellow (``moved_caveat``): there the runs can agree on the wrong structure.
+makes the light at most yellow (``checked_if_moved``): there the runs can agree on the wrong structure.
 """
 from __future__ import annotations
 
@@ -20,10 +20,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from ..errors import NCAError
 from ..modelfile.bundle import ModelBundle
+from ..quality.nqm import Quality, at_least
 from ..space.prior import MOVE_GAIN, NO_SHIFT, prior_shifts, prior_sizes, sized_prior, with_probes
 from .sides import PROBE_RUNS
 
 Shift = Tuple[float, float, float]
+# An orientation code's letters (ITK: the direction each grid axis runs towards), in words.
+DIRECTIONS = {"L": "left", "R": "right", "A": "anterior", "P": "posterior", "S": "superior", "I": "inferior"}
+OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
 
 
 @dataclass(frozen=True)
@@ -75,14 +79,29 @@ def choose_prior(bundle: ModelBundle, probe: Callable[[Shift, float], float]) ->
     return PriorChoice(factor, shift, f"lowest NQM of {PROBE_RUNS} runs ({'; '.join(reasons)})")
 
 
-def moved_caveat(choice: Optional[PriorChoice]) -> str:
-    """What to check when the prior's centre was moved for this scan, '' when it was not: the
-    runs can agree on the wrong structure there, so the light is then at most yellow
-    (docs/models/prostate.md, "Prior places probed on each scan")."""
-    if choice is None or choice.shift == NO_SHIFT:
-        return ""
-    return (f"the structure was looked for away from where the model expects it (prior moved by "
-            f"{_shift_text(choice.shift)} of the grid): check that the outline lies on it")
+def checked_if_moved(quality: Quality, choice: Optional[PriorChoice], orientation: Optional[str]) -> Quality:
+    """``quality`` made at most yellow, the move leading its explanation, when ``choice`` moved the
+    prior's centre (away from the prior's own place the runs can agree on the wrong structure:
+    docs/models/prostate.md, "Prior places probed on each scan"); ``quality`` itself otherwise.
+    ``orientation``: the model grid's code (e.g. LPS), to name the move's direction."""
+    if choice is None or tuple(choice.shift) == NO_SHIFT:
+        return quality
+    if quality.light in ("green", "unknown"):
+        quality = replace(quality, explanation=f"by NQM alone: {quality.explanation}")
+    return at_least(quality, "yellow", f"the structure was looked for away from where the model expects it (moved "
+                    f"{_move_text(choice.shift, orientation)}): check that the outline lies on the structure")
+
+
+def _move_text(shift: Sequence[float], orientation: Optional[str]) -> str:
+    """The move in words, e.g. '0.15 of the grid towards anterior' (by axis without an orientation)."""
+    words = []
+    for axis, value in enumerate(shift):
+        if value and orientation:
+            letter = orientation[axis] if value > 0 else OPPOSITE[orientation[axis]]
+            words.append(f"{abs(value):g} of the grid towards {DIRECTIONS[letter]}")
+        elif value:
+            words.append(f"{value:+g} of the grid along its {'xyz'[axis]} axis")
+    return ", ".join(words)
 
 
 def _shift_text(shift: Sequence[float]) -> str:

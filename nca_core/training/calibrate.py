@@ -100,8 +100,9 @@ def cross_validated_rates(rows: Sequence[CaseEvaluation], folds: int, target_dic
 
 def judge(row: CaseEvaluation, calibration: Calibration) -> CaseEvaluation:
     """The row with the light this calibration's line gives it, by NQM alone (the plausible
-    volume range is anatomy, not part of the fit or its rates). Calibration needs NQM that
-    varies between cases, so its runs can always disagree."""
+    volume range is anatomy, and a moved location prior's cap at yellow is a rule of use: neither
+    is part of the fit or its rates). Calibration needs NQM that varies between cases, so its runs
+    can always disagree."""
     quality = assess_segmentation(row.nqm, row.foreground_voxels, True, calibration)
     return replace(row, quality=quality.light, predicted_dice=quality.predicted_dice)
 
