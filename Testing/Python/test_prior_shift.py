@@ -94,11 +94,10 @@ def test_a_moved_prior_makes_the_light_at_most_yellow_and_says_where_it_looked(l
     assert checked_if_moved(quality, PriorChoice(1.3, STILL, "centre kept"), "LPS") is quality
     moved = checked_if_moved(quality, PriorChoice(1.0, UP, "centre moved"), "LPS")
     assert moved.light == after and moved.predicted_dice == 0.8
-    assert moved.explanation.startswith("the structure was looked for away from where the model expects it (moved "
-                                        "0.15 of the grid towards anterior): check that the outline lies on the "
-                                        "structure; ")
-    assert moved.explanation.endswith(("by NQM alone: " if light in ("green", "unknown") else "")
-                                      + "the light's own reason")
+    caveat = ("the structure was looked for away from where the model expects it (moved 0.15 of the grid towards "
+              "anterior): check that the outline lies on the structure")
+    own = ("by NQM alone: " if light in ("green", "unknown") else "") + "the light's own reason"
+    assert moved.explanation == (f"{own}; {caveat}" if light == "red" else f"{caveat}; {own}")
     sideways = checked_if_moved(quality, PriorChoice(1.0, (0.1, 0.0, -0.2), ""), "RAS").explanation
     assert "(moved 0.1 of the grid towards right, 0.2 of the grid towards inferior)" in sideways
     assert "(moved +0.1 of the grid along its x axis, -0.2 of the grid along its z axis)" in checked_if_moved(

@@ -83,13 +83,17 @@ def checked_if_moved(quality: Quality, choice: Optional[PriorChoice], orientatio
     """``quality`` made at most yellow, the move leading its explanation, when ``choice`` moved the
     prior's centre (away from the prior's own place the runs can agree on the wrong structure:
     docs/models/prostate.md, "Prior places probed on each scan"); ``quality`` itself otherwise.
-    ``orientation``: the model grid's code (e.g. LPS), to name the move's direction."""
+    ``orientation``: the model grid's code (e.g. LPS), to name the move's direction. A red light's
+    own reason stays first."""
     if choice is None or tuple(choice.shift) == NO_SHIFT:
         return quality
+    caveat = (f"the structure was looked for away from where the model expects it (moved "
+              f"{_move_text(choice.shift, orientation)}): check that the outline lies on the structure")
+    if quality.light == "red":
+        return replace(quality, explanation=f"{quality.explanation}; {caveat}")
     if quality.light in ("green", "unknown"):
         quality = replace(quality, explanation=f"by NQM alone: {quality.explanation}")
-    return at_least(quality, "yellow", f"the structure was looked for away from where the model expects it (moved "
-                    f"{_move_text(choice.shift, orientation)}): check that the outline lies on the structure")
+    return at_least(quality, "yellow", caveat)
 
 
 def _move_text(shift: Sequence[float], orientation: Optional[str]) -> str:
