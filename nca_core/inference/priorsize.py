@@ -79,33 +79,24 @@ def choose_prior(bundle: ModelBundle, probe: Callable[[Shift, float], float]) ->
     return PriorChoice(factor, shift, f"lowest NQM of {PROBE_RUNS} runs ({'; '.join(reasons)})")
 
 
-def checked_if_moved(quality: Quality, choice: Optional[PriorChoice], orientation: Optional[str]) -> Quality:
-    """``quality`` made at most yellow, the move leading its explanation, when ``choice`` moved the
-    prior's centre (away from the prior's own place the runs can agree on the wrong structure:
-    docs/models/prostate.md, "Prior places probed on each scan"); ``quality`` itself otherwise.
-    ``orientation``: the model grid's code (e.g. LPS), to name the move's direction. A red light's
-    own reason stays first."""
+def checked_if_moved(quality: Quality, choice: Optional[PriorChoice], orientation: str) -> Quality:
+    """``quality`` made at most yellow, the move leading its explanation (``at_least``, as for a
+    doubtful head registration), when ``choice`` moved the prior's centre: away from the prior's
+    own place the runs can agree on the wrong structure (docs/models/prostate.md, "Prior places
+    probed on each scan"); ``quality`` itself otherwise. ``orientation``: the model grid's code
+    (e.g. LPS), to name the move's direction."""
     if choice is None or tuple(choice.shift) == NO_SHIFT:
         return quality
-    caveat = (f"the structure was looked for away from where the model expects it (moved "
-              f"{_move_text(choice.shift, orientation)}): check that the outline lies on the structure")
-    if quality.light == "red":
-        return replace(quality, explanation=f"{quality.explanation}; {caveat}")
     if quality.light in ("green", "unknown"):
         quality = replace(quality, explanation=f"by NQM alone: {quality.explanation}")
-    return at_least(quality, "yellow", caveat)
+    return at_least(quality, "yellow", f"the structure was looked for away from where the model expects it (moved "
+                    f"{_move_text(choice.shift, orientation)}): check that the outline lies on the structure")
 
 
-def _move_text(shift: Sequence[float], orientation: Optional[str]) -> str:
-    """The move in words, e.g. '0.15 of the grid towards anterior' (by axis without an orientation)."""
-    words = []
-    for axis, value in enumerate(shift):
-        if value and orientation:
-            letter = orientation[axis] if value > 0 else OPPOSITE[orientation[axis]]
-            words.append(f"{abs(value):g} of the grid towards {DIRECTIONS[letter]}")
-        elif value:
-            words.append(f"{value:+g} of the grid along its {'xyz'[axis]} axis")
-    return ", ".join(words)
+def _move_text(shift: Sequence[float], orientation: str) -> str:
+    """The move in words, e.g. '0.15 of the grid towards anterior'."""
+    return ", ".join(f"{abs(value):g} of the grid towards {DIRECTIONS[letter if value > 0 else OPPOSITE[letter]]}"
+                     for letter, value in zip(orientation, shift) if value)
 
 
 def _shift_text(shift: Sequence[float]) -> str:
