@@ -237,7 +237,7 @@ def test_doubted_heads_are_segmented_with_the_reason_and_never_green(head, boxes
     assert doubted, report["sides"]
     for side in doubted:
         assert any(word in side["box"]["doubt"] for word in words), side["box"]["doubt"]
-        assert side["explanation"].startswith(side["box"]["doubt"])
+        assert side["explanation"].startswith(side["box"]["doubt"]) and side["caveats"][0] == side["box"]["doubt"]
         assert side["quality"] in ("yellow", "red"), side
     assert report["quality"] != "green"
 

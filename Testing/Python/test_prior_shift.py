@@ -2,6 +2,7 @@
 before the sizes (the place whose runs agree most wins), refused where they cannot work."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 
 import numpy as np
@@ -21,11 +22,13 @@ from nca_core.quality.metrics import dice
 from nca_core.quality.nqm import Calibration, Quality
 from nca_core.space.preprocessing import Preprocessing
 
-from nca_helpers import header_and_data, run_cli
+from nca_helpers import header_and_data, run_cli, write_volume
 from prostate_helpers import case_paths, xyz
 from test_location_prior import PRIOR, SMALL_GRID, two_channel_model
 
 UP, STILL, DOWN = (0.0, -0.15, 0.0), (0.0, 0.0, 0.0), (0.0, 0.15, 0.0)
+MOVED_UP = ("the structure was looked for away from where the model expects it (moved 0.15 of the grid towards "
+            "anterior): check that the outline lies on the structure")  # on an LPS grid
 
 
 @pytest.mark.parametrize("shifts", [[], [[0, 0]], [[0.6, 0, 0], [0, 0, 0]], [[0, 0, 0], [0, 0, 0]], "0,0,0",
@@ -94,10 +97,8 @@ def test_a_moved_prior_makes_the_light_at_most_yellow_and_says_where_it_looked(l
     assert checked_if_moved(quality, PriorChoice(1.3, STILL, "centre kept"), "LPS") is quality
     moved = checked_if_moved(quality, PriorChoice(1.0, UP, "centre moved"), "LPS")
     assert moved.light == after and moved.predicted_dice == 0.8
-    caveat = ("the structure was looked for away from where the model expects it (moved 0.15 of the grid towards "
-              "anterior): check that the outline lies on the structure")
     own = ("by NQM alone: " if light in ("green", "unknown") else "") + "the light's own reason"
-    assert moved.explanation == f"{caveat}; {own}"
+    assert moved.explanation == f"{MOVED_UP}; {own}" and moved.caveats == (MOVED_UP,)
     sideways = checked_if_moved(quality, PriorChoice(1.0, (0.1, 0.0, -0.2), ""), "RAS").explanation
     assert "(moved 0.1 of the grid towards right, 0.2 of the grid towards inferior)" in sideways
     assert "(moved 0.1 of the grid towards left, 0.2 of the grid towards inferior)" in checked_if_moved(
@@ -116,6 +117,33 @@ def test_a_segmentation_whose_prior_moved_is_never_green(monkeypatch):
     assert result.quality.light == "yellow" and result.sides[0].quality.light == "yellow"
     assert result.report()["explanation"].startswith("the structure was looked for away")
     assert result.report()["sides"][0]["volume"]["light"] == "yellow"
+    assert result.report()["caveats"] == result.report()["sides"][0]["caveats"] == [MOVED_UP]
+
+
+def test_the_case_line_and_summary_say_why_the_light_is_yellow(tmp_path, capsys, monkeypatch):
+    """A batch whose prior is always moved (the same stand-in chooser as above): each case's line
+    says why its light is yellow, summary.csv has it in ``caveats``, also when rebuilt from the
+    reports; a case whose place was kept has no caveat."""
+    bundle = dataclasses.replace(with_prior_probes(two_channel_model(), [1.0], [list(UP), list(STILL)]),
+                                 calibration=Calibration(slope=0.0, intercept=0.95, target_dice=0.7))
+    save_model(bundle, tmp_path / "model.m3dnca")
+    rng = np.random.default_rng(6)
+    inputs = [write_volume(tmp_path / f"case{i}.nii.gz", rng.random((32, 32, 16)).astype(np.float32)) for i in (1, 2)]
+    moved = iter([UP, STILL])
+    monkeypatch.setattr(pipeline, "choose_prior", lambda model, probe: PriorChoice(1.0, next(moved), "stand-in"))
+    code, out, err = run_cli(capsys, "segment", *inputs, "-o", tmp_path / "out", "--model", tmp_path / "model.m3dnca",
+                             "--runs", "2")
+    assert code == 0, err
+    assert [line for line in out.splitlines() if " light: " in line] == [f"case1: yellow light: {MOVED_UP}"]
+    written = _caveats(tmp_path / "out" / "summary.csv")
+    assert written == {"case1": ("yellow", MOVED_UP), "case2": ("green", "")}
+    assert run_cli(capsys, "summary", tmp_path / "out")[0] == 0
+    assert _caveats(tmp_path / "out" / "summary.csv") == written
+
+
+def _caveats(summary) -> dict:
+    """case -> (light, caveats) of a summary.csv."""
+    return {row["case"]: (row["quality"], row["caveats"]) for row in csv.DictReader(summary.open(newline=""))}
 
 
 @pytest.mark.parametrize("sizes, probes", [([1.0], 2), ([1.5], 2), ([1.0, 1.3], 3), ([1.15, 1.3], 4)])

@@ -44,6 +44,7 @@ class CaseOutcome:
     seconds: Optional[float] = None
     note: str = ""  # what the reader must know about a result (thick slices)
     volumes: Optional[VolumeSummary] = None
+    caveats: str = ""  # what holds the light below NQM's verdict ("; " between two)
 
 
 @dataclass
@@ -58,13 +59,15 @@ class SegmentOptions:
 
 
 def describe(outcome: CaseOutcome) -> str:
-    """One line per case (a second for its note); a failed case's line is its error message (it names the file)."""
+    """One line per case (more for what holds its light back and for its note); a failed case's line is its error message (it names the file)."""
     if outcome.status == "ok":
         nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
         volumes = "; ".join(volume_text(side) for side in outcome.volumes.sides) if outcome.volumes else ""
-        line = f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)" + (
-            f"; {volumes}" if volumes else "")
-        return f"{line}\n{outcome.case}: note: {outcome.note}" if outcome.note else line
+        lines = [f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)" + (
+            f"; {volumes}" if volumes else "")]
+        lines += [f"{outcome.case}: {outcome.quality} light: {outcome.caveats}"] if outcome.caveats else []
+        lines += [f"{outcome.case}: note: {outcome.note}"] if outcome.note else []
+        return "\n".join(lines)
     if outcome.status == "failed":
         return f"error: {outcome.message}"
     return f"{outcome.case}: skipped: {outcome.message}"
@@ -214,7 +217,8 @@ def segment_case(path: Path, outdir: Path, bundle: ModelBundle, options: Segment
         return CaseOutcome(name, str(path), "failed", _naming(message, path, outdir))
     report = result.report()
     return CaseOutcome(name, str(path), "ok", "", report["nqm"], report["quality"],
-                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "", result.volumes)
+                       report["predicted_dice"], report["seconds"], report["thick_slices"] or "", result.volumes,
+                       "; ".join(report["caveats"]))
 
 
 def skipped_outcome(report: Path, path: Path) -> CaseOutcome:
@@ -234,7 +238,8 @@ def outcome_from_report(report: Path) -> CaseOutcome:
     try:
         data = json.loads(Path(report).read_text(encoding="utf-8"))
         return CaseOutcome(str(data["case"]), str(data["input"]), "ok", "", data["nqm"], str(data["quality"]),
-                           data["predicted_dice"], data["seconds"], data.get("thick_slices") or "")
+                           data["predicted_dice"], data["seconds"], data.get("thick_slices") or "",
+                           caveats="; ".join(data.get("caveats") or []))
     except (KeyError, TypeError) as error:
         raise ValueError(f"{report}: not a case report ({error!r} missing or wrong)") from None
 

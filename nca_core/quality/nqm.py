@@ -5,7 +5,7 @@ import dataclasses
 import math
 import reprlib
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import ModelFileError
 from ..fields import checked_fields, is_real_number
@@ -115,6 +115,7 @@ class Quality:
     light: str  # green | yellow | red | unknown
     predicted_dice: Optional[float]
     explanation: str
+    caveats: Tuple[str, ...] = ()  # what holds the light below NQM's verdict (at_least), the leading one first
 
 
 def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
@@ -139,7 +140,7 @@ def at_least(quality: Quality, light: str, reason: str) -> Quality:
     """``quality`` made no better than ``light`` (green < unknown < yellow < red), with ``reason``
     leading its explanation."""
     worse = max(quality.light, light, key=LIGHT_ORDER.index)
-    return Quality(worse, quality.predicted_dice, f"{reason}; {quality.explanation}")
+    return Quality(worse, quality.predicted_dice, f"{reason}; {quality.explanation}", (reason,) + quality.caveats)
 
 
 def assess_segmentation(nqm: float, foreground_voxels: int, runs_can_disagree: bool,
