@@ -2,7 +2,7 @@
 ``split_BIDMC.json``, ``split_UCL.json``, ``split_RUNMC.json``, each holding one hospital out
 for validation; ``split_shipped.json``, the shipped model's, holding every fourth case of each
 hospital out (3 per hospital); all for ``m3dnca train --split`` and ``evaluate``/``calibrate
---split``; and ``prostate_settings.json``, the settings of the recorded runs (docs/models/prostate.md) for
+--split``; and ``prostate_settings.json``, the settings of the recorded runs (docs/models/prostate-record.md) for
 ``m3dnca train --config``.
 
     python scripts/prostate_site_splits.py runs/

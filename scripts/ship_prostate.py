@@ -5,7 +5,7 @@ folders.
 
     python scripts/ship_prostate.py runs/prostate-shipped-cal.m3dnca Resources/Models/prostate.m3dnca
 
-See docs/models/prostate.md for the commands that make the calibrated run.
+See docs/models/prostate-record.md for the commands that make the calibrated run.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Where and how large the structure is in this scan: probing the location prior's place and size.
 
 A model with a location prior reads the structure's place and extent off the prior more than off
-the image (docs/models/prostate.md, "What the outlines get wrong"): a gland that lies off the
+the image (docs/models/prostate-record.md, "What the outlines get wrong"): a gland that lies off the
 field of view's centre, as behind an endorectal coil, is missed, and a large gland is cut to a
 typical one's size. A model whose prior lists ``shifts`` (centre moves, stored by ``m3dnca
 calibrate --prior-shifts``) or ``sizes`` (spread factors, ``--prior-sizes``) is run a few times
@@ -9,7 +9,7 @@ at each: first every shift at the prior's own size, then every size at the chose
 whose runs agree most (the lowest NQM, as the side probe decides a crop's side) is used; a shift
 is used only when its runs agree clearly more than at the prior's own place (its NQM under
 ``MOVE_GAIN`` times the own place's), because on a hospital whose glands lie where the prior
-says, the runs at a wrong place can agree about as well (docs/models/prostate.md, "Prior places
+says, the runs at a wrong place can agree about as well (docs/models/prostate-record.md, "Prior places
 probed on each scan"). The chosen probe's runs become the ensemble's first runs. A moved centre
 makes the light at most yellow (``checked_if_moved``): there the runs can agree on the wrong structure.
 """
@@ -82,7 +82,7 @@ def choose_prior(bundle: ModelBundle, probe: Callable[[Shift, float], float]) ->
 def checked_if_moved(quality: Quality, choice: Optional[PriorChoice], orientation: str) -> Quality:
     """``quality`` made at most yellow, the move leading its explanation (``at_least``, as for a
     doubtful head registration), when ``choice`` moved the prior's centre: away from the prior's
-    own place the runs can agree on the wrong structure (docs/models/prostate.md, "Prior places
+    own place the runs can agree on the wrong structure (docs/models/prostate-record.md, "Prior places
     probed on each scan"); ``quality`` itself otherwise. ``orientation``: the model grid's code
     (e.g. LPS), to name the move's direction."""
     if choice is None or tuple(choice.shift) == NO_SHIFT:

@@ -141,7 +141,7 @@ class TrainSettings:
             # A random 32x32x16 patch of 128x128x32 mostly misses the gland (about 3% of the voxels).
             overrides.setdefault("foreground_patches", 0.5)
             # The gland lies mid-field, which a rule applied alike at every voxel cannot see: with the
-            # prior the unseen hospital's Dice rose from 0.52 to 0.73 (docs/models/prostate.md).
+            # prior the unseen hospital's Dice rose from 0.52 to 0.73 (docs/models/prostate-record.md).
             overrides.setdefault("location_prior", True)
             # The loss on the patch alone leaves the coarse level the gland's size to guess; with the
             # coarse level's whole output supervised too, held-out Dice rose from 0.752 to 0.767.
