@@ -1,6 +1,7 @@
 """NQM (paper eq. 1) on hand-computed arrays, the ensemble's statistics, labels and the traffic light."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,7 +12,9 @@ from nca_core.network.config import preset
 from nca_core.inference.ensemble import label_map, nqm, run_ensemble
 from nca_core.network.model import LevelPlan
 from nca_core.space.preprocessing import Preprocessing, prepare
-from nca_core.quality.nqm import Calibration, assess
+from nca_core.inference.result import SideResult
+from nca_core.inference.wholehead import overall_quality
+from nca_core.quality.nqm import Calibration, Quality, assess, at_least
 
 from nca_helpers import random_model
 
@@ -91,3 +94,22 @@ def test_nqm_threshold_and_uncalibrated_model():
     assert assess(0.01, None).light == "unknown"
     assert assess(0.01, None).predicted_dice is None
     assert Calibration.from_dict(CALIBRATION.to_dict()) == CALIBRATION
+
+
+def test_a_caveat_holds_the_light_leads_the_explanation_and_is_listed():
+    doubted = at_least(Quality("green", 0.85, "fine"), "yellow", "the box is cut")
+    assert (doubted.light, doubted.explanation, doubted.caveats) == ("yellow", "the box is cut; fine", ("the box is cut",))
+    again = at_least(doubted, "red", "too large")
+    assert (again.light, again.caveats) == ("red", ("too large", "the box is cut"))
+    assert at_least(Quality("red", 0.4, "poor"), "yellow", "the box is cut").light == "red"
+
+
+def test_a_heads_light_is_its_worse_sides_with_every_sides_caveats_named():
+    doubted = SideResult("left", "located", 0.05, at_least(Quality("green", 0.85, "fine"), "yellow", "the box is cut"),
+                         10, None)
+    poor = SideResult("right", "located", 0.3, Quality("red", 0.5, "poor"), 10, None)
+    overall = overall_quality([doubted, poor])
+    assert (overall.light, overall.explanation, overall.caveats) == ("red", "poor", ("left: the box is cut",))
+    both = overall_quality([doubted, dataclasses.replace(doubted, side="right")])
+    assert (both.light, both.caveats) == ("yellow", ("left: the box is cut", "right: the box is cut"))
+    assert overall_quality([poor]).caveats == ()

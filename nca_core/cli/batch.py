@@ -44,7 +44,7 @@ class CaseOutcome:
     seconds: Optional[float] = None
     note: str = ""  # what the reader must know about a result (thick slices)
     volumes: Optional[VolumeSummary] = None
-    caveats: str = ""  # what holds the light below NQM's verdict ("; " between two)
+    caveats: str = ""  # reasons beyond NQM to doubt the outline ("; " between two)
 
 
 @dataclass
@@ -59,13 +59,14 @@ class SegmentOptions:
 
 
 def describe(outcome: CaseOutcome) -> str:
-    """One line per case (more for what holds its light back and for its note); a failed case's line is its error message (it names the file)."""
+    """One line per case, more for its caveats and its note; a failed case's line is its error
+    message (it names the file)."""
     if outcome.status == "ok":
         nqm = "empty segmentation" if outcome.nqm is None else f"NQM {outcome.nqm:.4f}"
         volumes = "; ".join(volume_text(side) for side in outcome.volumes.sides) if outcome.volumes else ""
         lines = [f"{outcome.case}: {nqm}, quality {outcome.quality} ({outcome.seconds:.1f} s)" + (
             f"; {volumes}" if volumes else "")]
-        lines += [f"{outcome.case}: {outcome.quality} light: {outcome.caveats}"] if outcome.caveats else []
+        lines += [f"{outcome.case}: caveat: {outcome.caveats}"] if outcome.caveats else []
         lines += [f"{outcome.case}: note: {outcome.note}"] if outcome.note else []
         return "\n".join(lines)
     if outcome.status == "failed":

@@ -27,7 +27,7 @@ from .priorsize import Shift, at_prior, checked_if_moved, choose_prior, probe_co
 from .route import locates_hippocampi
 from .sides import PROBE_RUNS, choose_side, label_names, mirror
 from .volumes import MM3_PER_ML, VolumeSummary, estimated_tiv_ml, run_counter, side_volume, voxel_volume_mm3
-from .wholehead import locate_regions, segment_regions, worst
+from .wholehead import locate_regions, overall_quality, segment_regions
 
 
 def segment_array(
@@ -188,7 +188,7 @@ def segment_image(
                            progress, etiv)
     return SegmentationResult(
         ensemble=head.combined,
-        quality=worst([side_result.quality for side_result in head.sides]),
+        quality=overall_quality(head.sides),
         model_name=settings.model,
         device=device,
         seconds=time.perf_counter() - started + (0.0 if registration is None else registration.seconds),

@@ -4,7 +4,7 @@ each side and put the outputs back onto the scan's voxels."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -24,9 +24,13 @@ from .sides import label_names
 from .volumes import MM3_PER_ML, run_counter, side_volume, voxel_volume_mm3
 
 
-def worst(qualities: Sequence[Quality]) -> Quality:
-    """The overall light of several sides: the worse one."""
-    return max(qualities, key=lambda quality: (LIGHT_ORDER.index(quality.light), -(quality.predicted_dice or 0.0)))
+def overall_quality(sides: Sequence[SideResult]) -> Quality:
+    """The overall light of several sides: the worse side's, with every side's caveats, each
+    prefixed with its side."""
+    worst = max((side.quality for side in sides),
+                key=lambda quality: (LIGHT_ORDER.index(quality.light), -(quality.predicted_dice or 0.0)))
+    caveats = [f"{side.side}: {caveat}" for side in sides for caveat in side.quality.caveats]
+    return replace(worst, caveats=tuple(dict.fromkeys(caveats)))
 
 
 @dataclass

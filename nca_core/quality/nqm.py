@@ -115,7 +115,7 @@ class Quality:
     light: str  # green | yellow | red | unknown
     predicted_dice: Optional[float]
     explanation: str
-    caveats: Tuple[str, ...] = ()  # what holds the light below NQM's verdict (at_least), the leading one first
+    caveats: Tuple[str, ...] = ()  # reasons beyond NQM to doubt the outline (at_least), the leading one first
 
 
 def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
