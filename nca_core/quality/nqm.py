@@ -138,7 +138,7 @@ def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
 
 def at_least(quality: Quality, light: str, reason: str) -> Quality:
     """``quality`` made no better than ``light`` (green < unknown < yellow < red), with ``reason``
-    leading its explanation."""
+    leading its explanation and its caveats."""
     worse = max(quality.light, light, key=LIGHT_ORDER.index)
     return Quality(worse, quality.predicted_dice, f"{reason}; {quality.explanation}", (reason,) + quality.caveats)
 
