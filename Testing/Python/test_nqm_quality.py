@@ -109,7 +109,9 @@ def test_a_heads_light_is_its_worse_sides_with_every_sides_caveats_named():
                          10, None)
     poor = SideResult("right", "located", 0.3, Quality("red", 0.5, "poor"), 10, None)
     overall = overall_quality([doubted, poor])
-    assert (overall.light, overall.explanation, overall.caveats) == ("red", "poor", ("left: the box is cut",))
+    assert (overall.light, overall.caveats) == ("red", ("left: the box is cut",))
+    assert overall.explanation == "left: the box is cut; poor"  # what Slicer and the preview show
     both = overall_quality([doubted, dataclasses.replace(doubted, side="right")])
     assert (both.light, both.caveats) == ("yellow", ("left: the box is cut", "right: the box is cut"))
-    assert overall_quality([poor]).caveats == ()
+    assert both.explanation == "the box is cut; fine"
+    assert overall_quality([poor]) == poor.quality

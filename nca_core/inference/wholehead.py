@@ -26,11 +26,13 @@ from .volumes import MM3_PER_ML, run_counter, side_volume, voxel_volume_mm3
 
 def overall_quality(sides: Sequence[SideResult]) -> Quality:
     """The overall light of several sides: the worse side's, with every side's caveats, each
-    prefixed with its side."""
-    worst = max((side.quality for side in sides),
-                key=lambda quality: (LIGHT_ORDER.index(quality.light), -(quality.predicted_dice or 0.0)))
+    prefixed with its side; the other sides' caveats lead the worse side's explanation."""
+    worst = max(sides, key=lambda side: (LIGHT_ORDER.index(side.quality.light), -(side.quality.predicted_dice or 0.0)))
+    others = [f"{side.side}: {caveat}" for side in sides if side is not worst
+              for caveat in side.quality.caveats if caveat not in worst.quality.caveats]
     caveats = [f"{side.side}: {caveat}" for side in sides for caveat in side.quality.caveats]
-    return replace(worst, caveats=tuple(dict.fromkeys(caveats)))
+    return replace(worst.quality, explanation="; ".join(others + [worst.quality.explanation]),
+                   caveats=tuple(dict.fromkeys(caveats)))
 
 
 @dataclass
