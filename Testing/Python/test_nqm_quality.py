@@ -98,10 +98,13 @@ def test_nqm_threshold_and_uncalibrated_model():
 
 def test_a_caveat_holds_the_light_leads_the_explanation_and_is_listed():
     doubted = at_least(Quality("green", 0.85, "fine"), "yellow", "the box is cut")
-    assert (doubted.light, doubted.explanation, doubted.caveats) == ("yellow", "the box is cut; fine", ("the box is cut",))
+    assert (doubted.light, doubted.caveats) == ("yellow", ("the box is cut",))
+    assert doubted.explanation == "the box is cut; by NQM alone: fine"  # NQM's verdict no longer the light's
     again = at_least(doubted, "red", "too large")
     assert (again.light, again.caveats) == ("red", ("too large", "the box is cut"))
-    assert at_least(Quality("red", 0.4, "poor"), "yellow", "the box is cut").light == "red"
+    assert again.explanation == "too large; the box is cut; by NQM alone: fine"
+    kept = at_least(Quality("red", 0.4, "poor"), "yellow", "the box is cut")
+    assert (kept.light, kept.explanation) == ("red", "the box is cut; poor")  # the light is NQM's own
 
 
 def test_a_heads_light_is_its_worse_sides_with_every_sides_caveats_named():
@@ -113,5 +116,5 @@ def test_a_heads_light_is_its_worse_sides_with_every_sides_caveats_named():
     assert overall.explanation == "left: the box is cut; poor"  # what Slicer and the preview show
     both = overall_quality([doubted, dataclasses.replace(doubted, side="right")])
     assert (both.light, both.caveats) == ("yellow", ("left: the box is cut", "right: the box is cut"))
-    assert both.explanation == "the box is cut; fine"
+    assert both.explanation == "the box is cut; by NQM alone: fine"
     assert overall_quality([poor]) == poor.quality

@@ -87,8 +87,6 @@ def checked_if_moved(quality: Quality, choice: Optional[PriorChoice], orientatio
     (e.g. LPS), to name the move's direction."""
     if choice is None or tuple(choice.shift) == NO_SHIFT:
         return quality
-    if quality.light in ("green", "unknown"):
-        quality = replace(quality, explanation=f"by NQM alone: {quality.explanation}")
     return at_least(quality, "yellow", f"the structure was looked for away from where the model expects it (moved "
                     f"{_move_text(choice.shift, orientation)}): check that the outline lies on the structure")
 

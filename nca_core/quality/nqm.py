@@ -138,9 +138,13 @@ def assess(nqm: float, calibration: Optional[Calibration]) -> Quality:
 
 def at_least(quality: Quality, light: str, reason: str) -> Quality:
     """``quality`` made no better than ``light`` (green < unknown < yellow < red), with ``reason``
-    leading its explanation and its caveats."""
+    leading its explanation and its caveats. When the first reason changes the light, NQM's own
+    verdict follows as "by NQM alone: ...", so that the explanation does not contradict the light."""
     worse = max(quality.light, light, key=LIGHT_ORDER.index)
-    return Quality(worse, quality.predicted_dice, f"{reason}; {quality.explanation}", (reason,) + quality.caveats)
+    own = quality.explanation
+    if worse != quality.light and not quality.caveats:
+        own = f"by NQM alone: {own}"
+    return Quality(worse, quality.predicted_dice, f"{reason}; {own}", (reason,) + quality.caveats)
 
 
 def assess_segmentation(nqm: float, foreground_voxels: int, runs_can_disagree: bool,
@@ -154,4 +158,4 @@ def assess_segmentation(nqm: float, foreground_voxels: int, runs_can_disagree: b
     problem = calibration.volume_problem(volume_ml) if calibration is not None else ""
     if not problem:
         return quality
-    return at_least(dataclasses.replace(quality, explanation=f"by NQM alone: {quality.explanation}"), "red", problem)
+    return at_least(quality, "red", problem)
